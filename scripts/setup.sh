@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv and install onebit into it (idempotent).  torch is installed FIRST and pinned:
+# an unpinned torch would pull GBs of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_VERSION=${ONEBIT_TORCH_VERSION:-2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.onebit-installed
+want="$(cat pyproject.toml | sha256sum | cut -c1-16)-$TORCH_VERSION"
+if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing torch==$TORCH_VERSION, then onebit[test,plot] (editable)" >&2
+  .venv/bin/python -m pip install -q "torch==$TORCH_VERSION"
+  .venv/bin/python -m pip install -q -e ".[test,plot]"
+  echo "$want" > $stamp
+fi

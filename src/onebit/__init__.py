@@ -1,0 +1,25 @@
+"""onebit: compress a Hugging Face causal LM to about one bit per weight, and run it packed.
+
+Public API::
+
+    import onebit
+    model = onebit.quantize(model, onebit.OneBitConfig(init="svd"))
+    onebit.save(model, "out/", tokenizer=tok)
+    model = onebit.load("out/")
+"""
+from __future__ import annotations
+
+from .api import find_linears, quantize
+from .config import FORMAT_VERSION, QuantConfig
+from .errors import CheckpointError, OneBitError
+from .formats.checkpoint import checkpoint_ledger, load_checkpoint as load, save_checkpoint as save
+from .methods.onebit import OneBitConfig
+from .registry import available_methods, get_handler, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "quantize", "load", "save", "checkpoint_ledger", "find_linears", "QuantConfig", "OneBitConfig",
+    "OneBitError", "CheckpointError", "register_method", "available_methods", "get_handler",
+    "FORMAT_VERSION", "__version__",
+]

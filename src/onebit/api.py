@@ -1,0 +1,99 @@
+"""``quantize()``: walk a model, swap its linear layers for a method's modules.
+
+Which layers: every ``nn.Linear`` whose qualified name is not matched by
+``config.skip`` (``lm_head`` by default) and whose weight is not shared with
+an embedding.  Embeddings and norms are never ``nn.Linear`` and stay as they
+are.  The swap is in place; the returned model is the same object with
+``model.config.quantization_config`` set, which is what the checkpoint
+writer saves.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import QuantConfig
+from .errors import OneBitError
+from .registry import get_handler
+
+log = logging.getLogger("onebit")
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    for p in patterns:
+        if name == p or name.endswith("." + p) or fnmatch.fnmatch(name, p):
+            return True
+    return False
+
+
+def find_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[tuple[str, nn.Linear]]:
+    """The ``(name, module)`` pairs ``quantize`` would replace, in model order."""
+    embed_ptrs = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    out = []
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Linear and not _matches(name, skip) \
+                and mod.weight.data_ptr() not in embed_ptrs:
+            out.append((name, mod))
+    return out
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def quantize(model: nn.Module, config: QuantConfig, progress: bool = True, **kwargs) -> nn.Module:
+    """Quantize ``model`` in place with ``config``'s method and return it.
+
+    Extra keyword arguments go to the method handler (e.g. calibration data
+    for methods that need it).
+    """
+    config.validate()
+    handler = get_handler(config)
+    targets = find_linears(model, config.skip)
+    if not targets:
+        raise OneBitError("model has no linear layers to quantize (after skipping "
+                          f"{', '.join(config.skip) or 'nothing'})")
+    modules: dict[str, list[int]] = {}
+    t0 = time.perf_counter()
+    for name, lin in tqdm(targets, desc=f"quantize [{config.method}]", disable=not progress,
+                          unit="layer"):
+        new = handler.quantize_linear(name, lin, **kwargs)
+        set_submodule(model, name, new)
+        modules[name] = [lin.out_features, lin.in_features]
+    log.info("quantized %d linear layers with %s in %.1fs", len(targets), config.method,
+             time.perf_counter() - t0)
+    qc = config.to_dict()
+    qc["modules"] = modules
+    model.config.quantization_config = qc
+    return model
+
+
+@torch.no_grad()
+def prepare_empty(model: nn.Module, qconfig: dict) -> nn.Module:
+    """Swap the linears named in a checkpoint's ``quantization_config`` for empty packed modules."""
+    from .registry import config_from_dict
+
+    config = config_from_dict(qconfig)
+    handler = get_handler(config)
+    modules = qconfig.get("modules")
+    if not isinstance(modules, dict) or not modules:
+        raise OneBitError("quantization_config lists no quantized modules")
+    for name in modules:
+        try:
+            lin = model.get_submodule(name)
+        except AttributeError:
+            raise OneBitError(f"quantization_config names module '{name}', which the model does not have")
+        if not isinstance(lin, nn.Linear):
+            raise OneBitError(f"quantization_config names '{name}', which is not a linear layer")
+        dtype = lin.weight.dtype
+        new = handler.empty_module(name, lin.in_features, lin.out_features, lin.bias is not None, dtype)
+        set_submodule(model, name, new)
+    return model

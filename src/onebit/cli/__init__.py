@@ -1,0 +1,1 @@
+"""The ``onebit`` command line: one parser, one module per subcommand."""

@@ -1,0 +1,29 @@
+"""``onebit generate MODEL --prompt ...``: sample text from a packed (or fp) model."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from .main import add_common
+
+    p = sub.add_parser("generate", help="sample text from a packed checkpoint or a model",
+                       description="Generate text with a packed onebit checkpoint (or any causal LM).")
+    p.add_argument("model", metavar="CHECKPOINT", help="packed checkpoint directory, model dir or hub id")
+    p.add_argument("--prompt", default="Once upon a time", help="prompt text (default: %(default)r)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="sampling temperature; 0 = greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=50, help="top-k sampling (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..generate import generate_text
+    from ..models import load_model, load_tokenizer
+
+    model = load_model(args.model)
+    tok = load_tokenizer(args.model)
+    print(generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                        args.seed))
+    return 0

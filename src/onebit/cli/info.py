@@ -1,0 +1,46 @@
+"""``onebit info CHECKPOINT``: the bit ledger of a packed checkpoint (from its header alone)."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from .main import add_common
+
+    p = sub.add_parser("info", help="print the bit ledger of a packed checkpoint",
+                       description="Print a packed checkpoint's quantization settings and its bit "
+                       "ledger: bits per tensor, totals for quantized linears, embeddings, head and "
+                       "norms, and bits per original linear weight. Reads only the safetensors "
+                       "header; checks it against the file size.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", help="packed checkpoint directory")
+    p.add_argument("--tensors", action="store_true", help="list every tensor")
+    p.add_argument("--json", action="store_true", help="print the ledger summary as JSON")
+    p.add_argument("--methods", action="store_true", help="list the available quantization methods")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from ..errors import OneBitError
+    from ..formats.checkpoint import checkpoint_ledger, read_quant_config
+    from ..registry import available_methods
+
+    if args.methods:
+        print("\n".join(available_methods()))
+        return 0
+    if not args.checkpoint:
+        raise OneBitError("info needs a CHECKPOINT (or --methods)")
+    from pathlib import Path
+
+    if not Path(args.checkpoint).is_dir():
+        raise OneBitError(f"checkpoint '{args.checkpoint}' is not a directory")
+    qc = read_quant_config(args.checkpoint)
+    ledger = checkpoint_ledger(args.checkpoint)
+    if args.json:
+        print(json.dumps({"quantization_config": {k: v for k, v in qc.items() if k != "modules"},
+                          **ledger.summary()}, indent=2))
+        return 0
+    settings = ", ".join(f"{k}={v}" for k, v in qc.items() if k not in ("modules", "quant_method"))
+    print(f"{args.checkpoint}: onebit checkpoint ({settings})")
+    print(ledger.format(per_tensor=args.tensors))
+    return 0

@@ -1,0 +1,68 @@
+"""``onebit`` — compress a causal LM to ~1 bit per weight, evaluate it, run it.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``,
+which adds its parser and sets ``func``.  Add a subcommand by adding its
+module name to ``SUBCOMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import OneBitError
+
+SUBCOMMANDS = ["quantize", "eval", "generate", "info", "demo"]
+
+EPILOG = """examples:
+  onebit demo                                   quantize the default model, evaluate, generate
+  onebit quantize ../shared/models/stories3M out/s3m-1bit --method onebit
+  onebit info out/s3m-1bit                      bit ledger of a packed checkpoint
+  onebit eval ppl out/s3m-1bit --data wikitext2
+  onebit generate out/s3m-1bit --prompt "Once upon a time"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = argparse.ArgumentParser(
+        prog="onebit", description="Compress a Hugging Face causal LM to about one bit per weight "
+        "(OneBit, BitNet, RTN, GPTQ), evaluate it honestly and run it packed.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"onebit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in SUBCOMMANDS:
+        mod = importlib.import_module(f"onebit.cli.{name.replace('-', '_')}")
+        mod.register(sub)
+    return p
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Flags every subcommand takes."""
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.add_argument("--progress", action="store_true",
+                   help="show progress bars even when stderr is not a terminal")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .common import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
+    try:
+        rc = args.func(args)
+    except OneBitError as e:
+        print(f"onebit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("onebit: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``onebit quantize MODEL OUT --method onebit``: quantize and write a packed checkpoint."""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+log = logging.getLogger("onebit")
+
+
+def register(sub) -> None:
+    from .common import add_dtype_arg
+    from .main import add_common
+
+    p = sub.add_parser(
+        "quantize", help="quantize a model and write a packed checkpoint",
+        description="Load a Hugging Face causal LM (hub id or local directory), replace every linear "
+        "layer except embeddings and lm_head with the chosen method's layer, and write a packed "
+        "safetensors checkpoint to OUT (written to a temporary directory, then renamed).")
+    p.add_argument("model", metavar="MODEL", help="hub id or local model directory")
+    p.add_argument("out", metavar="OUT", help="output directory for the packed checkpoint")
+    p.add_argument("--method", default="onebit",
+                   help="quantization method (default: %(default)s; see 'onebit info --methods')")
+    p.add_argument("--init", default="svd", choices=["svd", "nmf"],
+                   help="OneBit: SVID factorisation of |W| (default: %(default)s)")
+    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
+                   help="OneBit: non-affine LayerNorm on each layer's output (default: off; "
+                   "see README for the measurement behind the default)")
+    p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="OneBit: storage dtype of the g/h value vectors (default: %(default)s)")
+    p.add_argument("--skip", action="append", default=None, metavar="NAME",
+                   help="module name (or glob) to keep in full precision; repeatable "
+                   "(default: lm_head)")
+    add_dtype_arg(p)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def build_config(args):
+    """The method's config from CLI flags (methods may add flags of their own)."""
+    from ..errors import OneBitError
+    from ..registry import get_handler_cls
+
+    cls = get_handler_cls(args.method).config_cls
+    kwargs = {}
+    import dataclasses
+
+    for key in (f.name for f in dataclasses.fields(cls)):
+        if key == "skip":
+            continue
+        if hasattr(args, key) and getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    cfg = cls(**kwargs)
+    if args.skip:
+        cfg.skip = list(args.skip)
+    try:
+        cfg.validate()
+    except (TypeError, ValueError) as e:
+        raise OneBitError(str(e))
+    return cfg
+
+
+def run(args) -> int:
+    from ..api import quantize
+    from ..config import parse_dtype
+    from ..formats.checkpoint import prepare_output_dir, save_checkpoint
+    from ..models import check_model_spec, load_model, load_tokenizer
+    from .common import progress_enabled
+
+    cfg = build_config(args)                       # bad method/flags fail before any loading
+    check_model_spec(args.model)
+    prepare_output_dir(args.out, args.overwrite)   # OUT exists without --overwrite: fail early
+    t0 = time.perf_counter()
+    model = load_model(args.model, dtype=parse_dtype(args.dtype))
+    tok = load_tokenizer(args.model)
+    log.info("loaded %s (%s) in %.1fs", args.model, type(model).__name__, time.perf_counter() - t0)
+    t1 = time.perf_counter()
+    quantize(model, cfg, progress=progress_enabled(args))
+    tq = time.perf_counter() - t1
+    ledger = save_checkpoint(model, args.out, tokenizer=tok, source=args.model, overwrite=args.overwrite)
+    s = ledger.summary()
+    print(f"quantized {args.model} with {cfg.method} in {tq:.1f}s -> {args.out}")
+    print(f"{s['quantized_modules']} linear layers at {s['bits_per_linear_weight']:.4f} bits/weight; "
+          f"checkpoint tensors {s['total_bytes'] / 2**20:.2f} MiB")
+    return 0

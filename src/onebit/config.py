@@ -1,0 +1,88 @@
+"""Base configuration shared by every quantization method.
+
+A method's config is a dataclass deriving from :class:`QuantConfig`.  It is
+stored verbatim (``to_dict``) in the checkpoint's ``config.json`` under
+``quantization_config`` together with the packed-format version, and read back
+with :meth:`QuantConfig.from_dict`, which rejects unknown fields and formats
+newer than this code understands.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import CheckpointError, OneBitError
+
+#: Version of the packed checkpoint layout written by this code.  Bump it when
+#: the tensor names, bit order or meaning of a field change.
+FORMAT_VERSION = 1
+
+#: The ``quant_method`` value written to ``config.json`` (transformers' key).
+QUANT_METHOD = "onebit"
+
+DEFAULT_SKIP = ("lm_head",)
+
+
+@dataclass
+class QuantConfig:
+    """Fields every method shares.
+
+    ``skip`` lists module-name suffixes/patterns that stay in full precision
+    (embeddings are never ``nn.Linear`` so they are never touched).
+    """
+
+    method: ClassVar[str] = "base"
+
+    skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
+
+    def validate(self) -> None:
+        """Raise :class:`OneBitError` for settings that cannot work."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
+                "method": self.method, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+        d = dict(d)
+        version = d.pop("format_version", None)
+        check_format_version(version)
+        for k in ("quant_method", "method", "modules"):
+            d.pop(k, None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CheckpointError(
+                f"quantization_config for method '{cls.method}' has unknown field(s) {unknown}")
+        return cls(**d)
+
+
+def check_format_version(version: Any) -> None:
+    if not isinstance(version, int):
+        raise CheckpointError(f"quantization_config has no integer format_version (got {version!r})")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format version {version} is newer than this onebit understands "
+            f"({FORMAT_VERSION}); upgrade onebit")
+    if version < 1:
+        raise CheckpointError(f"invalid checkpoint format version {version}")
+
+
+def parse_dtype(name: str | None):
+    """Map a user string ('float16', 'fp16', 'bf16', 'float32', 'auto') to a torch dtype or None."""
+    import torch
+
+    if name is None or name == "auto":
+        return None
+    table = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
+    if name not in table:
+        raise OneBitError(f"unknown dtype '{name}'; choose one of auto, float32, float16, bfloat16")
+    return table[name]
+
+
+def dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")

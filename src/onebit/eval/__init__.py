@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (GPTQ/OneBit convention), zero-shot tasks, agreement with a teacher."""

@@ -1,0 +1,79 @@
+"""Perplexity by the GPTQ/OneBit convention.
+
+The text is tokenized **once** (one BOS at the start, as the tokenizer adds
+it), cut into non-overlapping windows of ``seqlen`` tokens, the remainder
+dropped; each window is scored independently (no carried context) and
+``ppl = exp(mean NLL over every predicted token)``.  With equal windows this
+equals GPTQ's ``exp(sum(loss_i * seqlen) / (n * seqlen))``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import OneBitError
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    nll: float
+    windows: int
+    seqlen: int
+    tokens: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def tokenize_text(tokenizer, text: str) -> torch.Tensor:
+    """All tokens of ``text`` as one 1-D tensor (tokenized once)."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=True, verbose=False).input_ids
+    return ids[0]
+
+
+def windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    n = ids.numel() // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise OneBitError(f"text has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+@torch.no_grad()
+def perplexity(model, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
+               batch_size: int = 1, progress: bool = True, desc: str = "ppl") -> PerplexityResult:
+    """Perplexity of ``model`` on token ids ``ids`` (1-D) by non-overlapping windows."""
+    if seqlen < 2:
+        raise OneBitError(f"--seqlen must be at least 2, got {seqlen}")
+    w = windows(ids, seqlen, max_windows)
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    t0 = time.perf_counter()
+    for i in tqdm(range(0, w.shape[0], batch_size), desc=desc, disable=not progress, unit="win"):
+        batch = w[i:i + batch_size].to(device)
+        logits = model(batch).logits.float()
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                               batch[:, 1:].reshape(-1), reduction="sum")
+        total += loss.item()
+        count += batch[:, 1:].numel()
+    nll = total / count
+    return PerplexityResult(math.exp(nll), nll, w.shape[0], seqlen, count, time.perf_counter() - t0)
+
+
+def dataset_perplexity(model, tokenizer, dataset: str, seqlen: int, max_windows: int | None = None,
+                       batch_size: int = 1, progress: bool = True) -> PerplexityResult:
+    """Perplexity on a named dataset (``wikitext2``, ``c4``, ``tinystories``) or a text file."""
+    from .data import C4_WINDOWS, load_text
+
+    ids = tokenize_text(tokenizer, load_text(dataset))
+    if dataset == "c4":
+        max_windows = min(max_windows or C4_WINDOWS, C4_WINDOWS)
+    return perplexity(model, ids, seqlen, max_windows, batch_size, progress, desc=f"ppl {dataset}")

@@ -1,0 +1,1 @@
+"""Storage formats: bit packing, the bit ledger and the checkpoint files."""

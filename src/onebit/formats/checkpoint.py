@@ -1,0 +1,267 @@
+"""Packed checkpoints: a Hugging Face model directory whose linears are packed.
+
+Layout of ``OUT/``::
+
+    config.json             the model's config + quantization_config
+                            {quant_method: "onebit", format_version, method,
+                             <method settings>, modules: {name: [out, in]}}
+    model.safetensors       every tensor once (tied weights stored once);
+                            per OneBit linear: <name>.weight_packed (uint8,
+                            [out, ceil(in/8)], bit order in formats.packing),
+                            <name>.g [in], <name>.h [out] (fp16 by default)
+    generation_config.json  copied when the model has one
+    tokenizer files         copied from the source model
+
+Writes go to a temporary sibling directory that is renamed into place at the
+end, so ``OUT`` is either complete or absent.  Reading uses safetensors only
+(no pickle): nothing in a checkpoint is ever executed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import QUANT_METHOD, check_format_version
+from ..errors import CheckpointError, OneBitError
+from .ledger import Ledger, ledger_from_specs
+
+log = logging.getLogger("onebit")
+
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
+                   "chat_template.jinja")
+
+
+# --------------------------------------------------------------------------- writing
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` with tensors that share storage (tied weights) kept once."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype) \
+            if t.device.type != "meta" else (name,)
+        if key in seen:
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def prepare_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OneBitError(f"output '{out}' already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise OneBitError(f"output '{out}' exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class atomic_dir:
+    """Context manager: yields a temp dir beside ``out``; renames it to ``out`` on success."""
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
+        self.out = prepare_output_dir(out, overwrite)
+        self.overwrite = overwrite
+
+    def __enter__(self) -> Path:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            os.rename(self.out, old)
+        os.rename(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def copy_tokenizer_files(src: str | os.PathLike | None, dst: Path, tokenizer=None) -> None:
+    if src is not None and Path(src).is_dir():
+        copied = False
+        for f in TOKENIZER_FILES:
+            if (Path(src) / f).is_file():
+                shutil.copyfile(Path(src) / f, dst / f)
+                copied = True
+        if copied:
+            return
+    if tokenizer is not None:
+        tokenizer.save_pretrained(dst)
+
+
+def save_checkpoint(model: nn.Module, out: str | os.PathLike, tokenizer=None,
+                    source: str | os.PathLike | None = None, overwrite: bool = False) -> Ledger:
+    """Write ``model`` (already quantized) as a packed checkpoint; return its ledger."""
+    from safetensors.torch import save_file
+
+    qc = getattr(model.config, "quantization_config", None)
+    if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
+        raise OneBitError("model is not quantized by onebit (no quantization_config); run quantize() first")
+    sd = unique_state_dict(model)
+    with atomic_dir(out, overwrite) as tmp:
+        save_file(sd, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "onebit_format_version": str(qc["format_version"])})
+        cfg = model.config.to_dict()
+        cfg["quantization_config"] = qc
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+        gen = getattr(model, "generation_config", None)
+        if gen is not None:
+            try:
+                gen.save_pretrained(tmp)
+            except Exception as e:  # a generation config that does not validate is not fatal
+                log.warning("generation_config not saved: %s", e)
+        copy_tokenizer_files(source, tmp, tokenizer)
+    from .ledger import ledger_from_state_dict
+
+    log.info("wrote %s", out)
+    return ledger_from_state_dict(sd, qc["modules"])
+
+
+# --------------------------------------------------------------------------- reading
+def read_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"'{path}' is not a model directory (no config.json)")
+    try:
+        return json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"'{cfg_file}' is not valid JSON: {e}")
+
+
+def is_packed_checkpoint(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        return False
+    qc = read_config(p).get("quantization_config")
+    return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
+
+
+def read_quant_config(path: str | os.PathLike) -> dict:
+    cfg = read_config(path)
+    qc = cfg.get("quantization_config")
+    if not isinstance(qc, dict):
+        raise CheckpointError(f"'{path}' has no quantization_config in config.json: not a onebit checkpoint")
+    if qc.get("quant_method") != QUANT_METHOD:
+        raise CheckpointError(f"'{path}' was quantized by '{qc.get('quant_method')}', not onebit")
+    check_format_version(qc.get("format_version"))
+    return qc
+
+
+def read_safetensors_header(file: str | os.PathLike) -> tuple[int, dict]:
+    """(header length, header dict) of a safetensors file, validated against the file size."""
+    file = Path(file)
+    if not file.is_file():
+        raise CheckpointError(f"missing weights file '{file}'")
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"'{file}' is truncated (no safetensors header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 100_000_000:
+            raise CheckpointError(f"'{file}' is truncated or corrupt (header length {n} > file size)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"'{file}' has a corrupt safetensors header")
+    if not isinstance(header, dict):
+        raise CheckpointError(f"'{file}' has a corrupt safetensors header")
+    end = 0
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            s, e = spec["data_offsets"]
+            shape = [int(d) for d in spec["shape"]]
+            bits = {"U8": 8, "I8": 8, "BOOL": 8, "F16": 16, "BF16": 16, "F32": 32, "F64": 64,
+                    "I16": 16, "I32": 32, "I64": 64}[spec["dtype"]]
+        except Exception:
+            raise CheckpointError(f"'{file}': malformed header entry for tensor '{name}'")
+        numel = 1
+        for d in shape:
+            numel *= d
+        if e - s != numel * bits // 8 or s < 0 or e < s:
+            raise CheckpointError(f"'{file}': header of tensor '{name}' does not match its shape {shape}")
+        end = max(end, e)
+    if 8 + n + end != size:
+        raise CheckpointError(f"'{file}' is truncated or corrupt: header promises {8 + n + end} bytes, "
+                              f"file has {size}")
+    return n, header
+
+
+def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
+    """Ledger of a packed checkpoint, read from its safetensors header alone."""
+    qc = read_quant_config(path)
+    _, header = read_safetensors_header(Path(path) / WEIGHTS_NAME)
+    specs = {k: (tuple(v["shape"]), v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+    return ledger_from_specs(specs, qc.get("modules", {}))
+
+
+def load_state_dict_file(file: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    read_safetensors_header(file)
+    try:
+        return load_file(str(file), device=device)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read '{file}': {str(e).splitlines()[0]}")
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Rebuild the packed model from a checkpoint directory (safetensors only, no code run)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..api import prepare_empty
+
+    path = Path(path)
+    qc = read_quant_config(path)
+    sd = load_state_dict_file(path / WEIGHTS_NAME, device)
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path))
+    except Exception as e:
+        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {str(e).splitlines()[0]}")
+    hf_config.quantization_config = None
+    dtype = next((t.dtype for k, t in sd.items() if t.is_floating_point() and "embed" in k), None) \
+        or next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    prepare_empty(model, qc)
+    expected = dict(model.state_dict())
+    unexpected = sorted(set(sd) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"'{path}' holds tensor '{unexpected[0]}' that the model does not have")
+    for k, t in sd.items():
+        if tuple(expected[k].shape) != tuple(t.shape):
+            raise CheckpointError(f"'{path}': tensor '{k}' has shape {list(t.shape)}, "
+                                  f"model expects {list(expected[k].shape)}")
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.tie_weights()
+    missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers())
+               if p.device.type == "meta"]
+    if missing:
+        raise CheckpointError(f"'{path}' is missing tensor '{missing[0]}'")
+    model.config.quantization_config = qc
+    model.eval()
+    return model

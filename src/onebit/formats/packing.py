@@ -1,0 +1,81 @@
+"""Bit packing, pure torch.  Kept apart from every algorithm.
+
+Layout (format version 1)
+-------------------------
+A matrix ``Q`` of shape ``[rows, cols]`` holding unsigned codes of ``bits``
+bits (``bits`` in 1, 2, 4, 8) is packed along the **last** dimension
+(``in_features`` for a linear weight) into ``uint8`` of shape
+``[rows, ceil(cols * bits / 8)]``:
+
+* byte ``j`` holds codes ``j*k .. j*k + k-1`` where ``k = 8 // bits``;
+* code ``j*k + i`` occupies bits ``i*bits .. i*bits + bits-1`` of the byte,
+  i.e. **least-significant bits first** (little-endian within a byte);
+* when ``cols`` is not a multiple of ``k`` the last byte is padded with zero
+  codes, which unpacking drops.
+
+For 1-bit sign weights the code is ``1`` for ``+1`` and ``0`` for ``-1``;
+``sign(0)`` is taken as ``+1`` so every weight has a sign and an all-zero row
+still gives a well-defined (if useless) layer.
+"""
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_BITS = (1, 2, 4, 8)
+
+
+def _check_bits(bits: int) -> int:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    return 8 // bits
+
+
+def packed_cols(cols: int, bits: int) -> int:
+    """Number of bytes per row after packing ``cols`` codes of ``bits`` bits."""
+    k = _check_bits(bits)
+    return (cols + k - 1) // k
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes in ``[0, 2**bits)`` along the last dim into uint8."""
+    k = _check_bits(bits)
+    if codes.dtype.is_floating_point:
+        raise TypeError("pack() takes integer codes, not floating point values")
+    cols = codes.shape[-1]
+    pad = (-cols) % k
+    c = codes.to(torch.uint8)
+    if pad:
+        c = torch.nn.functional.pad(c, (0, pad))
+    c = c.reshape(*codes.shape[:-1], -1, k)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=codes.device)
+    # codes are < 2**bits so the shifted values never overlap: sum == bitwise or
+    return (c << shifts).sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
+    """Inverse of :func:`pack`: uint8 ``[..., nbytes]`` -> uint8 codes ``[..., cols]``."""
+    k = _check_bits(bits)
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed tensor must be uint8, got {packed.dtype}")
+    if packed.shape[-1] * k < cols:
+        raise ValueError(f"packed tensor holds {packed.shape[-1] * k} codes per row, need {cols}")
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    mask = (1 << bits) - 1
+    out = (packed.unsqueeze(-1) >> shifts) & mask
+    return out.reshape(*packed.shape[:-1], -1)[..., :cols]
+
+
+def pack_signs(w: torch.Tensor) -> torch.Tensor:
+    """Pack ``sign(w)`` (+1 -> bit 1, -1 -> bit 0, 0 -> +1) along the last dim."""
+    return pack((w >= 0).to(torch.uint8), 1)
+
+
+def unpack_signs(packed: torch.Tensor, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Unpack to a ``±1`` matrix of ``dtype``."""
+    bits = unpack(packed, 1, cols)
+    return bits.to(dtype) * 2 - 1
+
+
+def sign(w: torch.Tensor) -> torch.Tensor:
+    """``sign`` with the packing convention ``sign(0) = +1`` (values are exactly ±1)."""
+    return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)

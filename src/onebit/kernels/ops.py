@@ -1,0 +1,27 @@
+"""``torch.library`` definitions of the packed ops.
+
+``torch.ops.onebit.binary_linear(x, packed, g, h, in_features)`` computes
+``((x ⊙ g) · sign(W)ᵀ) ⊙ h`` from 1-bit packed signs (layout in
+``onebit.formats.packing``).  The default implementation is the pure-torch
+reference; fast backends register device-specific kernels with
+``torch.library.register_kernel("onebit::binary_linear", "cpu"|"cuda", fn)``.
+A fake (meta) implementation makes the op traceable by ``torch.compile``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .reference import binary_linear_ref
+
+
+@torch.library.custom_op("onebit::binary_linear", mutates_args=())
+def binary_linear(x: torch.Tensor, packed: torch.Tensor, g: torch.Tensor, h: torch.Tensor,
+                  in_features: int) -> torch.Tensor:
+    return binary_linear_ref(x, packed, g, h, in_features)
+
+
+@binary_linear.register_fake
+def _(x, packed, g, h, in_features):
+    torch._check(x.shape[-1] == in_features)
+    torch._check(packed.shape[1] * 8 >= in_features)
+    return x.new_empty(*x.shape[:-1], packed.shape[0])

@@ -1,0 +1,33 @@
+"""Pure-torch reference implementations of the packed ops.
+
+They unpack the bits a block of output rows at a time (bounded memory), then
+call an ordinary matmul.  Always available, on every device; the fast
+backends are checked against these.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..formats.packing import unpack_signs
+
+#: rows of the weight unpacked at once (bounds the temporary ±1 matrix)
+ROW_BLOCK = 2048
+
+
+def binary_linear_ref(x: torch.Tensor, packed: torch.Tensor, g: torch.Tensor, h: torch.Tensor,
+                      in_features: int) -> torch.Tensor:
+    """``y = ((x ⊙ g) · sign(W)ᵀ) ⊙ h`` with ``sign(W)`` given as packed bits.
+
+    x: ``[..., in_features]``; packed: uint8 ``[out, ceil(in/8)]``;
+    g: ``[in_features]``; h: ``[out]``.  Computes in ``x.dtype``.
+    """
+    dtype = x.dtype
+    xs = x * g.to(dtype)
+    out = packed.shape[0]
+    if out <= ROW_BLOCK:
+        y = torch.nn.functional.linear(xs, unpack_signs(packed, in_features, dtype))
+    else:
+        y = torch.cat([
+            torch.nn.functional.linear(xs, unpack_signs(packed[r:r + ROW_BLOCK], in_features, dtype))
+            for r in range(0, out, ROW_BLOCK)], dim=-1)
+    return y * h.to(dtype)

@@ -1,0 +1,104 @@
+"""Loading models and tokenizers from a hub id, a local directory or a packed checkpoint."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import OneBitError
+from .formats.checkpoint import is_packed_checkpoint, load_checkpoint, read_config
+
+log = logging.getLogger("onebit")
+
+#: hub model used by ``onebit demo`` when nothing local is found
+DEMO_HUB_MODEL = "roneneldan/TinyStories-3M"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Anything that is not shaped like a hub id ('name' or 'org/name') is a path."""
+    return spec.startswith((".", "~")) or not _HUB_ID.match(spec)
+
+
+def check_model_spec(spec: str) -> None:
+    """Fail early, with one line, for paths that cannot be a model."""
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise OneBitError(f"'{spec}' is a file, not a model directory")
+        if not (p / "config.json").is_file():
+            raise OneBitError(f"'{spec}' is not a model directory (no config.json)")
+    elif _looks_like_path(spec):
+        raise OneBitError(f"model path '{spec}' does not exist")
+
+
+def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu") -> nn.Module:
+    """A causal LM from a hub id / local HF directory, or a packed onebit checkpoint."""
+    check_model_spec(spec)
+    p = Path(spec).expanduser()
+    if p.is_dir() and is_packed_checkpoint(p):
+        model = load_checkpoint(p, device=device)
+        if dtype is not None:
+            model.to(dtype)
+        return model
+    if p.is_dir():
+        read_config(p)  # clear error for a broken config.json
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(p) if p.is_dir() else spec,
+                                                     dtype=dtype if dtype is not None else "auto")
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OneBitError(f"cannot load model '{spec}': {first}")
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir()
+                                             else spec)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OneBitError(f"cannot load a tokenizer for '{spec}': {first}")
+
+
+def shared_dir() -> Path | None:
+    """``../shared`` beside the working directory (or ``$ONEBIT_SHARED``), if present."""
+    env = os.environ.get("ONEBIT_SHARED")
+    cands = [Path(env)] if env else []
+    cands += [Path.cwd() / ".." / "shared", Path(__file__).resolve().parents[3] / ".." / "shared"]
+    for c in cands:
+        if (c / "models").is_dir() or (c / "data").is_dir():
+            return c.resolve()
+    return None
+
+
+def resolve_demo_model(explicit: str | None = None) -> str:
+    """--model, then $ONEBIT_DEMO_MODEL, then ../shared/models/stories3M, else a small hub model."""
+    if explicit:
+        return explicit
+    if os.environ.get("ONEBIT_DEMO_MODEL"):
+        return os.environ["ONEBIT_DEMO_MODEL"]
+    sd = shared_dir()
+    if sd is not None and (sd / "models" / "stories3M" / "config.json").is_file():
+        return str(sd / "models" / "stories3M")
+    return DEMO_HUB_MODEL
+
+
+def context_length(model: nn.Module, cap: int = 2048) -> int:
+    cfg = model.config
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return min(v, cap)
+    return cap

@@ -1,0 +1,129 @@
+"""The OneBit linear layer, ``Y = ((X ⊙ g) · sign(W)ᵀ) ⊙ h`` (+ optional non-affine LayerNorm).
+
+Two forms with the same parameters and the same forward:
+
+* :class:`OneBitLinearTrain` keeps a latent full-precision ``weight`` whose
+  sign is taken with a straight-through estimator, and trainable ``g``/``h``;
+  it is what distillation trains.
+* :class:`OneBitLinear` is the deployed form: ``sign(W)`` as packed bits
+  (``weight_packed``, uint8, 8 per byte along in_features) and ``g``/``h`` in
+  ``scale_dtype`` (fp16 by default).  Its forward calls the
+  ``onebit::binary_linear`` op, whose backend is chosen by device.
+
+The LayerNorm, when enabled, normalises ``Y`` over out_features without
+affine parameters (as the paper's code); a bias, if the original linear had
+one, is added last.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import kernels  # noqa: F401  (registers torch.ops.onebit)
+from ..formats.packing import pack_signs, packed_cols, unpack_signs
+from ..methods.svid import svid
+from .ste import sign_ste
+
+LN_EPS = 1e-5
+
+
+class OneBitLinearTrain(nn.Module):
+    """Trainable OneBit layer with a latent fp weight (sign via STE)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 layernorm: bool = False, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.layernorm = layernorm
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
+        self.g = nn.Parameter(torch.ones(in_features, dtype=dtype, device=device))
+        self.h = nn.Parameter(torch.ones(out_features, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, init: str = "svd", layernorm: bool = False,
+                    **svid_kwargs) -> "OneBitLinearTrain":
+        w = linear.weight.detach()
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, layernorm,
+                dtype=w.dtype, device=w.device)
+        a, b = svid(w, init, **svid_kwargs)
+        m.weight.copy_(w)
+        m.h.copy_(a.to(w.dtype))
+        m.g.copy_(b.to(w.dtype))
+        if linear.bias is not None:
+            m.bias.copy_(linear.bias.detach())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x * self.g, sign_ste(self.weight)) * self.h
+        if self.layernorm:
+            y = F.layer_norm(y, (self.out_features,), eps=LN_EPS)
+        return y + self.bias if self.bias is not None else y
+
+    @torch.no_grad()
+    def to_packed(self, scale_dtype: torch.dtype = torch.float16) -> "OneBitLinear":
+        m = OneBitLinear(self.in_features, self.out_features, self.bias is not None, self.layernorm,
+                         scale_dtype=scale_dtype,
+                         bias_dtype=self.bias.dtype if self.bias is not None else torch.float32,
+                         device=self.weight.device)
+        m.weight_packed.copy_(pack_signs(self.weight))
+        m.g.copy_(self.g.to(scale_dtype))
+        m.h.copy_(self.h.to(scale_dtype))
+        if self.bias is not None:
+            m.bias.copy_(self.bias)
+        return m
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, layernorm={self.layernorm}")
+
+
+class OneBitLinear(nn.Module):
+    """Packed OneBit layer for inference (buffers only; no gradients)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 layernorm: bool = False, scale_dtype: torch.dtype = torch.float16,
+                 bias_dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.layernorm = layernorm
+        self.register_buffer("weight_packed", torch.zeros(
+            out_features, packed_cols(in_features, 1), dtype=torch.uint8, device=device))
+        self.register_buffer("g", torch.ones(in_features, dtype=scale_dtype, device=device))
+        self.register_buffer("h", torch.ones(out_features, dtype=scale_dtype, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
+        else:
+            self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.onebit.binary_linear(x, self.weight_packed, self.g, self.h, self.in_features)
+        if self.layernorm:
+            y = F.layer_norm(y, (self.out_features,), eps=LN_EPS)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    @torch.no_grad()
+    def to_train(self, dtype: torch.dtype = torch.float32) -> OneBitLinearTrain:
+        """The trainable form with the same forward (latent weight = sign ⊙ |h gᵀ|)."""
+        m = OneBitLinearTrain(self.in_features, self.out_features, self.bias is not None,
+                              self.layernorm, dtype=dtype, device=self.weight_packed.device)
+        s = unpack_signs(self.weight_packed, self.in_features, dtype)
+        mag = torch.outer(self.h.to(dtype).abs(), self.g.to(dtype).abs()).clamp_min(1e-8)
+        m.weight.copy_(s * mag)
+        m.g.copy_(self.g.to(dtype))
+        m.h.copy_(self.h.to(dtype))
+        if self.bias is not None:
+            m.bias.copy_(self.bias.to(dtype))
+        return m
+
+    def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The effective dense weight ``sign(W) ⊙ (h gᵀ)`` (no LayerNorm)."""
+        s = unpack_signs(self.weight_packed, self.in_features, dtype)
+        return s * torch.outer(self.h.to(dtype), self.g.to(dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, layernorm={self.layernorm}, "
+                f"scale_dtype={self.g.dtype}")

@@ -1,0 +1,95 @@
+"""One registry for every quantization method.
+
+A method is a config dataclass plus a handler::
+
+    @register_method(RTNConfig)
+    class RTNHandler(MethodHandler): ...
+
+The handler turns one ``nn.Linear`` into its quantized module (and knows the
+module class used to rebuild a model from a checkpoint).  Methods never touch
+the packing format or the kernels directly; those live in ``formats`` and
+``kernels``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Type
+
+import torch
+from torch import nn
+
+from .config import QuantConfig
+from .errors import OneBitError
+
+_REGISTRY: dict[str, "Type[MethodHandler]"] = {}
+
+
+class MethodHandler:
+    """Base class for a registered method's handler.
+
+    Subclasses set ``config_cls`` (filled in by :func:`register_method`) and
+    implement :meth:`quantize_linear` and :meth:`empty_module`.
+    """
+
+    config_cls: Type[QuantConfig] = QuantConfig
+    #: True if the method needs calibration activations (e.g. GPTQ).
+    needs_calibration: bool = False
+
+    def __init__(self, config: QuantConfig):
+        self.config = config
+
+    def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
+        """Return the packed inference module that replaces ``linear``."""
+        raise NotImplementedError
+
+    def empty_module(self, name: str, in_features: int, out_features: int, bias: bool,
+                     dtype: torch.dtype) -> nn.Module:
+        """An uninitialised packed module of the right shapes, for loading a checkpoint."""
+        raise NotImplementedError
+
+
+def register_method(config_cls: Type[QuantConfig]) -> Callable[[type], type]:
+    """Class decorator: register a handler for ``config_cls.method``."""
+
+    def deco(handler_cls: type) -> type:
+        name = config_cls.method
+        if name in _REGISTRY and _REGISTRY[name] is not handler_cls:
+            raise RuntimeError(f"method '{name}' registered twice")
+        handler_cls.config_cls = config_cls
+        _REGISTRY[name] = handler_cls
+        return handler_cls
+
+    return deco
+
+
+def _ensure_builtin_methods() -> None:
+    from . import methods  # noqa: F401  (imports register the built-in methods)
+
+
+def available_methods() -> list[str]:
+    _ensure_builtin_methods()
+    return sorted(_REGISTRY)
+
+
+def get_handler_cls(name: str) -> "Type[MethodHandler]":
+    _ensure_builtin_methods()
+    if name not in _REGISTRY:
+        raise OneBitError(f"unknown method '{name}'; valid methods: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def get_handler(config: QuantConfig) -> MethodHandler:
+    return get_handler_cls(config.method)(config)
+
+
+def config_from_dict(d: dict) -> QuantConfig:
+    """Rebuild a method's config from a checkpoint's ``quantization_config``."""
+    from .config import check_format_version
+    from .errors import CheckpointError
+
+    if not isinstance(d, dict):
+        raise CheckpointError("quantization_config is not a JSON object")
+    check_format_version(d.get("format_version"))
+    name = d.get("method")
+    if not isinstance(name, str):
+        raise CheckpointError("quantization_config has no 'method' field")
+    return get_handler_cls(name).config_cls.from_dict(d)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from onebit.nn import OneBitLinear, OneBitLinearTrain, sign_ste
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+@pytest.mark.parametrize("shape", [(64, 172), (172, 64), (33, 9)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_forward_equals_training_form(shape, layernorm, bias):
+    out_f, in_f = shape
+    lin = torch.nn.Linear(in_f, out_f, bias=bias)
+    train = OneBitLinearTrain.from_linear(lin, layernorm=layernorm)
+    packed = train.to_packed(torch.float32)
+    x = torch.randn(3, 5, in_f)
+    ref = train(x)
+    got = packed(x)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_fp16_scales_are_what_the_packed_layer_uses():
+    lin = torch.nn.Linear(48, 24)
+    train = OneBitLinearTrain.from_linear(lin)
+    packed = train.to_packed(torch.float16)
+    with torch.no_grad():
+        train.g.copy_(train.g.half().float())
+        train.h.copy_(train.h.half().float())
+    x = torch.randn(4, 48)
+    assert torch.allclose(packed(x), train(x), rtol=1e-5, atol=1e-6)
+
+
+def test_svid_init_approximates_the_linear():
+    torch.manual_seed(0)
+    a, b = torch.rand(64) + 0.5, torch.rand(32) + 0.5
+    lin = torch.nn.Linear(32, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.outer(a, b) * torch.randn(64, 32).sign())
+    x = torch.randn(8, 32)
+    packed = OneBitLinearTrain.from_linear(lin).to_packed(torch.float32)
+    assert torch.allclose(packed(x), lin(x), rtol=1e-3, atol=1e-3)
+
+
+def test_to_train_roundtrip():
+    lin = torch.nn.Linear(20, 12)
+    packed = OneBitLinearTrain.from_linear(lin).to_packed(torch.float32)
+    x = torch.randn(4, 20)
+    assert torch.allclose(packed.to_train()(x), packed(x), rtol=1e-5, atol=1e-6)
+
+
+def test_ste_gradient():
+    w = torch.tensor([-2.0, -0.5, 0.0, 0.5, 2.0], requires_grad=True)
+    y = sign_ste(w)
+    assert y.tolist() == [-1, -1, 1, 1, 1]
+    y.backward(torch.arange(5.0))
+    assert w.grad.tolist() == [0, 1, 2, 3, 4]
+    w.grad = None
+    sign_ste(w, clip=1.0).backward(torch.ones(5))
+    assert w.grad.tolist() == [0, 1, 1, 1, 0]
+
+
+def test_training_form_trains_g_h_and_latent():
+    train = OneBitLinearTrain.from_linear(torch.nn.Linear(8, 4))
+    train(torch.randn(2, 8)).sum().backward()
+    assert train.weight.grad is not None and train.g.grad is not None and train.h.grad is not None
+
+
+def test_packed_module_has_no_parameters():
+    packed = OneBitLinear(16, 8)
+    assert list(packed.parameters()) == []
+    assert packed.weight_packed.dtype == torch.uint8 and packed.weight_packed.shape == (8, 2)
