@@ -16,7 +16,6 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import QuantConfig
 from .errors import OneBitError
@@ -61,13 +60,10 @@ def quantize(model: nn.Module, config: QuantConfig, progress: bool = True, **kwa
     if not targets:
         raise OneBitError("model has no linear layers to quantize (after skipping "
                           f"{', '.join(config.skip) or 'nothing'})")
-    modules: dict[str, list[int]] = {}
+    modules = {name: [lin.out_features, lin.in_features] for name, lin in targets}
     t0 = time.perf_counter()
-    for name, lin in tqdm(targets, desc=f"quantize [{config.method}]", disable=not progress,
-                          unit="layer"):
-        new = handler.quantize_linear(name, lin, **kwargs)
+    for name, new in handler.quantize_model(model, targets, progress=progress, **kwargs).items():
         set_submodule(model, name, new)
-        modules[name] = [lin.out_features, lin.in_features]
     log.info("quantized %d linear layers with %s in %.1fs", len(targets), config.method,
              time.perf_counter() - t0)
     qc = config.to_dict()

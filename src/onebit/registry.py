@@ -41,6 +41,28 @@ class MethodHandler:
         """Return the packed inference module that replaces ``linear``."""
         raise NotImplementedError
 
+    def train_module(self, name: str, linear: nn.Linear) -> nn.Module:
+        """The trainable (fake-quant, straight-through) form of ``linear``.
+
+        Its forward equals the packed module's forward for the same
+        parameters, and it has ``to_packed()`` returning that packed module.
+        Distillation / QAT trains this form.
+        """
+        raise NotImplementedError(f"method '{self.config.method}' has no trainable form")
+
+    def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
+                       progress: bool = True, **kwargs) -> dict[str, nn.Module]:
+        """Quantize every target linear; return ``{name: packed module}``.
+
+        The default treats layers independently.  Methods that need
+        calibration activations carried between layers (GPTQ) override this.
+        """
+        from tqdm.auto import tqdm
+
+        return {name: self.quantize_linear(name, lin, **kwargs)
+                for name, lin in tqdm(targets, desc=f"quantize [{self.config.method}]",
+                                      disable=not progress, unit="layer")}
+
     def empty_module(self, name: str, in_features: int, out_features: int, bias: bool,
                      dtype: torch.dtype) -> nn.Module:
         """An uninitialised packed module of the right shapes, for loading a checkpoint."""

@@ -36,3 +36,13 @@ def test_opcheck():
     w, g, h, x = torch.randn(8, 16), torch.rand(16), torch.rand(8), torch.randn(3, 16)
     torch.library.opcheck(torch.ops.onebit.binary_linear.default, (x, pack_signs(w), g, h, 16),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def test_ternary_op_equals_dense():
+    from onebit.formats.packing import pack
+
+    q = torch.randint(-1, 2, (21, 13))
+    scale = torch.rand(21)
+    x = torch.randn(5, 13)
+    y = torch.ops.onebit.ternary_linear(x, pack((q + 1).to(torch.uint8), 2), scale, 13)
+    assert torch.allclose(y, x @ q.float().T * scale, rtol=1e-5, atol=1e-6)

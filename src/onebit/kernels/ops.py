@@ -5,13 +5,15 @@
 ``onebit.formats.packing``).  The default implementation is the pure-torch
 reference; fast backends register device-specific kernels with
 ``torch.library.register_kernel("onebit::binary_linear", "cpu"|"cuda", fn)``.
+``torch.ops.onebit.ternary_linear(x, packed, scale, in_features)`` computes
+``(x · Qᵀ) ⊙ scale`` from 2-bit ternary codes (BitNet b1.58).
 A fake (meta) implementation makes the op traceable by ``torch.compile``.
 """
 from __future__ import annotations
 
 import torch
 
-from .reference import binary_linear_ref
+from .reference import binary_linear_ref, ternary_linear_ref
 
 
 @torch.library.custom_op("onebit::binary_linear", mutates_args=())
@@ -24,4 +26,17 @@ def binary_linear(x: torch.Tensor, packed: torch.Tensor, g: torch.Tensor, h: tor
 def _(x, packed, g, h, in_features):
     torch._check(x.shape[-1] == in_features)
     torch._check(packed.shape[1] * 8 >= in_features)
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+@torch.library.custom_op("onebit::ternary_linear", mutates_args=())
+def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                   in_features: int) -> torch.Tensor:
+    return ternary_linear_ref(x, packed, scale, in_features)
+
+
+@ternary_linear.register_fake
+def _(x, packed, scale, in_features):
+    torch._check(x.shape[-1] == in_features)
+    torch._check(packed.shape[1] * 4 >= in_features)
     return x.new_empty(*x.shape[:-1], packed.shape[0])

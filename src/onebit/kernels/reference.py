@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..formats.packing import unpack_signs
+from ..formats.packing import unpack, unpack_signs
 
 #: rows of the weight unpacked at once (bounds the temporary ±1 matrix)
 ROW_BLOCK = 2048
@@ -31,3 +31,21 @@ def binary_linear_ref(x: torch.Tensor, packed: torch.Tensor, g: torch.Tensor, h:
             torch.nn.functional.linear(xs, unpack_signs(packed[r:r + ROW_BLOCK], in_features, dtype))
             for r in range(0, out, ROW_BLOCK)], dim=-1)
     return y * h.to(dtype)
+
+
+def ternary_linear_ref(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                       in_features: int) -> torch.Tensor:
+    """``y = (x · Qᵀ) ⊙ scale`` with ternary ``Q ∈ {-1, 0, +1}`` packed 2 bits per weight.
+
+    Codes are ``q + 1`` (0 -> -1, 1 -> 0, 2 -> +1), packed by
+    ``formats.packing.pack(codes, 2)`` along in_features.  ``scale`` is
+    per-tensor (``[1]``) or per-output-row (``[out]``).
+    """
+    dtype = x.dtype
+    out = packed.shape[0]
+    parts = []
+    for r in range(0, out, ROW_BLOCK):
+        q = unpack(packed[r:r + ROW_BLOCK], 2, in_features).to(dtype) - 1
+        parts.append(torch.nn.functional.linear(x, q))
+    y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return y * scale.to(dtype)
