@@ -16,6 +16,14 @@ from .formats.checkpoint import checkpoint_ledger, load_checkpoint as load, save
 from .methods.onebit import OneBitConfig
 from .registry import available_methods, get_handler, register_method
 
+try:  # AutoModelForCausalLM.from_pretrained(packed_dir) / save_pretrained (transformers 5.x)
+    from .integrations import hf as _hf
+
+    if _hf.transformers_major() == _hf.SUPPORTED_MAJOR:
+        _hf.register()
+except ImportError:  # transformers missing or too different: onebit.load() still works
+    pass
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -31,14 +31,38 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def _is_conv1d(mod: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear whose weight is stored ``[in, out]``."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and hasattr(mod, "nx")
+
+
+def as_linear(mod: nn.Module) -> nn.Linear | None:
+    """``mod`` as an ``nn.Linear`` (or None): Linear as is; ``Conv1D`` as a Linear whose weight
+    is a view ``Conv1D.weight.T`` (no copy), so every method handler works on it unchanged."""
+    if type(mod) is nn.Linear:
+        return mod
+    if not _is_conv1d(mod):
+        return None
+    lin = nn.Linear(mod.nx, mod.nf, bias=mod.bias is not None, device="meta")
+    lin.weight = nn.Parameter(mod.weight.detach().T, requires_grad=False)
+    if mod.bias is not None:
+        lin.bias = nn.Parameter(mod.bias.detach(), requires_grad=False)
+    return lin
+
+
 def find_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[tuple[str, nn.Linear]]:
-    """The ``(name, module)`` pairs ``quantize`` would replace, in model order."""
-    embed_ptrs = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    """The ``(name, module)`` pairs ``quantize`` would replace, in model order
+    (``Conv1D`` layers come as Linear views, see :func:`as_linear`)."""
+    embeds = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    embed_ids = {id(w) for w in embeds}
+    embed_ptrs = {w.data_ptr() for w in embeds if w.device.type != "meta"}
     out = []
     for name, mod in model.named_modules():
-        if type(mod) is nn.Linear and not _matches(name, skip) \
-                and mod.weight.data_ptr() not in embed_ptrs:
-            out.append((name, mod))
+        lin = as_linear(mod)
+        if lin is None or _matches(name, skip) or id(mod.weight) in embed_ids \
+                or (mod.weight.device.type != "meta" and mod.weight.data_ptr() in embed_ptrs):
+            continue
+        out.append((name, lin))
     return out
 
 
@@ -87,7 +111,8 @@ def prepare_empty(model: nn.Module, qconfig: dict) -> nn.Module:
             lin = model.get_submodule(name)
         except AttributeError:
             raise OneBitError(f"quantization_config names module '{name}', which the model does not have")
-        if not isinstance(lin, nn.Linear):
+        lin = as_linear(lin)
+        if lin is None:
             raise OneBitError(f"quantization_config names '{name}', which is not a linear layer")
         dtype = lin.weight.dtype
         new = handler.empty_module(name, lin.in_features, lin.out_features, lin.bias is not None, dtype)

@@ -36,6 +36,10 @@ from .ledger import Ledger, ledger_from_specs
 log = logging.getLogger("onebit")
 
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_HEADER_DTYPE_BITS = {"U8": 8, "I8": 8, "BOOL": 8, "F16": 16, "BF16": 16, "F32": 32, "F64": 64,
+                      "I16": 16, "I32": 32, "I64": 64, "U16": 16, "U32": 32, "U64": 64,
+                      "F8_E4M3": 8, "F8_E5M2": 8}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
                    "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
                    "chat_template.jinja")
@@ -182,38 +186,80 @@ def read_safetensors_header(file: str | os.PathLike) -> tuple[int, dict]:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"'{file}' has a corrupt safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"'{file}' has a corrupt safetensors header")
-    end = 0
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"'{file}' has a corrupt safetensors header (__metadata__)")
+    spans = []
     for name, spec in header.items():
         if name == "__metadata__":
             continue
         try:
             s, e = spec["data_offsets"]
-            shape = [int(d) for d in spec["shape"]]
-            bits = {"U8": 8, "I8": 8, "BOOL": 8, "F16": 16, "BF16": 16, "F32": 32, "F64": 64,
-                    "I16": 16, "I32": 32, "I64": 64}[spec["dtype"]]
+            shape = list(spec["shape"])
+            bits = _HEADER_DTYPE_BITS[spec["dtype"]]
+            if not all(type(d) is int and d >= 0 for d in shape + [s, e]):
+                raise ValueError
         except Exception:
             raise CheckpointError(f"'{file}': malformed header entry for tensor '{name}'")
         numel = 1
         for d in shape:
             numel *= d
-        if e - s != numel * bits // 8 or s < 0 or e < s:
+        if e - s != numel * bits // 8 or e < s:
             raise CheckpointError(f"'{file}': header of tensor '{name}' does not match its shape {shape}")
-        end = max(end, e)
+        spans.append((s, e, name))
+    end = 0
+    for s, e, name in sorted(spans):  # tensors tile the data buffer: no gaps, no overlaps
+        if s != end:
+            raise CheckpointError(f"'{file}': tensor '{name}' overlaps another or leaves a gap in the data")
+        end = e
     if 8 + n + end != size:
         raise CheckpointError(f"'{file}' is truncated or corrupt: header promises {8 + n + end} bytes, "
                               f"file has {size}")
     return n, header
 
 
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The safetensors files of a model directory: ``model.safetensors``, or the shards named
+    by ``model.safetensors.index.json`` (each checked to be a plain file in ``path``)."""
+    path = Path(path)
+    index = path / INDEX_NAME
+    if index.is_file():
+        try:
+            wm = json.loads(index.read_text())["weight_map"]
+            if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+                raise ValueError
+            names = sorted(set(wm.values()))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+            raise CheckpointError(f"'{index}' is not a valid safetensors index (no weight_map)")
+        for v in names:
+            if Path(v).name != v or not v.endswith(".safetensors"):
+                raise CheckpointError(f"'{index}' names shard '{v}', which is not a safetensors file "
+                                      "in the checkpoint directory")
+        return [path / v for v in names]
+    if (path / WEIGHTS_NAME).is_file() or not any(path.glob("*.bin")):
+        return [path / WEIGHTS_NAME]
+    raise CheckpointError(f"'{path}' has no safetensors weights (only .bin); onebit reads safetensors only")
+
+
+def read_headers(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str, Path]]:
+    """``tensor -> (shape, dtype, file)`` over every weights file of ``path`` (headers only)."""
+    out = {}
+    for f in weight_files(path):
+        _, header = read_safetensors_header(f)
+        for k, v in header.items():
+            if k != "__metadata__":
+                out[k] = (tuple(v["shape"]), v["dtype"], f)
+    return out
+
+
 def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
-    """Ledger of a packed checkpoint, read from its safetensors header alone."""
+    """Ledger of a packed checkpoint, read from its safetensors header(s) alone."""
     qc = read_quant_config(path)
-    _, header = read_safetensors_header(Path(path) / WEIGHTS_NAME)
-    specs = {k: (tuple(v["shape"]), v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+    specs = {k: (shape, dtype) for k, (shape, dtype, _) in read_headers(path).items()}
     return ledger_from_specs(specs, qc.get("modules", {}))
 
 
@@ -237,7 +283,9 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
 
     path = Path(path)
     qc = read_quant_config(path)
-    sd = load_state_dict_file(path / WEIGHTS_NAME, device)
+    sd = {}
+    for f in weight_files(path):
+        sd.update(load_state_dict_file(f, device))
     try:
         hf_config = AutoConfig.from_pretrained(str(path))
     except Exception as e:
