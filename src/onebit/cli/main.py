@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onebit: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permission denied, ...: outputs are atomic, nothing half-written
+        print(f"onebit: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

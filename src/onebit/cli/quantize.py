@@ -32,6 +32,10 @@ def register(sub) -> None:
                    help="module name (or glob) to keep in full precision; repeatable "
                    "(default: lm_head)")
     add_dtype_arg(p)
+    p.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
+                   help="quantize a local safetensors checkpoint one tensor at a time (read, quantize, "
+                   "write, free: peak memory ~ one layer), output sharded like the input; default: on "
+                   "for checkpoints of 2 GiB or more when the method needs no calibration")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_common(p)
     p.set_defaults(func=run)
@@ -64,6 +68,7 @@ def build_config(args):
 def run(args) -> int:
     from ..api import quantize
     from ..config import parse_dtype
+    from ..errors import OneBitError
     from ..formats.checkpoint import prepare_output_dir, save_checkpoint
     from ..models import check_model_spec, load_model, load_tokenizer
     from .common import progress_enabled
@@ -71,9 +76,17 @@ def run(args) -> int:
     cfg = build_config(args)                       # bad method/flags fail before any loading
     check_model_spec(args.model)
     prepare_output_dir(args.out, args.overwrite)   # OUT exists without --overwrite: fail early
+    from ..formats.streaming import should_stream
+
+    if should_stream(args.model, cfg, getattr(args, "streaming", None)):
+        return run_streaming(args, cfg)
     t0 = time.perf_counter()
     model = load_model(args.model, dtype=parse_dtype(args.dtype))
-    tok = load_tokenizer(args.model)
+    try:
+        tok = load_tokenizer(args.model)
+    except OneBitError as e:  # a checkpoint without a tokenizer is still worth quantizing
+        log.warning("%s; the checkpoint will have no tokenizer", e)
+        tok = None
     log.info("loaded %s (%s) in %.1fs", args.model, type(model).__name__, time.perf_counter() - t0)
     t1 = time.perf_counter()
     quantize(model, cfg, progress=progress_enabled(args))
@@ -81,6 +94,28 @@ def run(args) -> int:
     ledger = save_checkpoint(model, args.out, tokenizer=tok, source=args.model, overwrite=args.overwrite)
     s = ledger.summary()
     print(f"quantized {args.model} with {cfg.method} in {tq:.1f}s -> {args.out}")
+    print(f"{s['quantized_modules']} linear layers at {s['bits_per_linear_weight']:.4f} bits/weight; "
+          f"checkpoint tensors {s['total_bytes'] / 2**20:.2f} MiB")
+    return 0
+
+
+def run_streaming(args, cfg) -> int:
+    """``--streaming``: one tensor at a time (formats/streaming.py)."""
+    from pathlib import Path
+
+    from ..config import parse_dtype
+    from ..errors import OneBitError
+    from ..formats.streaming import stream_quantize
+    from .common import progress_enabled
+
+    if not Path(args.model).expanduser().is_dir():
+        raise OneBitError(f"--streaming needs a local model directory, got '{args.model}'")
+    t0 = time.perf_counter()
+    ledger = stream_quantize(Path(args.model).expanduser(), args.out, cfg, dtype=parse_dtype(args.dtype),
+                             overwrite=args.overwrite, progress=progress_enabled(args))
+    s = ledger.summary()
+    print(f"quantized {args.model} with {cfg.method} (streaming) in {time.perf_counter() - t0:.1f}s "
+          f"-> {args.out}")
     print(f"{s['quantized_modules']} linear layers at {s['bits_per_linear_weight']:.4f} bits/weight; "
           f"checkpoint tensors {s['total_bytes'] / 2**20:.2f} MiB")
     return 0
