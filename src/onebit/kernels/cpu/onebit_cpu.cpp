@@ -1,0 +1,522 @@
+// CPU kernels for the packed onebit ops (built on first use by onebit.kernels.cpu.loader).
+//
+//   binary_linear:  y = ((x ⊙ g) · sign(W)ᵀ) ⊙ h, sign(W) as bits (bit i of byte j = column 8j+i,
+//                   1 -> +1, 0 -> -1, zero padding), uint8 [out, ceil(in/8)].
+//   ternary_linear: y = (x · Qᵀ) ⊙ scale, codes q+1 packed 4 per byte, LSB first.
+//
+// Rounding follows the pure-torch reference (kernels/reference.py): for fp16/bf16 inputs the
+// products x*g, the matmul result and the final *h are each rounded to the input dtype; the sum
+// itself is accumulated in fp32.
+//
+// Paths (one build runs on any x86-64: ISA chosen at run time with __builtin_cpu_supports and
+// function-level target attributes, no -march flag):
+//   * small batch (M < mm_threshold): direct kernels over the packed bits, fp32 accumulation,
+//     4 output rows per x load, threads over output rows (at::parallel_for = torch's OpenMP pool).
+//       AVX-512: 32 bits broadcast to all lanes, vpsllvd moves bit i to the sign bit of lane i,
+//                t = (-x) ^ (that & signbit) in one vpternlogd, acc += t (no mask registers).
+//                algo=2 keeps the mask-register variant (kmov + masked xor), ~30% slower here.
+//       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc).
+//       scalar:  the same table, one lane at a time (portable).
+//       lut:     (algo=1, measured slower than the SIMD paths) T-MAC style: per x row, for every group of 8 activations
+//                the 256 signed sums; each packed byte is then one table lookup.
+//   * large batch (M >= mm_threshold): unpack a block of rows to ±1 in the input dtype and call
+//     at::mm (MKL/oneDNN), i.e. the packed weight is expanded once per block, not per row.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+enum Isa : int64_t { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+int64_t best_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("bmi2"))
+    return ISA_AVX512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+#endif
+  return ISA_SCALAR;
+}
+
+// ----------------------------------------------------------------------------------------------
+// lookup tables: ±1 per bit (binary) and {-1, 0, 1, 2} per 2-bit code (ternary, code = q + 1)
+struct Tables {
+  alignas(64) float bin[256][8];
+  alignas(64) float ter[256][4];
+  Tables() {
+    for (int b = 0; b < 256; ++b) {
+      for (int i = 0; i < 8; ++i) bin[b][i] = ((b >> i) & 1) ? 1.0f : -1.0f;
+      for (int i = 0; i < 4; ++i) ter[b][i] = float(((b >> (2 * i)) & 3)) - 1.0f;
+    }
+  }
+};
+const Tables& tables() {
+  static const Tables t;
+  return t;
+}
+
+inline float hsum_scalar(const float* v, int n) {
+  float s = 0.f;
+  for (int i = 0; i < n; ++i) s += v[i];
+  return s;
+}
+
+// All direct kernels compute, for output rows [n0, n1) and every x row m:
+//   y[m*ldy + n] = sum_k coef(W[n], k) * x[m*ldx + k]
+// x rows are fp32, zero padded up to ldx >= 8*KB + 32 (binary) / 4*KB + 32 (ternary).
+
+// ---------------------------------------------------------------- binary: portable
+void bin_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
+                int64_t n1, float* y, int64_t ldy) {
+  const auto& T = tables().bin;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* w = W + n * KB;
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t j = 0; j < KB; ++j) {
+        const float* c = T[w[j]];
+        const float* xv = xm + 8 * j;
+        for (int i = 0; i < 8; ++i) acc[i] += c[i] * xv[i];
+      }
+      y[m * ldy + n] = hsum_scalar(acc, 8);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: AVX2 (+FMA)
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) void bin_avx2(const float* x, int64_t M, int64_t ldx,
+                                                  const uint8_t* W, int64_t KB, int64_t n0,
+                                                  int64_t n1, float* y, int64_t ldy) {
+  const auto& T = tables().bin;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const uint8_t* w0 = W + n * KB;
+      const uint8_t* w1 = w0 + KB;
+      const uint8_t* w2 = w1 + KB;
+      const uint8_t* w3 = w2 + KB;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t j = 0; j < KB; ++j) {
+        __m256 xv = _mm256_loadu_ps(xm + 8 * j);
+        a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w0[j]]), a0);
+        a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w1[j]]), a1);
+        a2 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w2[j]]), a2);
+        a3 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w3[j]]), a3);
+      }
+      y[m * ldy + n] = hsum256(a0);
+      y[m * ldy + n + 1] = hsum256(a1);
+      y[m * ldy + n + 2] = hsum256(a2);
+      y[m * ldy + n + 3] = hsum256(a3);
+    }
+    for (; n < n1; ++n) {
+      const uint8_t* w0 = W + n * KB;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t j = 0; j < KB; ++j)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 8 * j), _mm256_load_ps(T[w0[j]]), a0);
+      y[m * ldy + n] = hsum256(a0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: AVX-512
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2,fma")))
+
+AVX512_TARGET inline __m512 flip(__m512 xv, uint32_t bits16, __m512 sgn) {
+  // lanes whose bit is 0 (weight -1) get their sign flipped
+  return _mm512_mask_xor_ps(xv, (__mmask16)(~bits16 & 0xFFFFu), xv, sgn);
+}
+
+AVX512_TARGET void bin_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                              int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const __m512 sgn = _mm512_castsi512_ps(_mm512_set1_epi32(int(0x80000000u)));
+  const int64_t K4 = KB / 4;  // 32 columns per step
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const uint8_t* w[4] = {W + n * KB, W + (n + 1) * KB, W + (n + 2) * KB, W + (n + 3) * KB};
+      __m512 a[4][2];
+      for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < K4; ++j) {
+        __m512 xa = _mm512_loadu_ps(xm + 32 * j);
+        __m512 xb = _mm512_loadu_ps(xm + 32 * j + 16);
+        for (int r = 0; r < 4; ++r) {
+          uint32_t b;
+          std::memcpy(&b, w[r] + 4 * j, 4);
+          a[r][0] = _mm512_add_ps(a[r][0], flip(xa, b & 0xFFFFu, sgn));
+          a[r][1] = _mm512_add_ps(a[r][1], flip(xb, b >> 16, sgn));
+        }
+      }
+      for (int64_t j = 4 * K4; j < KB; ++j) {  // tail bytes: 8 columns each, upper lanes unused
+        __m512 xv = _mm512_loadu_ps(xm + 8 * j);
+        for (int r = 0; r < 4; ++r)
+          a[r][0] = _mm512_mask_add_ps(a[r][0], 0xFF, a[r][0], flip(xv, w[r][j], sgn));
+      }
+      for (int r = 0; r < 4; ++r)
+        y[m * ldy + n + r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+    }
+    for (; n < n1; ++n) {
+      const uint8_t* w0 = W + n * KB;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+      for (int64_t j = 0; j < K4; ++j) {
+        uint32_t b;
+        std::memcpy(&b, w0 + 4 * j, 4);
+        a0 = _mm512_add_ps(a0, flip(_mm512_loadu_ps(xm + 32 * j), b & 0xFFFFu, sgn));
+        a1 = _mm512_add_ps(a1, flip(_mm512_loadu_ps(xm + 32 * j + 16), b >> 16, sgn));
+      }
+      for (int64_t j = 4 * K4; j < KB; ++j)
+        a0 = _mm512_mask_add_ps(a0, 0xFF, a0, flip(_mm512_loadu_ps(xm + 8 * j), w0[j], sgn));
+      y[m * ldy + n] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+  }
+}
+
+// variant without mask registers: broadcast 32 bits, shift bit i into the sign position of lane
+// i (vpsllvd), t = (-x) ^ (shifted & signbit) in one vpternlogd, acc += t.
+AVX512_TARGET void bin_avx512_shift(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                                    int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const __m512i sgn = _mm512_set1_epi32(int(0x80000000u));
+  const __m512i sha = _mm512_set_epi32(16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+  const __m512i shb = _mm512_set_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const int64_t K4 = KB / 4;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const uint8_t* w[4] = {W + n * KB, W + (n + 1) * KB, W + (n + 2) * KB, W + (n + 3) * KB};
+      __m512 a[4][2];
+      for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < K4; ++j) {
+        __m512i na = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(xm + 32 * j)), sgn);
+        __m512i nb = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(xm + 32 * j + 16)), sgn);
+        for (int r = 0; r < 4; ++r) {
+          uint32_t b;
+          std::memcpy(&b, w[r] + 4 * j, 4);
+          __m512i bw = _mm512_set1_epi32(int(b));
+          __m512i ta = _mm512_ternarylogic_epi32(na, _mm512_sllv_epi32(bw, sha), sgn, 0x78);
+          __m512i tb = _mm512_ternarylogic_epi32(nb, _mm512_sllv_epi32(bw, shb), sgn, 0x78);
+          a[r][0] = _mm512_add_ps(a[r][0], _mm512_castsi512_ps(ta));
+          a[r][1] = _mm512_add_ps(a[r][1], _mm512_castsi512_ps(tb));
+        }
+      }
+      const __m512 sg = _mm512_castsi512_ps(sgn);
+      for (int64_t j = 4 * K4; j < KB; ++j) {
+        __m512 xv = _mm512_loadu_ps(xm + 8 * j);
+        for (int r = 0; r < 4; ++r)
+          a[r][0] = _mm512_mask_add_ps(a[r][0], 0xFF, a[r][0], flip(xv, w[r][j], sg));
+      }
+      for (int r = 0; r < 4; ++r)
+        y[m * ldy + n + r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+    }
+    if (n < n1) bin_avx512(x + m * ldx, 1, ldx, W, KB, n, n1, y + m * ldy, ldy);
+  }
+}
+
+// ---------------------------------------------------------------- binary: T-MAC style LUT
+// table[j][b] = sum_i (bit i of b ? +1 : -1) * x[8j+i]; built by doubling (256 adds per group).
+void bin_build_lut(const float* xm, int64_t KB, float* lut) {
+  for (int64_t j = 0; j < KB; ++j) {
+    const float* xv = xm + 8 * j;
+    float* t = lut + 256 * j;
+    float s = 0.f;
+    for (int i = 0; i < 8; ++i) s -= xv[i];
+    t[0] = s;
+    for (int i = 0; i < 8; ++i) {
+      const int half = 1 << i;
+      const float d = 2.f * xv[i];
+      for (int b = 0; b < half; ++b) t[half + b] = t[b] + d;
+    }
+  }
+}
+
+void bin_lut_rows(const float* lut, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
+                  float* y) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const uint8_t* w0 = W + n * KB;
+    const uint8_t* w1 = w0 + KB;
+    const uint8_t* w2 = w1 + KB;
+    const uint8_t* w3 = w2 + KB;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    for (int64_t j = 0; j < KB; ++j) {
+      const float* t = lut + 256 * j;
+      s0 += t[w0[j]];
+      s1 += t[w1[j]];
+      s2 += t[w2[j]];
+      s3 += t[w3[j]];
+    }
+    y[n] = s0, y[n + 1] = s1, y[n + 2] = s2, y[n + 3] = s3;
+  }
+  for (; n < n1; ++n) {
+    const uint8_t* w0 = W + n * KB;
+    float s0 = 0.f;
+    for (int64_t j = 0; j < KB; ++j) s0 += lut[256 * j + w0[j]];
+    y[n] = s0;
+  }
+}
+
+// ---------------------------------------------------------------- ternary: portable
+void ter_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
+                int64_t n1, float* y, int64_t ldy) {
+  const auto& T = tables().ter;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* w = W + n * KB;
+      float acc[4] = {0, 0, 0, 0};
+      for (int64_t j = 0; j < KB; ++j) {
+        const float* c = T[w[j]];
+        const float* xv = xm + 4 * j;
+        for (int i = 0; i < 4; ++i) acc[i] += c[i] * xv[i];
+      }
+      y[m * ldy + n] = hsum_scalar(acc, 4);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- ternary: AVX2
+__attribute__((target("avx2,fma"))) void ter_avx2(const float* x, int64_t M, int64_t ldx,
+                                                  const uint8_t* W, int64_t KB, int64_t n0,
+                                                  int64_t n1, float* y, int64_t ldy) {
+  const auto& T = tables().ter;
+  const int64_t K2 = KB / 2;  // 8 columns per step
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* w = W + n * KB;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t j = 0; j < K2; ++j) {
+        __m256 c = _mm256_set_m128(_mm_load_ps(T[w[2 * j + 1]]), _mm_load_ps(T[w[2 * j]]));
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 8 * j), c, a0);
+      }
+      float s = hsum256(a0);
+      for (int64_t j = 2 * K2; j < KB; ++j)
+        for (int i = 0; i < 4; ++i) s += T[w[j]][i] * xm[4 * j + i];
+      y[m * ldy + n] = s;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- ternary: AVX-512
+// 16 codes = 32 bits; pext splits them into the 16 low and 16 high bits of the codes.
+// code 2 (+1): hi set; code 0 (-1): neither set; code 1 (0): only lo set.  (Code 3 is never
+// written by the packer; here it counts as +1.)
+AVX512_TARGET void ter_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                              int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const int64_t K4 = KB / 4;  // 16 columns per step
+  const auto& T = tables().ter;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t n = n0; n < n1; n += 2) {
+      const int rows = (n + 1 < n1) ? 2 : 1;
+      __m512 p[2], q[2];
+      for (int r = 0; r < 2; ++r) p[r] = q[r] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < K4; ++j) {
+        __m512 xv = _mm512_loadu_ps(xm + 16 * j);
+        for (int r = 0; r < rows; ++r) {
+          uint32_t b;
+          std::memcpy(&b, W + (n + r) * KB + 4 * j, 4);
+          uint32_t lo = _pext_u32(b, 0x55555555u), hi = _pext_u32(b, 0xAAAAAAAAu);
+          p[r] = _mm512_mask_add_ps(p[r], (__mmask16)hi, p[r], xv);
+          q[r] = _mm512_mask_add_ps(q[r], (__mmask16)(~(hi | lo) & 0xFFFFu), q[r], xv);
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        const uint8_t* w = W + (n + r) * KB;
+        float s = _mm512_reduce_add_ps(_mm512_sub_ps(p[r], q[r]));
+        for (int64_t j = 4 * K4; j < KB; ++j)
+          for (int i = 0; i < 4; ++i) s += T[w[j]][i] * xm[4 * j + i];
+        y[m * ldy + n + r] = s;
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+using RowKernel = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                           int64_t, float*, int64_t);
+
+int64_t resolve_isa(int64_t isa) {
+  const int64_t best = best_isa();
+  if (isa < 0 || isa > best) return best;
+  return isa;
+}
+
+template <typename T>
+inline float rnd(float v) {  // round to T like a torch op producing T would
+  return static_cast<float>(static_cast<T>(v));
+}
+
+// xs[m, k] = round_T(x[m,k] * round_T(g[k])) as fp32, zero padded to ldx columns
+template <typename T, typename G>
+void prologue(const at::Tensor& x2, const G* g, int64_t K, float* xs, int64_t ldx) {
+  const T* xp = x2.data_ptr<T>();
+  const int64_t M = x2.size(0), s0 = x2.stride(0), s1 = x2.stride(1);
+  at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) {
+      float* o = xs + m * ldx;
+      const T* xr = xp + m * s0;
+      if (g != nullptr) {
+        for (int64_t k = 0; k < K; ++k)
+          o[k] = rnd<T>(static_cast<float>(xr[k * s1]) * rnd<T>(static_cast<float>(g[k])));
+      } else {
+        for (int64_t k = 0; k < K; ++k) o[k] = static_cast<float>(xr[k * s1]);
+      }
+      std::memset(o + K, 0, sizeof(float) * (ldx - K));
+    }
+  });
+}
+
+// y[m, n] = round_T(round_T(acc[m, n]) * round_T(h[n]))   (h has 1 or N entries)
+template <typename T, typename H>
+void epilogue(const float* acc, int64_t M, int64_t N, const H* h, int64_t hn, T* y) {
+  at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const float hv = rnd<T>(static_cast<float>(h[hn == 1 ? 0 : n]));
+        y[m * N + n] = static_cast<T>(rnd<T>(acc[m * N + n]) * hv);
+      }
+  });
+}
+
+// weights -> ±1 / {-1,0,1} in the activation dtype, rows [n0, n1), into buf [n1-n0, KB*per]
+template <typename T>
+void unpack_rows(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, bool ternary, T* buf) {
+  const int per = ternary ? 4 : 8;
+  at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
+    T lut[256][8];
+    for (int v = 0; v < 256; ++v)
+      for (int i = 0; i < per; ++i)
+        lut[v][i] = static_cast<T>(ternary ? tables().ter[v][i] : tables().bin[v][i]);
+    for (int64_t n = b; n < e; ++n) {
+      const uint8_t* w = W + n * KB;
+      T* o = buf + (n - n0) * KB * per;
+      for (int64_t j = 0; j < KB; ++j) std::memcpy(o + j * per, lut[w[j]], sizeof(T) * per);
+    }
+  });
+}
+
+void check_args(const at::Tensor& x, const at::Tensor& packed, int64_t K, int64_t per,
+                const char* op) {
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), op, ": CPU tensors expected");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 2, op,
+              ": packed must be a 2-D uint8 tensor");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": x.shape[-1] must equal in_features");
+  TORCH_CHECK(packed.size(1) * per >= K, op, ": packed has too few columns for in_features");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 ||
+                  x.scalar_type() == at::kHalf,
+              op, ": x must be float32, bfloat16 or float16");
+}
+
+// shared driver for both ops; `pre` is g (binary) or undefined (ternary), `post` is h / scale
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& pre,
+                         const at::Tensor& post_in, int64_t K, bool ternary, int64_t isa,
+                         int64_t mm_threshold, int64_t algo) {
+  const int64_t per = ternary ? 4 : 8;
+  check_args(x, packed_in, K, per, ternary ? "ternary_linear" : "binary_linear");
+  const at::Tensor packed = packed_in.contiguous();
+  const int64_t N = packed.size(0), KB = packed.size(1);
+  const at::ScalarType dt = x.scalar_type();
+  at::Tensor x2 = x.reshape({-1, K});
+  const int64_t M = x2.size(0);
+  std::vector<int64_t> oshape(x.sizes().begin(), x.sizes().end());
+  oshape.back() = N;
+  at::Tensor y = at::empty({M, N}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (M == 0 || N == 0) return y.view(oshape);
+  const at::Tensor g = pre.defined() ? pre.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor post = post_in.to(at::kFloat).contiguous();
+  TORCH_CHECK(post.numel() == N || post.numel() == 1, "h/scale must have out_features or 1 entries");
+  TORCH_CHECK(!g.defined() || g.numel() == K, "g must have in_features entries");
+  const int64_t ldx = per * KB + 32;
+  at::Tensor xs = at::empty({M, ldx}, x.options().dtype(at::kFloat));
+  at::Tensor acc = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const float* gp = g.defined() ? g.data_ptr<float>() : nullptr;
+  // g is rounded to T after .to(float): fp16/fp32 g -> fp32 is exact, so rnd<T> matches g.to(T)
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_prologue",
+                                  [&] { prologue<scalar_t, float>(x2, gp, K, xs.data_ptr<float>(), ldx); });
+
+  const uint8_t* W = packed.data_ptr<uint8_t>();
+  if (M >= mm_threshold) {
+    // batched: expand blocks of weight rows in the activation dtype, one GEMM per block
+    const int64_t NB = 1024;
+    at::Tensor xt = xs.narrow(1, 0, K).to(dt);
+    at::Tensor wbuf = at::empty({std::min(NB, N), KB * per}, x.options());
+    for (int64_t n0 = 0; n0 < N; n0 += NB) {
+      const int64_t n1 = std::min(N, n0 + NB);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_unpack", [&] {
+        unpack_rows<scalar_t>(W, KB, n0, n1, ternary, wbuf.data_ptr<scalar_t>());
+      });
+      at::Tensor wb = wbuf.narrow(0, 0, n1 - n0).narrow(1, 0, K);
+      acc.narrow(1, n0, n1 - n0).copy_(at::mm(xt, wb.t()));
+    }
+  } else {
+    const int64_t use = resolve_isa(isa);
+    const float* xp = xs.data_ptr<float>();
+    float* ap = acc.data_ptr<float>();
+    if (!ternary && algo == 2 && use == ISA_AVX512) {
+      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+        bin_avx512(xp, M, ldx, W, KB, 16 * b, std::min(N, 16 * e), ap, N);
+      });
+    } else if (!ternary && algo == 1) {
+      at::Tensor lut = at::empty({KB * 256}, x.options().dtype(at::kFloat));
+      for (int64_t m = 0; m < M; ++m) {
+        bin_build_lut(xp + m * ldx, KB, lut.data_ptr<float>());
+        const float* lp = lut.data_ptr<float>();
+        at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t b, int64_t e) {
+          bin_lut_rows(lp, W, KB, 4 * b, std::min(N, 4 * e), ap + m * N);
+        });
+      }
+    } else {
+      RowKernel fn = ternary ? (use == ISA_AVX512 ? ter_avx512 : use == ISA_AVX2 ? ter_avx2 : ter_scalar)
+                             : (use == ISA_AVX512 ? bin_avx512_shift : use == ISA_AVX2 ? bin_avx2 : bin_scalar);
+      // chunks of 16 output rows; at::parallel_for splits them over torch's threads
+      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+        fn(xp, M, ldx, W, KB, 16 * b, std::min(N, 16 * e), ap, N);
+      });
+    }
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_epilogue", [&] {
+    epilogue<scalar_t, float>(acc.data_ptr<float>(), M, N, post.data_ptr<float>(), post.numel(),
+                              y.data_ptr<scalar_t>());
+  });
+  return y.view(oshape);
+}
+
+at::Tensor binary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& g,
+                         const at::Tensor& h, int64_t in_features, int64_t isa,
+                         int64_t mm_threshold, int64_t algo) {
+  return packed_linear(x, packed, g, h, in_features, false, isa, mm_threshold, algo);
+}
+
+at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
+                          int64_t in_features, int64_t isa, int64_t mm_threshold) {
+  return packed_linear(x, packed, at::Tensor(), scale, in_features, true, isa, mm_threshold, 0);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("best_isa", &best_isa, "best ISA this CPU runs: 0 scalar, 1 avx2, 2 avx512");
+  m.def("binary_linear", &binary_linear, "packed 1-bit linear (x, packed, g, h, in, isa, mm_threshold, algo)");
+  m.def("ternary_linear", &ternary_linear, "packed ternary linear (x, packed, scale, in, isa, mm_threshold)");
+}

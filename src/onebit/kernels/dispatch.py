@@ -1,0 +1,123 @@
+"""Backend selection for the packed ops.
+
+The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` default to the pure-torch
+reference (kernels/reference.py).  :func:`register_backends` adds device kernels with
+``torch.library.register_kernel``:
+
+* ``cpu``: the C++ kernels (kernels/cpu), JIT-built on the first call; if the build fails the
+  same registered function calls the reference (one logged warning).
+* ``cuda``: the Triton kernels (kernels/triton), registered only when triton imports and CUDA
+  is available.
+
+Environment (read on every call, so benchmarks and tests can switch):
+
+* ``ONEBIT_KERNEL``: ``auto`` (default: fast backend where available), ``reference`` (force the
+  pure-torch path everywhere).
+* ``ONEBIT_CPU_ISA``: ``auto`` | ``avx512`` | ``avx2`` | ``scalar`` (caps the C++ path; a level
+  this CPU lacks falls back to the best it has).
+* ``ONEBIT_CPU_ALGO``: ``simd`` (default) | ``lut`` (T-MAC style table GEMV) | ``kmask``
+  (AVX-512 mask-register variant), for measurements.
+* ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands blocks of the packed
+  weight and calls a BLAS GEMM instead of the direct kernel (default: never; measured slower here).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .reference import binary_linear_ref, ternary_linear_ref
+
+log = logging.getLogger("onebit.kernels")
+
+_ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
+_ALGO = {"simd": 0, "lut": 1, "kmask": 2}
+_registered: dict[str, str] = {}
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip().lower() or default
+
+
+def forced_reference() -> bool:
+    v = _env("ONEBIT_KERNEL", "auto")
+    if v not in ("auto", "reference"):
+        raise ValueError(f"ONEBIT_KERNEL must be 'auto' or 'reference', got {v!r}")
+    return v == "reference"
+
+
+def cpu_params() -> tuple[int, int, int]:
+    """(isa, mm_threshold, algo) for the C++ kernels, from the environment."""
+    isa, algo = _env("ONEBIT_CPU_ISA", "auto"), _env("ONEBIT_CPU_ALGO", "simd")
+    if isa not in _ISA:
+        raise ValueError(f"ONEBIT_CPU_ISA must be one of {sorted(_ISA)}, got {isa!r}")
+    if algo not in _ALGO:
+        raise ValueError(f"ONEBIT_CPU_ALGO must be one of {sorted(_ALGO)}, got {algo!r}")
+    thr = int(os.environ.get("ONEBIT_CPU_MM_THRESHOLD", str(1 << 40)))
+    return _ISA[isa], thr, _ALGO[algo]
+
+
+def _cpu_module():
+    if forced_reference():
+        return None
+    from .cpu import loader
+
+    return loader.load()
+
+
+def _cpu_ok(x: torch.Tensor) -> bool:
+    return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+
+
+def binary_linear_cpu(x, packed, g, h, in_features):
+    mod = _cpu_module()
+    if mod is None or not _cpu_ok(x):
+        return binary_linear_ref(x, packed, g, h, in_features)
+    isa, thr, algo = cpu_params()
+    return mod.binary_linear(x, packed, g, h, in_features, isa, thr, algo)
+
+
+def ternary_linear_cpu(x, packed, scale, in_features):
+    mod = _cpu_module()
+    if mod is None or not _cpu_ok(x):
+        return ternary_linear_ref(x, packed, scale, in_features)
+    isa, thr, _ = cpu_params()
+    return mod.ternary_linear(x, packed, scale, in_features, isa, thr)
+
+
+def backend(device: str | torch.device = "cpu") -> str:
+    """Name of the backend a call on ``device`` uses now (building the CPU kernels if needed)."""
+    dev = torch.device(device).type
+    if forced_reference() or dev not in _registered:
+        return "reference"
+    if dev == "cpu":
+        from .cpu import ISA_NAMES
+
+        mod = _cpu_module()
+        if mod is None:
+            return "reference"
+        isa, _, algo = cpu_params()
+        best = mod.best_isa()
+        use = best if isa < 0 or isa > best else isa
+        name = {v: k for k, v in _ALGO.items()}[algo]
+        return f"cpu-{ISA_NAMES[use]}" + ("" if algo == 0 else f"-{name}")
+    return _registered[dev]
+
+
+def register_backends() -> dict[str, str]:
+    """Register the device kernels (idempotent); returns {device: backend}."""
+    if "cpu" not in _registered:
+        torch.library.register_kernel("onebit::binary_linear", "cpu", binary_linear_cpu)
+        torch.library.register_kernel("onebit::ternary_linear", "cpu", ternary_linear_cpu)
+        _registered["cpu"] = "cpu"
+    if "cuda" not in _registered:
+        try:
+            from .triton import available, binary_linear_triton, ternary_linear_triton
+            if available() and torch.cuda.is_available():
+                torch.library.register_kernel("onebit::binary_linear", "cuda", binary_linear_triton)
+                torch.library.register_kernel("onebit::ternary_linear", "cuda", ternary_linear_triton)
+                _registered["cuda"] = "triton"
+        except Exception as e:  # a broken triton install must not break the package
+            log.warning("onebit: Triton kernels not registered (%s: %s)", type(e).__name__, e)
+    return dict(_registered)
