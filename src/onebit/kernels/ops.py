@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import binary_linear_ref, ternary_linear_ref
+from .reference import binary_linear_ref, quant_linear_ref, ternary_linear_ref
 
 
 @torch.library.custom_op("onebit::binary_linear", mutates_args=())
@@ -39,4 +39,18 @@ def ternary_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
 def _(x, packed, scale, in_features):
     torch._check(x.shape[-1] == in_features)
     torch._check(packed.shape[1] * 4 >= in_features)
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+# n-bit weight-only linear (RTN / GPTQ): y = x · ((q - zero) ⊙ scale)ᵀ; zero None = symmetric
+@torch.library.custom_op("onebit::quant_linear", mutates_args=())
+def quant_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None,
+                 bits: int, group_size: int, in_features: int) -> torch.Tensor:
+    return quant_linear_ref(x, packed, scale, zero, bits, group_size, in_features)
+
+
+@quant_linear.register_fake
+def _(x, packed, scale, zero, bits, group_size, in_features):
+    torch._check(x.shape[-1] == in_features)
+    torch._check(packed.shape[1] * 8 >= in_features * bits)
     return x.new_empty(*x.shape[:-1], packed.shape[0])

@@ -49,3 +49,28 @@ def ternary_linear_ref(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tenso
         parts.append(torch.nn.functional.linear(x, q))
     y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
     return y * scale.to(dtype)
+
+
+def quant_linear_ref(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                     zero: torch.Tensor | None, bits: int, group_size: int,
+                     in_features: int) -> torch.Tensor:
+    """``y = x · Ŵᵀ`` with ``Ŵ = (q - zero) ⊙ scale`` from n-bit codes ``q`` (RTN / GPTQ).
+
+    packed: uint8 ``[out, ceil(in * bits / 8)]`` (``formats.packing.pack(q, bits)``);
+    scale: ``[1, 1]`` (per tensor), ``[out, 1]`` (per channel) or ``[out, ceil(in / group_size)]``;
+    zero: same shape as scale (uint8 or float), or None for symmetric codes (zero ``2**(bits-1)``).
+    Layout and rounding conventions: ``onebit.methods.quant``.
+    """
+    dtype = x.dtype
+    out = packed.shape[0]
+    parts = []
+    for r in range(0, out, ROW_BLOCK):
+        q = unpack(packed[r:r + ROW_BLOCK], bits, in_features).to(dtype)
+        s = scale[r:r + ROW_BLOCK] if scale.shape[0] > 1 else scale
+        z = (zero[r:r + ROW_BLOCK] if zero.shape[0] > 1 else zero).to(dtype) if zero is not None \
+            else torch.full_like(s, 2 ** (bits - 1), dtype=dtype)
+        if group_size > 0:
+            s = s.repeat_interleave(group_size, dim=1)[:, :in_features]
+            z = z.repeat_interleave(group_size, dim=1)[:, :in_features]
+        parts.append(torch.nn.functional.linear(x, (q - z) * s.to(dtype)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

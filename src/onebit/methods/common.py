@@ -1,0 +1,83 @@
+"""Orchestration shared by the methods with activation quantization / calibration.
+
+:class:`LayerwiseHandler` quantizes layers independently (RTN, BitNet, ternary,
+OneBit-W1A8); when the config asks for static activation scales it then
+swaps the quantized layers in and calibrates the scales
+(:func:`onebit.methods.actquant.calibrate_static_scales`).
+
+Calibration data (:func:`calibration_ids`): ``calib_ids=`` passed to
+``quantize()`` (so a comparison reuses one set), else a training file named
+by ``config.calib_file`` (evaluation files are refused), else text the
+teacher generates (``onebit.calibration.teacher_samples``).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from ..api import set_submodule
+from ..errors import OneBitError
+from ..registry import MethodHandler
+from .actquant import ActQuantConfig, calibrate_static_scales
+
+log = logging.getLogger("onebit")
+
+
+def calibration_ids(model: nn.Module, config: ActQuantConfig, calib_ids: torch.Tensor | None = None,
+                    tokenizer=None, progress: bool = False) -> torch.Tensor:
+    from ..calibration import file_samples, teacher_samples
+    from ..models import context_length
+
+    if calib_ids is not None:
+        return calib_ids
+    seqlen = min(config.calib_seqlen, context_length(model))
+    if config.calib_file:
+        if tokenizer is None:
+            src = getattr(model.config, "_name_or_path", None)
+            if not src:
+                raise OneBitError("--calib-file needs the model's tokenizer; pass tokenizer= to quantize()")
+            from ..models import load_tokenizer
+
+            tokenizer = load_tokenizer(src)
+        return file_samples(tokenizer, config.calib_file, config.calib_samples, seqlen, config.calib_seed)
+    log.info("generating %d calibration samples of %d tokens with the teacher", config.calib_samples, seqlen)
+    return teacher_samples(model, config.calib_samples, seqlen, seed=config.calib_seed, progress=progress)
+
+
+class LayerwiseHandler(MethodHandler):
+    """Independent per-layer quantization, then (optionally) static activation calibration."""
+
+    config: ActQuantConfig
+
+    @property
+    def needs_calibration(self) -> bool:  # type: ignore[override]
+        return self.config.needs_calibration()
+
+    def check_layer(self, name: str, linear: nn.Linear) -> None:
+        """Raise :class:`OneBitError` if the method cannot quantize this layer."""
+        if linear.weight.device.type != "meta" and not torch.isfinite(linear.weight).all():
+            raise OneBitError(f"weight of '{name}' contains NaN or Inf; refusing to quantize it")
+
+    def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
+        self.check_layer(name, linear)
+        return self.train_module(name, linear).to_packed()
+
+    def quantize_layers(self, model, targets, progress, **kwargs) -> dict[str, nn.Module]:
+        return MethodHandler.quantize_model(self, model, targets, progress, **kwargs)
+
+    def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
+                       progress: bool = True, calib_ids: torch.Tensor | None = None, tokenizer=None,
+                       **kwargs) -> dict[str, nn.Module]:
+        for name, lin in targets:       # every layer checked before any work
+            self.check_layer(name, lin)
+        ids = None
+        if self.needs_calibration:       # teacher data from the unquantized model
+            ids = calibration_ids(model, self.config, calib_ids, tokenizer, progress)
+        mods = self.quantize_layers(model, targets, progress, calib_ids=ids, **kwargs)
+        if self.config.static_acts:
+            for name, m in mods.items():
+                set_submodule(model, name, m)
+            calibrate_static_scales(model, mods, ids, self.config, progress=progress)
+        return mods

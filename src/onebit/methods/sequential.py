@@ -1,0 +1,93 @@
+"""Running a decoder block by block on calibration data (for GPTQ-style methods).
+
+:func:`find_blocks` locates the ``nn.ModuleList`` of decoder blocks holding the
+target linears; :func:`capture_block_inputs` runs the model up to the first
+block and records each batch's ``(hidden_states, kwargs)`` (attention mask,
+rotary embeddings, ... as the model passes them); :func:`run_block` runs a
+block on those inputs; :func:`hessian_hooks` accumulates ``H = 2/n Σ x xᵀ``
+of each linear's inputs while a block runs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Stop(Exception):
+    pass
+
+
+def find_blocks(model: nn.Module, target_names: list[str]) -> tuple[str, nn.ModuleList] | None:
+    """The ``(name, ModuleList)`` whose children contain the most target linears."""
+    best, best_n = None, 0
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
+            continue
+        prefix = f"{name}." if name else ""
+        n = sum(1 for t in target_names if t.startswith(prefix) and t[len(prefix):].split(".")[0].isdigit())
+        if n > best_n:
+            best, best_n = (name, mod), n
+    return best
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, block: nn.Module, ids: torch.Tensor,
+                         batch_size: int = 8) -> list[tuple[torch.Tensor, dict]]:
+    """``[(hidden_states, kwargs)]`` per batch as ``block`` receives them."""
+    caught: list[tuple[torch.Tensor, dict]] = []
+
+    def pre_hook(mod, args, kwargs):
+        hs = args[0] if args else kwargs.pop("hidden_states")
+        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+        caught.append((hs, kw))
+        raise _Stop
+
+    h = block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for i in range(0, ids.shape[0], batch_size):
+            try:
+                model(ids[i:i + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    return caught
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[tuple[torch.Tensor, dict]]:
+    outs = []
+    for hs, kw in inputs:
+        o = block(hs, **kw)
+        outs.append((o[0] if isinstance(o, (tuple, list)) else o, kw))
+    return outs
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n Σ x xᵀ`` over the rows of every input seen (GPTQ's ``add_batch``)."""
+
+    def __init__(self, in_features: int, device=None):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = x * (2 / self.n) ** 0.5
+        self.H += x.T @ x
+
+
+def hessian_hooks(modules: dict[str, nn.Module]) -> tuple[dict[str, HessianAccumulator], list]:
+    accs, handles = {}, []
+    for name, mod in modules.items():
+        in_f = mod.in_features if hasattr(mod, "in_features") else mod.nx
+        accs[name] = acc = HessianAccumulator(in_f, next(mod.parameters()).device)
+
+        def hook(m, args, _acc=acc):
+            _acc.add(args[0])
+
+        handles.append(mod.register_forward_pre_hook(hook))
+    return accs, handles
