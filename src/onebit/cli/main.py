@@ -12,11 +12,12 @@ import sys
 
 from ..errors import OneBitError
 
-SUBCOMMANDS = ["quantize", "eval", "generate", "info", "demo"]
+SUBCOMMANDS = ["quantize", "distill", "eval", "generate", "info", "demo"]
 
 EPILOG = """examples:
   onebit demo                                   quantize the default model, evaluate, generate
   onebit quantize ../shared/models/stories3M out/s3m-1bit --method onebit
+  onebit distill ../shared/models/stories3M out/s3m-kd --eval-data tinystories
   onebit info out/s3m-1bit                      bit ledger of a packed checkpoint
   onebit eval ppl out/s3m-1bit --data wikitext2
   onebit generate out/s3m-1bit --prompt "Once upon a time"

@@ -1,0 +1,1 @@
+"""Quantization-aware knowledge distillation: losses, data, student, trainer, scale-out."""

@@ -1,0 +1,103 @@
+"""Training tokens for distillation: teacher-generated (cached on disk) or a training file.
+
+* :func:`teacher_data` — ``calibration.teacher_samples`` (start token, first
+  tokens greedy, then sampled), cached as a safetensors file of token ids
+  whose name hashes everything that determines the samples (teacher
+  fingerprint, count, length, seed, greedy prefix, temperature), so a second
+  run with the same settings reads it instead of generating again.
+* :func:`file_data` — windows of a training text/JSONL the user names;
+  ``calibration.read_training_text`` refuses the known evaluation files.
+* :func:`batch_indices` — which samples make up optimiser step ``k``: a
+  seeded permutation per epoch, so the data position is just the step number
+  (what makes resuming exact).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import OneBitError
+
+log = logging.getLogger("onebit")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ONEBIT_CACHE", Path.home() / ".cache" / "onebit")) / "distill-data"
+
+
+@torch.no_grad()
+def model_fingerprint(model) -> str:
+    """A short hash of a model's config and weights (cheap statistics of every parameter)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, p in model.state_dict().items():
+        f = p.detach().float()
+        h.update(f"{name}:{tuple(p.shape)}:{f.sum().item():.6e}:{f.abs().sum().item():.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int = 3,
+                 temperature: float = 1.0, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = False, generate: bool = True) -> torch.Tensor:
+    """``[n, seqlen]`` teacher-generated token ids, read from / written to the cache."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from ..calibration import teacher_samples
+
+    key = dict(fp=model_fingerprint(teacher), n=n, seqlen=seqlen, seed=seed, greedy=greedy_tokens,
+               temperature=temperature)
+    name = "teacher-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    file = cache / f"{name}.safetensors"
+    if file.is_file():
+        try:
+            ids = load_file(str(file))["input_ids"]
+            if tuple(ids.shape) == (n, seqlen):
+                log.info("teacher data: %d x %d tokens from cache %s", n, seqlen, file)
+                return ids
+        except (SafetensorError, KeyError, OSError):
+            pass
+        log.warning("ignoring unreadable teacher-data cache %s; regenerating", file)
+    if not generate:
+        raise OneBitError(f"teacher-data cache '{file}' is missing")
+    ids = teacher_samples(teacher, n, seqlen, seed=seed, greedy_tokens=greedy_tokens,
+                          temperature=temperature, progress=progress).contiguous()
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=cache)
+    os.close(fd)
+    try:
+        save_file({"input_ids": ids}, tmp, metadata={k: str(v) for k, v in key.items()})
+        os.replace(tmp, file)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.info("teacher data: generated %d x %d tokens, cached in %s", n, seqlen, file)
+    return ids
+
+
+def file_data(tokenizer, path: str, n: int | None, seqlen: int, seed: int = 0) -> torch.Tensor:
+    """``[n, seqlen]`` windows of a training file (all windows when ``n`` is None)."""
+    from ..calibration import file_samples, read_training_text
+
+    if n is None:
+        ids = tokenizer(read_training_text(path), return_tensors="pt", verbose=False).input_ids[0]
+        n = max(1, ids.numel() // seqlen)
+    return file_samples(tokenizer, path, n, seqlen, seed=seed)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Sample indices of global batch ``step``: consecutive slices of per-epoch permutations."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, off = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.extend(perm[off: off + batch_size - len(out)].tolist())
+    return torch.tensor(out, dtype=torch.long)

@@ -1,0 +1,119 @@
+"""The student: the teacher with its linears in a method's trainable (fake-quant) form.
+
+* :func:`student_from_teacher` — a copy of the teacher whose every linear that
+  ``api.find_linears`` returns is replaced by ``handler.train_module(name,
+  linear)``: any registered method with a trainable form (OneBit, BitNet,
+  ternary, RTN as QAT, ...) trains through the same code.
+* :func:`student_from_checkpoint` — a packed checkpoint whose modules are
+  turned back into their trainable form with ``module.to_train()``.
+* :func:`freeze` — only the trainable modules' parameters get gradients
+  (embeddings, ``lm_head`` and norms stay frozen unless asked).
+* :func:`pack_student` — ``.to_packed()`` per module, ready for
+  ``formats.checkpoint.save_checkpoint``.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+from torch import nn
+
+from ..api import find_linears, set_submodule
+from ..config import QuantConfig, parse_dtype
+from ..errors import OneBitError
+from ..registry import get_handler
+
+#: config fields that must agree between teacher and student
+ARCH_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size", "n_embd", "n_layer", "n_head")
+
+
+def check_compatible(teacher: nn.Module, student: nn.Module, student_name: str = "student") -> None:
+    """One-line error when the student is not the teacher's architecture / vocabulary."""
+    tc, sc = teacher.config, student.config
+    for key in ARCH_FIELDS:
+        a, b = getattr(tc, key, None), getattr(sc, key, None)
+        if a != b:
+            what = "vocabulary" if key == "vocab_size" else "architecture"
+            raise OneBitError(f"{what} mismatch between teacher and {student_name}: "
+                              f"{key} = {a} (teacher) vs {b} ({student_name})")
+
+
+def student_from_teacher(teacher: nn.Module, config: QuantConfig) -> tuple[nn.Module, dict]:
+    """``(student, quantization_config)``: a deep copy of ``teacher`` with trainable quantized linears."""
+    config.validate()
+    handler = get_handler(config)
+    student = copy.deepcopy(teacher)
+    targets = find_linears(student, config.skip)
+    if not targets:
+        raise OneBitError("model has no linear layers to quantize")
+    for name, lin in targets:
+        try:
+            mod = handler.train_module(name, lin)
+        except NotImplementedError:
+            raise OneBitError(f"method '{config.method}' has no trainable form; it cannot be distilled")
+        set_submodule(student, name, mod)
+    qc = config.to_dict()
+    qc["modules"] = {name: [lin.out_features, lin.in_features] for name, lin in targets}
+    return student, qc
+
+
+def student_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
+    """``(student, quantization_config)`` from a packed checkpoint, modules in trainable form."""
+    from ..formats.checkpoint import load_checkpoint
+
+    model = load_checkpoint(path)
+    qc = dict(model.config.quantization_config)
+    for name in qc["modules"]:
+        mod = model.get_submodule(name)
+        if not hasattr(mod, "to_train"):
+            raise OneBitError(f"'{path}': module '{name}' ({type(mod).__name__}) has no trainable form "
+                              "(to_train); it cannot be distilled")
+        set_submodule(model, name, mod.to_train())
+    model.config.quantization_config = None
+    return model, qc
+
+
+def freeze(student: nn.Module, names, train_norms: bool = False) -> list[str]:
+    """Gradients only for the modules ``names`` (and norms if asked); return trainable param names."""
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        for p in student.get_submodule(name).parameters():
+            p.requires_grad_(True)
+    if train_norms:
+        for mod in student.modules():
+            if "norm" in type(mod).__name__.lower():
+                for p in mod.parameters(recurse=False):
+                    p.requires_grad_(True)
+    return [n for n, p in student.named_parameters() if p.requires_grad]
+
+
+def param_groups(student: nn.Module, lr: float, lr_vectors: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: matrices (latent weights) at ``lr`` with decay, vectors (g, h, bias) at ``lr_vectors``."""
+    mats = [p for p in student.parameters() if p.requires_grad and p.dim() >= 2]
+    vecs = [p for p in student.parameters() if p.requires_grad and p.dim() < 2]
+    groups = []
+    if mats:
+        groups.append({"params": mats, "lr": lr, "weight_decay": weight_decay, "name": "matrices"})
+    if vecs:
+        groups.append({"params": vecs, "lr": lr_vectors, "weight_decay": 0.0, "name": "vectors"})
+    if not groups:
+        raise OneBitError("the student has no trainable parameters")
+    return groups
+
+
+@torch.no_grad()
+def pack_student(student: nn.Module, qc: dict) -> nn.Module:
+    """Replace every trained module by its packed form (in place) and set ``quantization_config``."""
+    scale_dtype = parse_dtype(qc["scale_dtype"]) if isinstance(qc.get("scale_dtype"), str) else None
+    for name in qc["modules"]:
+        mod = student.get_submodule(name)
+        params = inspect.signature(mod.to_packed).parameters
+        packed = mod.to_packed(scale_dtype) if scale_dtype is not None and "scale_dtype" in params \
+            else mod.to_packed()
+        set_submodule(student, name, packed)
+    student.config.quantization_config = qc
+    student.eval()
+    return student

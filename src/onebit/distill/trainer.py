@@ -1,0 +1,306 @@
+"""The distillation loop: AdamW, warmup + cosine, accumulation, clipping, checkpoints, resume.
+
+One optimiser step consumes one global batch (``batch_size`` sequences):
+split across ``world`` processes and ``grad_accum`` micro-batches of equal
+size, each loss a per-token mean divided by ``grad_accum``, gradients
+averaged by DDP — so the update does not depend on how the batch is split.
+Which sequences form step ``k`` is a function of ``(k, seed)`` alone
+(:func:`data.batch_indices`), so the data position is the step number.
+
+Checkpoint (``state.pt`` in the state directory, written to a temp file and
+renamed, read back with ``torch.load(weights_only=True)``): trainable
+parameters, AdamW state, scheduler state, RNG states, step, elapsed time,
+the settings that must not change, and the history.  Training ``k`` steps,
+stopping (or being killed after the checkpoint at ``k``) and resuming gives
+the same parameters as an uninterrupted run (tested).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, OneBitError
+from . import dist
+from .data import batch_indices
+from .losses import KD_KINDS, distill_loss
+from .student import param_groups
+
+log = logging.getLogger("onebit")
+
+STATE_NAME = "state.pt"
+#: settings a resumed run must share with the run that wrote the checkpoint
+RESUME_KEYS = ("batch_size", "seed", "steps", "lr", "lr_vectors", "warmup", "method_hash")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 8            # sequences per optimiser step (global, over all processes)
+    grad_accum: int = 1            # micro-batches per step (per process)
+    lr: float = 2e-3               # latent weights (matrices)
+    lr_vectors: float | None = None  # g, h, biases (default: lr)
+    weight_decay: float = 0.0
+    warmup: int = 10               # linear warmup steps, then cosine to min_lr_ratio · lr
+    min_lr_ratio: float = 0.0
+    clip: float = 1.0              # global grad-norm clip (0 disables)
+    temperature: float = 1.0
+    kd: str = "kl"                 # "kl" or "ce" (soft cross-entropy)
+    alpha: float = 1.0             # weight of the hidden-state MSE (0 disables)
+    lm_weight: float = 0.0         # weight of the LM loss on the data
+    seed: int = 0
+    eval_every: int = 0            # steps between evaluations (0: only at the end)
+    eval_windows: int = 8
+    save_every: int = 0            # steps between checkpoints (0: only at the end)
+    log_every: int = 10
+    bf16: bool | None = None       # autocast bf16 (default: on for CUDA)
+    method_hash: str = ""          # identifies the student's method/config (resume check)
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise OneBitError("--steps, --batch-size and --grad-accum must be at least 1")
+        if self.kd not in KD_KINDS:
+            raise OneBitError(f"--kd must be one of {', '.join(KD_KINDS)}")
+        if self.temperature <= 0:
+            raise OneBitError(f"--temperature must be > 0, got {self.temperature}")
+        if self.alpha < 0 or self.lm_weight < 0:
+            raise OneBitError("--alpha and --lm-weight must be >= 0")
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """Linear warmup to 1 over ``warmup`` steps, then cosine down to ``min_ratio``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+@dataclass
+class Trainer:
+    teacher: nn.Module
+    student: nn.Module
+    data: torch.Tensor                     # [n, seqlen] token ids
+    cfg: TrainConfig
+    trainable: list[str] = field(default_factory=list)
+    state_dir: str | None = None
+    eval_ids: torch.Tensor | None = None   # 1-D token ids of a held-aside text
+    eval_seqlen: int = 256
+    progress: bool = False
+    info: dist.DistInfo = field(default_factory=dist.DistInfo)
+    strategy: str = "ddp"
+    on_eval: Callable[[dict], None] | None = None
+
+    def __post_init__(self):
+        self.cfg.validate()
+        c, info = self.cfg, self.info
+        per_rank, rem = divmod(c.batch_size, info.world * c.grad_accum)
+        if rem or per_rank == 0:
+            raise OneBitError(f"--batch-size {c.batch_size} must be a multiple of processes × --grad-accum "
+                              f"= {info.world} × {c.grad_accum}")
+        self.micro = per_rank
+        self.teacher.to(info.device).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student.to(info.device)
+        self.model = dist.wrap(self.student, info, self.strategy)
+        lr_vec = c.lr_vectors if c.lr_vectors is not None else c.lr
+        self.opt = torch.optim.AdamW(param_groups(self.model, c.lr, lr_vec, c.weight_decay),
+                                     betas=(0.9, 0.95), eps=1e-8)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, c.steps, c.warmup, c.min_lr_ratio))
+        self.step, self.elapsed, self.tokens = 0, 0.0, 0
+        self.history: list[dict] = []
+        self.bf16 = c.bf16 if c.bf16 is not None else info.device.type == "cuda"
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state_file(self) -> Path | None:
+        return Path(self.state_dir) / STATE_NAME if self.state_dir else None
+
+    def _fixed(self) -> dict:
+        d = {k: getattr(self.cfg, k) for k in RESUME_KEYS}
+        d["data_shape"] = list(self.data.shape)
+        d["data_sum"] = int(self.data.long().sum())
+        return d
+
+    def save_state(self) -> None:
+        if self.state_file is None or not self.info.main:
+            return
+        state = {
+            "step": self.step, "elapsed": self.elapsed, "tokens": self.tokens,
+            "student": dist.full_state(self.model, self.trainable, self.info),
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "fixed": json.dumps(self._fixed(), sort_keys=True),
+            "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
+            "history": json.dumps(self.history),
+        }
+        d = self.state_file.parent
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_NAME}.", dir=d)
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.state_file)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def load_state(self, path: str | os.PathLike | None = None) -> None:
+        """Continue from a checkpoint (``state.pt`` or its directory); one-line errors if unusable."""
+        f = Path(path) if path is not None else self.state_file
+        if f is not None and f.is_dir():
+            f = f / STATE_NAME
+        if f is None or not f.is_file():
+            raise CheckpointError(f"cannot resume: no training checkpoint at '{f}'")
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+            fixed = json.loads(state["fixed"])
+            params = state["student"]
+        except Exception as e:
+            raise CheckpointError(f"cannot resume: '{f}' is not a readable training checkpoint "
+                                  f"({type(e).__name__})")
+        mine = self._fixed()
+        for k in mine:
+            if fixed.get(k) != mine[k]:
+                raise CheckpointError(f"cannot resume from '{f}': it was written with {k} = {fixed.get(k)}, "
+                                      f"this run has {mine[k]}")
+        own = dict(dist.unwrap(self.model).named_parameters())
+        if sorted(params) != sorted(self.trainable):
+            raise CheckpointError(f"cannot resume from '{f}': its trainable parameters differ from this student's")
+        with torch.no_grad():
+            for n, t in params.items():
+                if tuple(t.shape) != tuple(own[n].shape):
+                    raise CheckpointError(f"cannot resume from '{f}': tensor '{n}' has shape {list(t.shape)}")
+                own[n].copy_(t.to(own[n].device, own[n].dtype))
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"cannot resume from '{f}': optimiser state does not fit ({e})")
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step, self.elapsed, self.tokens = int(state["step"]), float(state["elapsed"]), int(state["tokens"])
+        self.history = json.loads(state["history"])
+        log.info("resumed from %s at step %d", f, self.step)
+
+    # ------------------------------------------------------------------ training
+    def _micro_batches(self, step: int):
+        idx = batch_indices(step, self.data.shape[0], self.cfg.batch_size, self.cfg.seed)
+        mine = idx.view(self.info.world, -1)[self.info.rank]
+        return [self.data[mine[i * self.micro:(i + 1) * self.micro]] for i in range(self.cfg.grad_accum)]
+
+    def _loss(self, ids: torch.Tensor) -> dict:
+        c = self.cfg
+        hidden = c.alpha > 0
+        with torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.no_grad():
+                t = self.teacher(ids, output_hidden_states=hidden)
+            s = self.model(ids, output_hidden_states=hidden)
+        th = t.hidden_states[1:] if hidden else ()
+        sh = s.hidden_states[1:] if hidden else ()
+        return distill_loss(s.logits, t.logits, ids, sh, th, c.temperature, c.alpha, c.lm_weight, c.kd)
+
+    def train_step(self) -> dict:
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        parts = {}
+        micro = self._micro_batches(self.step)
+        for i, ids in enumerate(micro):
+            ids = ids.to(self.info.device)
+            sync = i == len(micro) - 1 or not hasattr(self.model, "no_sync")
+            ctx = self.model.no_sync() if not sync else _null()
+            with ctx:
+                out = self._loss(ids)
+                (out["loss"] / len(micro)).backward()
+            for k, v in out.items():
+                parts[k] = parts.get(k, 0.0) + v.detach() / len(micro)
+        if self.cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]],
+                                           self.cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        self.tokens += self.cfg.batch_size * self.data.shape[1]
+        return {k: float(dist.mean(self.info, v)) for k, v in parts.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.eval_ids is None:
+            return None
+        from ..eval.perplexity import perplexity
+
+        m = dist.unwrap(self.model)
+        m.eval()
+        r = perplexity(m, self.eval_ids, self.eval_seqlen, self.cfg.eval_windows, progress=False)
+        return r.ppl
+
+    def _record_eval(self) -> None:
+        if not self.info.main or self.eval_ids is None:
+            return
+        rec = {"step": self.step, "tokens": self.tokens, "wall": round(self.elapsed, 2),
+               "ppl": self.evaluate()}
+        self.history.append(rec)
+        if self.on_eval:
+            self.on_eval(rec)
+
+    def train(self, stop_at: int | None = None, time_limit: float | None = None) -> list[dict]:
+        """Train to ``cfg.steps`` (or stop after step ``stop_at`` / ``time_limit`` seconds, saving)."""
+        from tqdm.auto import tqdm
+
+        c = self.cfg
+        end = min(c.steps, stop_at) if stop_at is not None else c.steps
+        if self.step == 0 and c.eval_every and self.eval_ids is not None:
+            self._record_eval()
+        bar = tqdm(total=c.steps, initial=self.step, desc="distill", unit="step",
+                   disable=not (self.progress and self.info.main), dynamic_ncols=True)
+        t_start = time.perf_counter()
+        seq_tokens = c.batch_size * self.data.shape[1]
+        while self.step < end:
+            t0 = time.perf_counter()
+            parts = self.train_step()
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['loss']:.4f}", kd=f"{parts['kd']:.4f}",
+                            tok_s=f"{seq_tokens / max(dt, 1e-9):.0f}")
+            if self.step % max(1, c.log_every) == 0 or self.step == c.steps:
+                log.debug("step %d loss %.4f kd %.4f hidden %.4f lm %.4f lr %.2e", self.step, parts["loss"],
+                          parts["kd"], parts["hidden"], parts["lm"], self.sched.get_last_lr()[0])
+                if self.info.main:
+                    self.history.append({"step": self.step, "tokens": self.tokens,
+                                         "wall": round(self.elapsed, 2), **parts})
+            if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
+                self._record_eval()
+                dist.barrier(self.info)
+            if c.save_every and self.step % c.save_every == 0:
+                self.save_state()
+                dist.barrier(self.info)
+            if time_limit is not None and time.perf_counter() - t_start > time_limit:
+                break
+        bar.close()
+        if self.step == c.steps:
+            self._record_eval()
+        self.save_state()
+        dist.barrier(self.info)
+        return self.history
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,119 @@
+"""The trainer on stories260K: frozen parameters, exact resume, perplexity goes down, data cache."""
+import pytest
+import torch
+
+from onebit.distill.data import batch_indices, teacher_data
+from onebit.distill.student import freeze, pack_student, student_from_checkpoint, student_from_teacher
+from onebit.distill.trainer import STATE_NAME, TrainConfig, Trainer
+from onebit.errors import CheckpointError
+from onebit.methods.onebit import OneBitConfig
+from onebit.registry import available_methods, get_handler_cls
+
+
+@pytest.fixture(scope="module")
+def data(fp_260k, tmp_path_factory):
+    return teacher_data(fp_260k, 16, 64, seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _trainer(teacher, data, state_dir=None, config=None, **kw):
+    student, qc = student_from_teacher(teacher, config or OneBitConfig())
+    names = freeze(student, qc["modules"])
+    cfg = TrainConfig(**{**dict(steps=6, batch_size=4, lr=3e-3, warmup=2, save_every=0), **kw})
+    return Trainer(teacher, student, data, cfg, names, state_dir), qc
+
+
+def test_batch_indices_cover_every_epoch():
+    got = torch.cat([batch_indices(s, 10, 4, seed=3) for s in range(5)])  # 20 = two epochs
+    assert sorted(got[:10].tolist()) == list(range(10)) and sorted(got[10:].tolist()) == list(range(10))
+    assert torch.equal(batch_indices(2, 10, 4, 3), batch_indices(2, 10, 4, 3))
+    assert not torch.equal(torch.cat([batch_indices(s, 10, 4, 3) for s in range(3)]),
+                           torch.cat([batch_indices(s, 10, 4, 4) for s in range(3)]))
+
+
+def test_teacher_data_cached(fp_260k, tmp_path, monkeypatch):
+    a = teacher_data(fp_260k, 3, 16, seed=1, cache_dir=tmp_path)
+    assert a.shape == (3, 16) and a[:, 0].eq(1).all()
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("regenerated instead of reading the cache")
+
+    monkeypatch.setattr("onebit.calibration.teacher_samples", boom)
+    assert torch.equal(teacher_data(fp_260k, 3, 16, seed=1, cache_dir=tmp_path), a)
+    with pytest.raises(AssertionError):  # another seed is another file
+        teacher_data(fp_260k, 3, 16, seed=2, cache_dir=tmp_path)
+
+
+def test_frozen_parameters_untouched(fp_260k, data):
+    tr, qc = _trainer(fp_260k, data, steps=3)
+    before = {n: p.detach().clone() for n, p in tr.student.named_parameters()}
+    tr.train()
+    changed = {n for n, p in tr.student.named_parameters() if not torch.equal(p, before[n])}
+    frozen = [n for n in before if "embed" in n or "norm" in n or "lm_head" in n]
+    assert frozen and not changed & set(frozen)
+    assert changed == set(tr.trainable)  # every latent weight, g and h moved
+    for n, p in fp_260k.named_parameters():  # the teacher is not touched either
+        if n in before and ("embed" in n or "norm" in n):
+            assert torch.equal(p, before[n])
+
+
+def test_resume_equals_uninterrupted(fp_260k, data, tmp_path):
+    full, _ = _trainer(fp_260k, data, tmp_path / "a", grad_accum=2)
+    full.train()
+    part, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2)
+    part.train(stop_at=3)  # stops after the step-3 checkpoint, as if killed there
+    assert part.step == 3
+    # a fresh process: new student from the teacher, state from disk
+    resumed, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2)
+    resumed.load_state()
+    assert resumed.step == 3
+    resumed.train()
+    a = dict(full.student.named_parameters())
+    for n, p in resumed.student.named_parameters():
+        assert torch.allclose(p, a[n], rtol=0, atol=1e-6), n
+
+
+def test_resume_refuses_bad_checkpoints(fp_260k, data, tmp_path):
+    tr, _ = _trainer(fp_260k, data, tmp_path)
+    with pytest.raises(CheckpointError, match="no training checkpoint"):
+        tr.load_state()
+    (tmp_path / STATE_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable training checkpoint"):
+        tr.load_state()
+    tr.train(stop_at=1)
+    other, _ = _trainer(fp_260k, data, tmp_path, batch_size=8)
+    with pytest.raises(CheckpointError, match="batch_size"):
+        other.load_state()
+
+
+def test_short_distillation_lowers_perplexity(fp_260k, tok_260k, data, tmp_path):
+    from onebit.eval.data import load_text
+    from onebit.eval.perplexity import perplexity, tokenize_text
+
+    ids = tokenize_text(tok_260k, load_text("tinystories"))
+    tr, qc = _trainer(fp_260k, data, steps=16, lr=5e-3)
+    before = perplexity(tr.student, ids, 128, 4, progress=False).ppl
+    tr.train()
+    student = pack_student(tr.student, qc)
+    after = perplexity(student, ids, 128, 4, progress=False).ppl
+    assert after < before / 4, (before, after)
+    # the packed checkpoint round-trips and turns back into a trainable student with the same forward
+    from onebit.formats.checkpoint import save_checkpoint
+
+    save_checkpoint(student, tmp_path / "ck")
+    again, qc2 = student_from_checkpoint(str(tmp_path / "ck"))
+    assert qc2["modules"] == qc["modules"]
+    x = ids[:64].unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(again(x).logits, student(x).logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", [m for m in ("bitnet", "ternary", "rtn") if m in available_methods()])
+def test_other_methods_train_and_pack(fp_260k, data, method):
+    cfg = get_handler_cls(method).config_cls()
+    tr, qc = _trainer(fp_260k, data, config=cfg, steps=2)
+    hist = tr.train()
+    assert hist and all(torch.isfinite(torch.tensor(h["loss"])) for h in hist if "loss" in h)
+    packed = pack_student(tr.student, qc)
+    with torch.no_grad():
+        assert torch.isfinite(packed(data[:1]).logits).all()
