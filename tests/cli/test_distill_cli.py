@@ -1,0 +1,91 @@
+"""``onebit distill`` end to end on stories260K, and every bad input as a one-line error, exit 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from onebit.cli.main import main
+
+SMALL = ["--samples", "8", "--seqlen", "32", "--steps", "4", "--batch-size", "4", "--warmup", "1", "-q"]
+
+
+def _err(capsys):
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onebit: error:") and "\n" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("distill-cache"))
+
+
+def test_distill_writes_a_checkpoint_the_other_commands_read(stories260k, tmp_path, cache, capsys):
+    out = tmp_path / "kd"
+    assert main(["distill", stories260k, str(out), "--data-cache", cache, "--eval-data", "tinystories",
+                 "--eval-windows", "2", "--eval-seqlen", "64", *SMALL]) == 0
+    so = capsys.readouterr().out
+    assert "eval ppl" in so and "bits/weight" in so
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["quantization_config"]["method"] == "onebit" and info["quantized_modules"] == 35
+    hist = json.loads((tmp_path / "kd.state" / "history.json").read_text())
+    assert [h["step"] for h in hist if "ppl" in h][-1] == 4
+    # continue training from the packed checkpoint (--student)
+    assert main(["distill", stories260k, str(tmp_path / "kd2"), "--student", str(out), "--data-cache", cache,
+                 *SMALL]) == 0
+    assert (tmp_path / "kd2" / "model.safetensors").is_file()
+
+
+def test_stop_and_resume_via_cli(stories260k, tmp_path, cache, capsys):
+    out = tmp_path / "r"
+    assert main(["distill", stories260k, str(out), "--data-cache", cache, "--stop-at", "2", *SMALL]) == 0
+    assert "stopped at step 2/4" in capsys.readouterr().out and not out.exists()
+    assert main(["distill", stories260k, str(out), "--data-cache", cache, "--resume", *SMALL]) == 0
+    state = torch.load(tmp_path / "r.state" / "state.pt", weights_only=True)
+    assert state["step"] == 4 and out.is_dir()
+
+
+def test_bad_inputs(stories260k, stories3m, data_dir, tmp_path, cache, capsys):
+    ts = str(data_dir / "tinystories" / "tinystories_val_sample.txt")
+    base = [stories260k, str(tmp_path / "o"), "--data-cache", cache, *SMALL]
+    assert main(["distill", *base, "--data", ts]) == 2
+    assert "evaluation file" in _err(capsys)
+    assert main(["distill", *base, "--data", "wikitext2"]) == 2
+    assert "evaluation dataset" in _err(capsys)
+    assert main(["distill", *base, "--resume"]) == 2
+    assert "no training checkpoint" in _err(capsys)
+    (tmp_path / "o.state").mkdir()
+    (tmp_path / "o.state" / "state.pt").write_bytes(b"\x00garbage")
+    assert main(["distill", *base, "--resume"]) == 2
+    assert "not a readable training checkpoint" in _err(capsys)
+    assert main(["distill", *base, "--method", "nope"]) == 2
+    assert "unknown method" in _err(capsys)
+    assert main(["distill", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
+    assert "does not exist" in _err(capsys)
+    assert main(["distill", *base, "--batch-size", "3", "--grad-accum", "2"]) == 2
+    assert "multiple" in _err(capsys)
+
+
+def _packed(model_dir, out):
+    r = subprocess.run([sys.executable, "-m", "onebit.cli.main", "quantize", str(model_dir), str(out), "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
+def test_vocab_and_architecture_mismatch(stories260k, stories3m, tmp_path, cache, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _packed(stories260k, tmp_path / "s260k")  # vocab 512 vs stories3M's 4096
+    assert main(["distill", stories3m, str(tmp_path / "o"), "--student", str(tmp_path / "s260k"), *SMALL]) == 2
+    assert "vocabulary mismatch" in _err(capsys)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
+    _packed(tmp_path / "tiny", tmp_path / "tiny1")
+    assert main(["distill", stories260k, str(tmp_path / "o"), "--student", str(tmp_path / "tiny1"),
+                 "--data-cache", cache, *SMALL]) == 2
+    assert "architecture mismatch" in _err(capsys)
