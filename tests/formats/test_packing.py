@@ -4,7 +4,7 @@ import torch
 from onebit.formats.packing import pack, pack_signs, packed_cols, unpack, unpack_signs
 
 
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("cols", [1, 3, 7, 8, 9, 64, 172, 173])
 def test_roundtrip_bit_exact(bits, cols):
     codes = torch.randint(0, 2 ** bits, (5, cols), dtype=torch.uint8)
@@ -36,7 +36,7 @@ def test_padding_bits_are_zero():
 
 def test_errors():
     with pytest.raises(ValueError):
-        pack(torch.zeros(2, 2, dtype=torch.uint8), 5)
+        pack(torch.zeros(2, 2, dtype=torch.uint8), 9)
     with pytest.raises(TypeError):
         pack(torch.zeros(2, 2), 1)
     with pytest.raises(ValueError):

@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="hub id or local model directory")
     p.add_argument("out", metavar="OUT", help="output directory for the packed checkpoint")
     p.add_argument("--method", default="onebit",
-                   help="quantization method (default: %(default)s; see 'onebit info --methods')")
+                   help="quantization method: onebit, onebit-w1a8, bitnet, ternary, rtn, gptq "
+                   "(default: %(default)s)")
     p.add_argument("--init", default="svd", choices=["svd", "nmf"],
                    help="OneBit: SVID factorisation of |W| (default: %(default)s)")
     p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
@@ -28,6 +29,7 @@ def register(sub) -> None:
                    "see README for the measurement behind the default)")
     p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="OneBit: storage dtype of the g/h value vectors (default: %(default)s)")
+    add_method_args(p)
     p.add_argument("--skip", action="append", default=None, metavar="NAME",
                    help="module name (or glob) to keep in full precision; repeatable "
                    "(default: lm_head)")
@@ -39,6 +41,43 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_common(p)
     p.set_defaults(func=run)
+
+
+def add_method_args(p) -> None:
+    """Flags of the rtn/gptq/bitnet/ternary/onebit-w1a8 methods (names match config fields)."""
+    from ..methods.actquant import ACT_BITS, ACT_MODES, OBSERVERS
+    from ..methods.quant import CLIP_MODES
+
+    g = p.add_argument_group("rtn / gptq", "uniform n-bit weights (see README 'Methods and comparison')")
+    g.add_argument("--bits", type=int, default=None, help="weight bits, 2-8 (default 4)")
+    g.add_argument("--group-size", type=int, default=None, metavar="N",
+                   help="N > 0: one scale per N input columns; 0: per output channel (default); "
+                   "-1: one scale per tensor")
+    g.add_argument("--sym", action=argparse.BooleanOptionalAction, default=None,
+                   help="symmetric grid, no zero point (default) / --no-sym: asymmetric with zero point")
+    g.add_argument("--asym", dest="sym", action="store_false", default=None, help="same as --no-sym")
+    g.add_argument("--clip", choices=CLIP_MODES, default=None,
+                   help="range per group: min-max (default) or the MSE-optimal clip ratio")
+    g.add_argument("--damp", type=float, default=None, help="gptq: Hessian damping (default 0.01)")
+    g.add_argument("--block-size", type=int, default=None, help="gptq: lazy-update block (default 128)")
+    g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="gptq: quantize columns by decreasing Hessian diagonal")
+    g.add_argument("--static-groups", action=argparse.BooleanOptionalAction, default=None,
+                   help="gptq: group scales fixed from the unmodified weights")
+    a = p.add_argument_group("activations and calibration")
+    a.add_argument("--act-bits", type=int, choices=ACT_BITS, default=None,
+                   help="activation bits (0 = float; bitnet/ternary/onebit-w1a8 default 8, others 0)")
+    a.add_argument("--act-mode", choices=ACT_MODES, default=None,
+                   help="dynamic: absmax per token at run time (default); static: calibrated scale")
+    a.add_argument("--act-observer", choices=OBSERVERS, default=None,
+                   help="static scales: minmax (default), ema or percentile")
+    a.add_argument("--act-percentile", type=float, default=None, help="percentile observer (99.9)")
+    a.add_argument("--calib-samples", type=int, default=None, help="calibration sequences (128)")
+    a.add_argument("--calib-seqlen", type=int, default=None, help="calibration tokens per sequence (256)")
+    a.add_argument("--calib-seed", type=int, default=None, help="calibration data seed (0)")
+    a.add_argument("--calib-file", default=None, metavar="FILE",
+                   help="calibrate on this training text (.txt/.jsonl) instead of teacher-generated "
+                   "text; evaluation files are refused")
 
 
 def build_config(args):
@@ -89,7 +128,10 @@ def run(args) -> int:
         tok = None
     log.info("loaded %s (%s) in %.1fs", args.model, type(model).__name__, time.perf_counter() - t0)
     t1 = time.perf_counter()
-    quantize(model, cfg, progress=progress_enabled(args))
+    from ..registry import get_handler
+
+    extra = {"tokenizer": tok} if get_handler(cfg).needs_calibration else {}
+    quantize(model, cfg, progress=progress_enabled(args), **extra)
     tq = time.perf_counter() - t1
     ledger = save_checkpoint(model, args.out, tokenizer=tok, source=args.model, overwrite=args.overwrite)
     s = ledger.summary()

@@ -3,7 +3,7 @@
 Layout (format version 1)
 -------------------------
 A matrix ``Q`` of shape ``[rows, cols]`` holding unsigned codes of ``bits``
-bits (``bits`` in 1, 2, 3, 4, 8) is packed along the **last** dimension
+bits (``bits`` in 1..8) is packed along the **last** dimension
 (``in_features`` for a linear weight) into ``uint8`` of shape
 ``[rows, ceil(cols * bits / 8)]``:
 
@@ -13,7 +13,7 @@ bits (``bits`` in 1, 2, 3, 4, 8) is packed along the **last** dimension
 * when ``cols`` is not a multiple of ``k`` the last byte is padded with zero
   codes, which unpacking drops.
 
-**3 bits** (and any width that does not divide 8) uses the same rule read as
+**3 bits** (and 5, 6, 7: any width that does not divide 8) uses the same rule read as
 one little-endian bit stream: code ``c`` occupies stream bits
 ``c*bits .. c*bits + bits-1``, where stream bit ``n`` is bit ``n % 8`` of
 byte ``n // 8``.  So 8 codes fill exactly 3 bytes: byte 0 holds code 0 (bits
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-SUPPORTED_BITS = (1, 2, 3, 4, 8)
+SUPPORTED_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 def _check_bits(bits: int) -> int:

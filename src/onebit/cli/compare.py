@@ -1,0 +1,84 @@
+"""``onebit compare MODEL --methods ...``: every method on one model, one table (+ CSV, PNG)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("onebit")
+
+
+def register(sub) -> None:
+    from ..compare import DEFAULT_METHODS, MODIFIERS
+    from .main import add_common
+
+    p = sub.add_parser(
+        "compare", help="quantize a model with several methods and tabulate size vs quality",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Quantize MODEL with each method spec, save each packed checkpoint to a temporary "
+        "directory, and report one row per method: bits per weight of the quantized linears (bit "
+        "ledger: codes, scales, zero points), size of the checkpoint on disk, perplexity per dataset, "
+        "quantization time, KL to the teacher and zero-shot average (n/a until the evaluation module "
+        "provides them).  Writes OUT/compare.md, OUT/compare.csv and OUT/ppl_vs_bits.png.",
+        epilog="method specs: fp (baseline), onebit, onebit-w1a8, bitnet, ternary, rtn-..., gptq-...\n"
+        f"  modifiers: {MODIFIERS}\n"
+        "  e.g. rtn-w4 (4-bit per channel), rtn-w2-g64 (groups of 64), rtn-w4-asym (zero point),\n"
+        "       gptq-w3-g64, gptq-w4-actorder, rtn-w4-a8 (int8 activations), bitnet-a0 (fp activations)\n"
+        "example:\n"
+        "  onebit compare ../shared/models/stories3M --methods fp,onebit,bitnet,ternary,rtn-w4,gptq-w3-g64 \\\n"
+        "      --data wikitext2,tinystories --max-windows 40 --out out/compare-s3m")
+    p.add_argument("model", metavar="MODEL", help="hub id or local model directory (the teacher)")
+    p.add_argument("--methods", default="fp," + DEFAULT_METHODS,
+                   help="comma-separated method specs (default: %(default)s)")
+    p.add_argument("--data", default="wikitext2", help="comma-separated datasets: wikitext2, c4, "
+                   "tinystories or a text FILE (default: %(default)s)")
+    p.add_argument("--seqlen", type=int, default=None, help="perplexity window (default: model context)")
+    p.add_argument("--max-windows", type=int, default=None, help="windows per dataset (default: all)")
+    p.add_argument("--calib-samples", type=int, default=128,
+                   help="teacher-generated calibration sequences, shared by all methods (default: 128)")
+    p.add_argument("--calib-seqlen", type=int, default=256, help="tokens per calibration sequence (256)")
+    p.add_argument("--distill", type=int, default=0, metavar="STEPS",
+                   help="distil each method's trainable form for STEPS steps first (needs onebit.distill)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where to write compare.md/.csv/.png (default: compare-<model name>)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .. import compare as C
+    from ..errors import OneBitError
+    from ..models import check_model_spec
+    from .common import progress_enabled, write_text_atomic
+
+    methods = C.parse_methods(args.methods)        # bad specs fail before any loading
+    datasets = [d.strip() for d in args.data.split(",") if d.strip()]
+    if not datasets:
+        raise OneBitError("--data is empty")
+    if args.max_windows is not None and args.max_windows < 1:
+        raise OneBitError(f"--max-windows must be at least 1, got {args.max_windows}")
+    if args.distill < 0:
+        raise OneBitError(f"--distill must be >= 0, got {args.distill}")
+    check_model_spec(args.model)
+    out = Path(args.out or f"compare-{Path(args.model.rstrip('/')).name}")
+    if out.exists() and not out.is_dir():
+        raise OneBitError(f"--out '{out}' exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def on_row(r):
+        log.info("%s: %.3f bits/weight, %s", r.method, r.bits_per_weight,
+                 ", ".join(f"ppl {d} {v:.3f}" for d, v in r.ppl.items()))
+
+    rows = C.run_compare(args.model, methods, datasets, args.seqlen, args.max_windows, args.calib_samples,
+                         args.calib_seqlen, args.distill, progress_enabled(args), on_row)
+    md = C.to_markdown(rows)
+    note = (f"\nModel: {args.model}; data: {', '.join(datasets)}; max windows: {args.max_windows or 'all'}; "
+            f"calibration: {args.calib_samples} teacher samples x {args.calib_seqlen} tokens"
+            + (f"; distilled {args.distill} steps" if args.distill else "") + ".\n")
+    write_text_atomic(out / "compare.md", md + note)
+    write_text_atomic(out / "compare.csv", C.to_csv(rows))
+    C.plot(rows, out / "ppl_vs_bits.png", title=f"{Path(args.model).name}: perplexity vs bits per weight")
+    sys.stdout.write(md)
+    print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'ppl_vs_bits.png'}")
+    return 0

@@ -1,0 +1,71 @@
+"""`onebit compare` on stories260K: the table, the CSV and the PNG; bad specs refused."""
+import csv
+
+import pytest
+
+from onebit.cli.main import main
+from onebit.compare import parse_method_spec
+from onebit.errors import OneBitError
+
+
+def test_compare_writes_table_csv_png(stories260k, data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ONEBIT_DATA", str(data_dir))
+    out = tmp_path / "cmp"
+    rc = main(["compare", stories260k, "--methods", "fp,onebit,bitnet,ternary,rtn-w4,gptq-w3-g32,rtn-w2-g32",
+               "--data", "tinystories", "--max-windows", "2", "--seqlen", "128", "--calib-samples", "8",
+               "--calib-seqlen", "64", "--out", str(out), "-q"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| method | bits/weight | size MiB | ppl tinystories | quant s" in printed
+    rows = list(csv.DictReader(open(out / "compare.csv")))
+    assert [r["method"] for r in rows] == ["fp", "onebit", "bitnet", "ternary", "rtn-w4", "gptq-w3-g32",
+                                           "rtn-w2-g32"]
+    by = {r["method"]: r for r in rows}
+    bpw = {k: float(v["bits/weight"]) for k, v in by.items()}
+    assert bpw["fp"] == 32 and 1 < bpw["bitnet"] < bpw["onebit"] < 1.5 < 2 < bpw["ternary"] < 2.1
+    assert 4 < bpw["rtn-w4"] < 4.5 and 3 < bpw["gptq-w3-g32"] < 4
+    size = {k: float(v["size MiB"]) for k, v in by.items()}
+    assert size["bitnet"] < size["rtn-w4"] < size["fp"]
+    ppl = {k: float(v["ppl tinystories"]) for k, v in by.items()}
+    assert ppl["fp"] < ppl["rtn-w4"] < ppl["bitnet"]
+    assert (out / "compare.md").read_text().startswith("| method |")
+    assert (out / "ppl_vs_bits.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("spec,check", [
+    ("rtn-w4", lambda c: c.method == "rtn" and c.bits == 4 and c.group_size == 0 and c.sym),
+    ("rtn-w2-g64", lambda c: c.bits == 2 and c.group_size == 64),
+    ("rtn-w4-asym", lambda c: c.sym is False),
+    ("gptq-w3-g64", lambda c: c.method == "gptq" and c.bits == 3 and c.group_size == 64),
+    ("gptq-w4-actorder-mse", lambda c: c.act_order and c.clip == "mse"),
+    ("rtn-w8-tensor-a8", lambda c: c.group_size == -1 and c.act_bits == 8),
+    ("onebit-w1a8", lambda c: c.method == "onebit-w1a8" and c.act_bits == 8),
+    ("bitnet-a0", lambda c: c.method == "bitnet" and c.act_bits == 0),
+    ("fp", lambda c: c is None),
+])
+def test_spec_parser(spec, check):
+    assert check(parse_method_spec(spec))
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("awq-w4", "valid methods: bitnet, gptq, onebit, onebit-w1a8, rtn, ternary"),
+    ("rtn-w9", "choose one of 2, 3, 4, 5, 6, 7, 8"),
+    ("rtn-w4-q7", "unknown modifier 'q7'; valid modifiers"),
+    ("bitnet-w4", "does not apply"),
+])
+def test_bad_specs(spec, match):
+    with pytest.raises(OneBitError, match=match):
+        parse_method_spec(spec)
+
+
+def test_cli_bad_input_one_line_exit_2(stories260k, tmp_path, capsys):
+    assert main(["compare", stories260k, "--methods", "rtn-w4,nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onebit: error: unknown method 'nope'")
+    for argv, match in [(["--method", "rtn", "--bits", "1"], "choose one of 2, 3"),
+                        (["--method", "gptq", "--group-size", "100000"], "larger than layer"),
+                        (["--method", "awq"], "valid methods:")]:
+        rc = main(["quantize", stories260k, str(tmp_path / "q"), *argv, "-q"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "q").exists()
