@@ -63,7 +63,7 @@ def test_layouts(mod, layout, dtype):
     assert_close(mod.ternary_linear(x, tp, scale, 172, -1, NEVER), ternary_linear_ref(x, tp, scale, 172))
 
 
-@pytest.mark.parametrize("algo", [1, 2], ids=["lut", "kmask"])
+@pytest.mark.parametrize("algo", [1, 2, 3], ids=["lut", "kmask", "psum"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_alternative_algorithms(mod, algo, dtype):
     p, g, h = binary_layer(37, 172)
@@ -94,3 +94,12 @@ def test_empty_batch(mod):
     p, g, h = binary_layer(8, 16)
     y = mod.binary_linear(torch.randn(0, 16), p, g, h, 16, -1, NEVER, 0)
     assert y.shape == (0, 8)
+
+
+def test_psum_exact_for_large_mean(mod):
+    """The masked-sum path centres x, so inputs with a large common offset stay accurate."""
+    p, g, h = binary_layer(64, 1001)
+    x = torch.randn(3, 1001) + 50.0
+    ref = binary_linear_ref(x.double(), p, g.double(), h.double(), 1001).float()  # fp64 truth
+    for algo in (0, 3):
+        assert_close(mod.binary_linear(x, p, g, h, 1001, -1, NEVER, algo), ref)

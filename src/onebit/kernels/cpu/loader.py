@@ -45,7 +45,11 @@ def _build():
     log.info("onebit: building the CPU kernels in %s (first use only, ~30-60 s)", d)
     return cpp_extension.load(
         name="onebit_cpu", sources=[str(SOURCE)], build_directory=str(d),
-        extra_cflags=["-O3", "-fno-math-errno"], verbose=False)
+        # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in the ATen headers, so
+        # without it the kernels run single-threaded.  libgomp.so.1 resolves to the copy torch has
+        # already loaded (same soname), so there is one OpenMP runtime and torch's thread count.
+        extra_cflags=["-O3", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
+        verbose=False)
 
 
 def load():

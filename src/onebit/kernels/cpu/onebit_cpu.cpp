@@ -14,7 +14,8 @@
 //     4 output rows per x load, threads over output rows (at::parallel_for = torch's OpenMP pool).
 //       AVX-512: 32 bits broadcast to all lanes, vpsllvd moves bit i to the sign bit of lane i,
 //                t = (-x) ^ (that & signbit) in one vpternlogd, acc += t (no mask registers).
-//                algo=2 keeps the mask-register variant (kmov + masked xor), ~30% slower here.
+//                algo=2: mask-register variant (kmov + masked xor); algo=3: one masked add per 16
+//                weights on centred x (2P - S); both kmov-bound and slower on this CPU (Zen 5).
 //       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc).
 //       scalar:  the same table, one lane at a time (portable).
 //       lut:     (algo=1, measured slower than the SIMD paths) T-MAC style: per x row, for every group of 8 activations
@@ -228,6 +229,54 @@ AVX512_TARGET void bin_avx512_shift(const float* x, int64_t M, int64_t ldx, cons
         y[m * ldy + n + r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
     }
     if (n < n1) bin_avx512(x + m * ldx, 1, ldx, W, KB, n, n1, y + m * ldy, ldy);
+  }
+}
+
+// ---------------------------------------------------------------- binary: AVX-512 masked sum
+// One masked add per 16 weights: P = sum of x over the +1 columns, and sum s_i x_i = 2P - S.
+// To keep that exact-ish when x has a large mean, x is centred first (x' = x - c, c = mean x):
+//   sum s_i x_i = 2 P' - S' + c (2 popcount(row) - K),   S' = sum x'  (~0)
+// so no large partial sums cancel.  The popcount runs on the scalar ALU beside the vector adds.
+AVX512_TARGET void bin_avx512_psum(const float* xc, const float* cs, const float* ss, int64_t M,
+                                   int64_t ldx, const uint8_t* W, int64_t KB, int64_t K,
+                                   int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const int64_t K4 = KB / 4;
+  const int tailbits = int(K - 8 * (KB - 1));  // valid bits in the last byte (1..8)
+  const unsigned padmask = tailbits >= 8 ? 0u : (0xFFu & ~((1u << tailbits) - 1u));
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = xc + m * ldx;
+    const double c = cs[m], S = ss[m];
+    for (int64_t n = n0; n < n1; n += 4) {
+      const int rows = int(std::min<int64_t>(4, n1 - n));
+      const uint8_t* w[4];
+      for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
+      __m512 a[4][2];
+      int64_t pc[4] = {0, 0, 0, 0};
+      for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < K4; ++j) {
+        __m512 xa = _mm512_loadu_ps(xm + 32 * j);
+        __m512 xb = _mm512_loadu_ps(xm + 32 * j + 16);
+        for (int r = 0; r < 4; ++r) {
+          uint32_t b;
+          std::memcpy(&b, w[r] + 4 * j, 4);
+          pc[r] += __builtin_popcount(b);
+          a[r][0] = _mm512_mask_add_ps(a[r][0], (__mmask16)(b & 0xFFFFu), a[r][0], xa);
+          a[r][1] = _mm512_mask_add_ps(a[r][1], (__mmask16)(b >> 16), a[r][1], xb);
+        }
+      }
+      for (int64_t j = 4 * K4; j < KB; ++j) {
+        __m512 xv = _mm512_loadu_ps(xm + 8 * j);
+        for (int r = 0; r < 4; ++r) {
+          pc[r] += __builtin_popcount(w[r][j]);
+          a[r][0] = _mm512_mask_add_ps(a[r][0], (__mmask16)w[r][j], a[r][0], xv);
+        }
+      }
+      for (int r = 0; r < rows; ++r) {
+        const int64_t cnt = pc[r] - __builtin_popcount(w[r][KB - 1] & padmask);
+        const double P = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
+        y[m * ldy + n + r] = float(2.0 * P - S + c * double(2 * cnt - K));
+      }
+    }
   }
 }
 
@@ -473,7 +522,30 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     const int64_t use = resolve_isa(isa);
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
-    if (!ternary && algo == 2 && use == ISA_AVX512) {
+    if (!ternary && algo == 3 && use == ISA_AVX512) {
+      // centred copy of x, its mean and its (tiny) sum, per row
+      at::Tensor xc = at::empty({M, ldx}, x.options().dtype(at::kFloat));
+      std::vector<float> cs(M), ss(M);
+      float* xcp = xc.data_ptr<float>();
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xr = xp + m * ldx;
+        double sum = 0;
+        for (int64_t k = 0; k < K; ++k) sum += xr[k];
+        const float c = float(sum / double(K));
+        double s2 = 0;
+        float* o = xcp + m * ldx;
+        for (int64_t k = 0; k < K; ++k) {
+          o[k] = xr[k] - c;
+          s2 += o[k];
+        }
+        std::memset(o + K, 0, sizeof(float) * (ldx - K));
+        cs[m] = c;
+        ss[m] = float(s2);
+      }
+      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+        bin_avx512_psum(xcp, cs.data(), ss.data(), M, ldx, W, KB, K, 16 * b, std::min(N, 16 * e), ap, N);
+      });
+    } else if (!ternary && algo == 2 && use == ISA_AVX512) {
       at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
         bin_avx512(xp, M, ldx, W, KB, 16 * b, std::min(N, 16 * e), ap, N);
       });
