@@ -48,6 +48,10 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
         return model
     if p.is_dir():
         read_config(p)  # clear error for a broken config.json
+        if any(p.glob("*.safetensors")):  # truncated / corrupt weights: one line naming the file
+            from .formats.checkpoint import read_headers
+
+            read_headers(p)
     from transformers import AutoModelForCausalLM
 
     try:

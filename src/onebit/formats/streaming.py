@@ -193,7 +193,8 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
         if not targets:
             raise OneBitError(f"'{src}': model has no linear layers to quantize (after skipping "
                               f"{', '.join(config.skip) or 'nothing'})")
-        model_keys = set(model.state_dict())
+        model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        model_keys = set(model_shapes)
         prefix = getattr(model, "base_model_prefix", "")
         where: dict[str, tuple[Path, str]] = {}  # model name -> (file, checkpoint name)
         for f, r in readers.items():
@@ -203,6 +204,11 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
                     log.warning("'%s': tensor '%s' is not part of the model; dropped", f, k)
                 elif mk not in where:
                     where[mk] = (f, k)
+        for mk, (f, k) in where.items():
+            shape = tuple(readers[f].specs[k]["shape"])
+            if shape != model_shapes[mk]:
+                raise CheckpointError(f"'{f}': tensor '{k}' has shape {list(shape)}, the model's "
+                                      f"config.json says {list(model_shapes[mk])}")
         for target, source in getattr(model, "all_tied_weights_keys", {}).items():
             if target in where and source in where:
                 del where[target]  # tied weights are stored once
