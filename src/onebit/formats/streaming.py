@@ -130,12 +130,12 @@ def checkpoint_bytes(path: str | os.PathLike) -> int:
 def should_stream(model: str, config: QuantConfig, requested: bool | None) -> bool:
     """``--streaming`` as given; by default on for local safetensors checkpoints of at least
     :data:`AUTO_STREAM_BYTES` when the method needs no calibration."""
-    from ..registry import get_handler_cls
+    from ..registry import get_handler
 
     if requested is not None:
         return requested
     p = Path(model).expanduser()
-    if get_handler_cls(config.method).needs_calibration or not (p / "config.json").is_file():
+    if get_handler(config).needs_calibration or not (p / "config.json").is_file():
         return False
     try:
         files = weight_files(p)
