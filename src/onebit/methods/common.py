@@ -46,14 +46,19 @@ def calibration_ids(model: nn.Module, config: ActQuantConfig, calib_ids: torch.T
     return teacher_samples(model, config.calib_samples, seqlen, seed=config.calib_seed, progress=progress)
 
 
+class _NeedsCalibration:
+    """``handler.needs_calibration`` from its config (static activation scales); ``False`` on the class."""
+
+    def __get__(self, obj, cls=None) -> bool:
+        return False if obj is None else obj.config.needs_calibration()
+
+
 class LayerwiseHandler(MethodHandler):
     """Independent per-layer quantization, then (optionally) static activation calibration."""
 
     config: ActQuantConfig
 
-    @property
-    def needs_calibration(self) -> bool:  # type: ignore[override]
-        return self.config.needs_calibration()
+    needs_calibration = _NeedsCalibration()  # type: ignore[assignment]
 
     def check_layer(self, name: str, linear: nn.Linear) -> None:
         """Raise :class:`OneBitError` if the method cannot quantize this layer."""
@@ -61,6 +66,9 @@ class LayerwiseHandler(MethodHandler):
             raise OneBitError(f"weight of '{name}' contains NaN or Inf; refusing to quantize it")
 
     def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
+        if self.config.static_acts and kwargs.get("calib_ids") is None:
+            raise OneBitError(f"{self.config.method} with static activation scales needs calibration "
+                              "through the whole model (quantize(), not one layer at a time / --streaming)")
         self.check_layer(name, linear)
         return self.train_module(name, linear).to_packed()
 

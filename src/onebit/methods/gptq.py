@@ -135,12 +135,15 @@ class GPTQHandler(UniformHandler):
                                              c.act_bits, act_scale, sd)
         return train.to_packed()
 
+    needs_calibration = True
+
     def quantize_linear(self, name: str, linear: nn.Linear, H: torch.Tensor | None = None,
                         **kwargs) -> nn.Module:
-        """One layer; without a Hessian (no calibration reached it) ``H = I``, i.e. RTN."""
-        self.check_layer(name, linear)
+        """One layer with its input Hessian ``H`` (GPTQ cannot run one layer at a time without it)."""
         if H is None:
-            H = torch.eye(linear.in_features)
+            raise OneBitError("gptq needs the Hessian of each layer's inputs from calibration data "
+                              "through the whole model (quantize(), not one layer at a time / --streaming)")
+        self.check_layer(name, linear)
         return self.gptq_linear(name, linear, H)
 
     def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
@@ -178,7 +181,7 @@ class GPTQHandler(UniformHandler):
             log.warning("GPTQ: %d linear layer(s) outside the decoder blocks quantized with H = I "
                         "(round to nearest): %s", len(rest), ", ".join(rest[:4]))
             for n in rest:
-                out[n] = self.quantize_linear(n, lins[n])
+                out[n] = self.quantize_linear(n, lins[n], H=torch.eye(lins[n].in_features))
         if self.config.static_acts:
             for n, m in out.items():
                 set_submodule(model, n, m)
