@@ -12,7 +12,7 @@ decode where every layer's weights come from DRAM once per token (``--warm``: on
 packed weights fits in cache).
 
     python bench/kernels.py                              # CPU: fp32 + bf16, batch 1 8 64
-    python bench/kernels.py --batch 1 --dtypes float32 --variants   # + avx2 / scalar / lut / kmask / psum / reference
+    python bench/kernels.py --batch 1 --dtypes float32 --variants   # + the other CPU paths and the reference
     python bench/kernels.py --device cuda                # GPU: fp16
 """
 from __future__ import annotations
@@ -41,6 +41,8 @@ VARIANTS = {  # name -> environment for the dispatcher (CPU)
     "lut": {"ONEBIT_CPU_ALGO": "lut"},
     "kmask": {"ONEBIT_CPU_ALGO": "kmask"},
     "psum": {"ONEBIT_CPU_ALGO": "psum"},
+    "shift": {"ONEBIT_CPU_ALGO": "shift"},
+    "bf16dp": {"ONEBIT_CPU_ALGO": "bf16dp"},
     "reference": {"ONEBIT_KERNEL": "reference"},
 }
 
@@ -110,7 +112,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--warm", action="store_true", help="one weight copy (packed may sit in cache)")
     ap.add_argument("--variants", action="store_true",
-                    help="also time the other CPU paths (avx2, scalar, lut, kmask, psum, reference)")
+                    help="also time the other CPU paths (avx2, scalar, lut, kmask, psum, shift, bf16dp, reference)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -63,7 +63,7 @@ def test_layouts(mod, layout, dtype):
     assert_close(mod.ternary_linear(x, tp, scale, 172, -1, NEVER), ternary_linear_ref(x, tp, scale, 172))
 
 
-@pytest.mark.parametrize("algo", [1, 2, 3], ids=["lut", "kmask", "psum"])
+@pytest.mark.parametrize("algo", [1, 2, 3, 4, 5], ids=["lut", "kmask", "psum", "shift", "bf16dp"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_alternative_algorithms(mod, algo, dtype):
     p, g, h = binary_layer(37, 172)
@@ -101,5 +101,5 @@ def test_psum_exact_for_large_mean(mod):
     p, g, h = binary_layer(64, 1001)
     x = torch.randn(3, 1001) + 50.0
     ref = binary_linear_ref(x.double(), p, g.double(), h.double(), 1001).float()  # fp64 truth
-    for algo in (0, 3):
+    for algo in (0, 3, 5):
         assert_close(mod.binary_linear(x, p, g, h, 1001, -1, NEVER, algo), ref)

@@ -16,7 +16,9 @@ Environment (read on every call, so benchmarks and tests can switch):
 * ``ONEBIT_CPU_ISA``: ``auto`` | ``avx512`` | ``avx2`` | ``scalar`` (caps the C++ path; a level
   this CPU lacks falls back to the best it has).
 * ``ONEBIT_CPU_ALGO``: ``simd`` (default) | ``lut`` (T-MAC style table GEMV) | ``kmask``
-  (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x), for measurements.
+  (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x) | ``shift`` (AVX-512
+  vpsllvd + vpternlogd; the default for fp32, and for every dtype without AVX512-BF16) | ``bf16dp``
+  (AVX512-BF16 dot products; the default for bf16/fp16 inputs), for measurements.
 * ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands blocks of the packed
   weight and calls a BLAS GEMM instead of the direct kernel (default: never; measured slower here).
 """
@@ -32,7 +34,7 @@ from .reference import binary_linear_ref, ternary_linear_ref
 log = logging.getLogger("onebit.kernels")
 
 _ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
-_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3}
+_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5}
 _registered: dict[str, str] = {}
 
 

@@ -12,6 +12,8 @@
 // function-level target attributes, no -march flag):
 //   * small batch (M < mm_threshold): direct kernels over the packed bits, fp32 accumulation,
 //     4 output rows per x load, threads over output rows (at::parallel_for = torch's OpenMP pool).
+//       AVX512-BF16 (bf16/fp16 inputs): ±1 bf16 weights from the bits, x split into exact bf16
+//                parts, vdpbf16ps (32 multiply-adds per instruction); see bin_bf16dp.
 //       AVX-512: 32 bits broadcast to all lanes, vpsllvd moves bit i to the sign bit of lane i,
 //                t = (-x) ^ (that & signbit) in one vpternlogd, acc += t (no mask registers).
 //                algo=2: mask-register variant (kmov + masked xor); algo=3: one masked add per 16
@@ -36,8 +38,20 @@
 namespace {
 
 enum Isa : int64_t { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+int64_t best_isa_raw();
 
-int64_t best_isa() {
+bool has_bf16dp() {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") && best_isa_raw() == 2;
+#else
+  return false;
+#endif
+}
+
+int64_t best_isa() { return best_isa_raw(); }
+
+int64_t best_isa_raw() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -276,6 +290,82 @@ AVX512_TARGET void bin_avx512_psum(const float* xc, const float* cs, const float
         const double P = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
         y[m * ldy + n + r] = float(2.0 * P - S + c * double(2 * cnt - K));
       }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: AVX512-BF16 dot products
+// vdpbf16ps does 32 bf16 multiply-adds into 16 fp32 lanes per instruction.  The weights become
+// ±1 bf16 with one masked blend per 32 columns (mask loaded straight from the packed bytes), and x
+// is split exactly into NP bf16 parts (x = hi + mid + lo): NP = 1 for bf16 inputs, 2 for fp16,
+// 3 for fp32.  Products with ±1 are exact and lanes accumulate in fp32, so the result is as exact
+// as fp32 accumulation of x itself.
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,bmi2,fma")))
+
+BF16_TARGET inline __m512 dp(__m512 acc, __m512i xv, __m512i wv) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)xv, (__m512bh)wv);
+}
+
+// 64 columns of 4 rows (bits[r]: 64 sign bits of row r); a lambda would lose the target attribute.
+// ±1 weights without mask registers: the 32 bits of a block are broadcast to every dword, so each
+// even word holds bits 0-15 and each odd word bits 16-31; vpsllvw moves bit d (word 2d) / bit 16+d
+// (word 2d+1) to bit 15, and one vpternlogd makes 0x3F80 | (~bit15 & 0x8000) = bf16 ±1.  The x
+// parts are stored in the matching order (word 2d = column d, word 2d+1 = column 16+d).
+template <int NP>
+BF16_TARGET inline void bf16dp_step(const uint16_t* const* xm, int64_t col, const uint64_t* bits,
+                                    __m512 (*a)[2], __m512i shifts) {
+  const __m512i pos = _mm512_set1_epi16(0x3F80), sgn = _mm512_set1_epi16(int16_t(0x8000));
+  __m512i xa[NP], xb[NP];
+  for (int p = 0; p < NP; ++p) {
+    xa[p] = _mm512_loadu_si512(xm[p] + col);
+    xb[p] = _mm512_loadu_si512(xm[p] + col + 32);
+  }
+  for (int r = 0; r < 4; ++r) {
+    __m512i va = _mm512_sllv_epi16(_mm512_set1_epi32(int(uint32_t(bits[r]))), shifts);
+    __m512i vb = _mm512_sllv_epi16(_mm512_set1_epi32(int(uint32_t(bits[r] >> 32))), shifts);
+    __m512i wa = _mm512_ternarylogic_epi32(va, pos, sgn, 0xCE);
+    __m512i wb = _mm512_ternarylogic_epi32(vb, pos, sgn, 0xCE);
+    for (int p = 0; p < NP; ++p) {
+      a[r][0] = dp(a[r][0], xa[p], wa);
+      a[r][1] = dp(a[r][1], xb[p], wb);
+    }
+  }
+}
+
+template <int NP>
+BF16_TARGET void bin_bf16dp(const uint16_t* xparts, int64_t M, int64_t ldx, const uint8_t* W,
+                            int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  __m512i shifts;  // word 2d and 2d+1: shift 15 - d
+  {
+    alignas(64) uint16_t sh[32];
+    for (int i = 0; i < 32; ++i) sh[i] = uint16_t(15 - i / 2);
+    shifts = _mm512_load_si512(sh);
+  }
+  const int64_t K8 = KB / 8;                   // 64 columns per step
+  const int64_t rem = KB - 8 * K8;              // 0..7 trailing bytes
+  for (int64_t m = 0; m < M; ++m) {
+    const uint16_t* xm[NP];
+    for (int p = 0; p < NP; ++p) xm[p] = xparts + (int64_t(p) * M + m) * ldx;
+    for (int64_t n = n0; n < n1; n += 4) {
+      const int rows = int(std::min<int64_t>(4, n1 - n));
+      const uint8_t* w[4];
+      for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
+      __m512 a[4][2];
+      for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
+      uint64_t bits[4];
+      for (int64_t j = 0; j < K8; ++j) {
+        for (int r = 0; r < 4; ++r) std::memcpy(&bits[r], w[r] + 8 * j, 8);
+        bf16dp_step<NP>(xm, 64 * j, bits, a, shifts);
+      }
+      if (rem) {  // x is zero past in_features, so the bits there do not matter
+        for (int r = 0; r < 4; ++r) {
+          bits[r] = 0;
+          std::memcpy(&bits[r], w[r] + 8 * K8, rem);
+        }
+        bf16dp_step<NP>(xm, 64 * K8, bits, a, shifts);
+      }
+      for (int r = 0; r < rows; ++r)
+        y[m * ldy + n + r] = _mm512_reduce_add_ps(_mm512_add_ps(a[r][0], a[r][1]));
     }
   }
 }
@@ -522,7 +612,33 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     const int64_t use = resolve_isa(isa);
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
-    if (!ternary && algo == 3 && use == ISA_AVX512) {
+    // bf16 dot products: default for bf16/fp16 inputs (1-2 parts); for fp32 (3 parts) the
+    // shift kernel measured faster here, so only on request (algo=5)
+    if (!ternary && ((algo == 0 && dt != at::kFloat) || algo == 5) && use == ISA_AVX512 &&
+        has_bf16dp()) {
+      // exact split of x (fp32 values already rounded as the reference) into bf16 parts
+      const int np = dt == at::kBFloat16 ? 1 : dt == at::kHalf ? 2 : 3;
+      const int64_t ldp = ((per * KB + 63) / 64) * 64 + 64;
+      at::Tensor parts = at::zeros({np, M, ldp}, x.options().dtype(at::kBFloat16));
+      auto* pp = reinterpret_cast<uint16_t*>(parts.data_ptr<at::BFloat16>());
+      at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
+        for (int64_t m = b; m < e; ++m)
+          for (int64_t k = 0; k < K; ++k) {
+            float r = xp[m * ldx + k];
+            for (int p = 0; p < np; ++p) {
+              const c10::BFloat16 v(r);  // round to nearest even
+              // position inside the 32-column block: column d -> word 2d, 16+d -> word 2d+1
+              const int64_t c = k & 31, pos = (k & ~int64_t(31)) + (c < 16 ? 2 * c : 2 * (c - 16) + 1);
+              pp[(p * M + m) * ldp + pos] = v.x;
+              r -= static_cast<float>(v);
+            }
+          }
+      });
+      auto fn = np == 1 ? bin_bf16dp<1> : np == 2 ? bin_bf16dp<2> : bin_bf16dp<3>;
+      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+        fn(pp, M, ldp, W, KB, 16 * b, std::min(N, 16 * e), ap, N);
+      });
+    } else if (!ternary && algo == 3 && use == ISA_AVX512) {
       // centred copy of x, its mean and its (tiny) sum, per row
       at::Tensor xc = at::empty({M, ldx}, x.options().dtype(at::kFloat));
       std::vector<float> cs(M), ss(M);

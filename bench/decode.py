@@ -1,0 +1,129 @@
+"""End-to-end greedy decode speed: fp model vs the same model quantized by onebit (packed kernels).
+
+A Llama model with random weights in a real shape (default TinyLlama-1.1B: hidden 2048, FFN 5632,
+22 layers, 32 heads / 4 KV heads, vocab 32000; ``--layers`` for fewer), in ``--dtype``.  The onebit
+model is a copy quantized with ``onebit.quantize(model, OneBitConfig())`` (SVID on random weights:
+fine for speed, meaningless for quality; ``lm_head`` stays dense as in every onebit checkpoint).
+Both run the same prompt through the same loop: one prefill, then ``--new-tokens`` single-token
+steps with the KV cache; tokens/s counts the single-token steps only.  The two models alternate
+for ``--rounds`` rounds and the median ratio is printed, with the resident bytes of each model's
+weights (unique parameters + buffers) and the bytes a decode step must read.
+
+    python bench/decode.py                       # TinyLlama shape, fp32, 32 new tokens, 3 rounds
+    python bench/decode.py --layers 4 --rounds 1 # quick
+    python bench/decode.py --dtype bfloat16
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import copy_bandwidth, machine, rss_bytes  # noqa: E402
+
+import onebit  # noqa: E402
+
+
+def tensor_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def step_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads: everything except the input embedding table."""
+    emb = model.get_input_embeddings().weight
+    return tensor_bytes(model) - emb.numel() * emb.element_size()
+
+
+@torch.inference_mode()
+def decode(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode tokens/s) for greedy decoding with the KV cache."""
+    t0 = time.perf_counter()
+    out = model(prompt, use_cache=True)
+    t1 = time.perf_counter()
+    past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    t2 = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(tok, past_key_values=past, use_cache=True)
+        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    return t1 - t0, new_tokens / (time.perf_counter() - t2)
+
+
+def main() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--ffn", type=int, default=5632)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+
+    cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.ffn,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
+                      max_position_embeddings=2048, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    t = time.perf_counter()
+    fp = LlamaForCausalLM(cfg).to(dtype).eval()
+    print(f"built fp model ({sum(p.numel() for p in fp.parameters()) / 1e9:.2f} B params) in "
+          f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
+    rss0 = rss_bytes()
+    t = time.perf_counter()
+    ob = onebit.quantize(copy.deepcopy(fp), onebit.OneBitConfig(), progress=True).eval()
+    print(f"quantized a copy in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+    print(machine("cpu"))
+    cbw = copy_bandwidth()
+    print(f"copy bandwidth (dst.copy_(src), 512 MiB, read+write): {cbw:.1f} GB/s")
+    print(f"model: Llama {args.layers} layers, hidden {args.hidden}, FFN {args.ffn}, heads "
+          f"{args.heads}/{args.kv_heads}, vocab {args.vocab}, {args.dtype}; prompt {args.prompt_len} "
+          f"tokens, {args.new_tokens} new tokens, greedy, KV cache; median of {args.rounds} rounds\n")
+    prompt = torch.randint(0, args.vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+    decode(fp, prompt[:, :4], 2)  # warm-up (and builds the C++ kernels if needed)
+    decode(ob, prompt[:, :4], 2)
+    rows = {"fp": [], "onebit": []}
+    for r in range(args.rounds):
+        for name, m in (("fp", fp), ("onebit", ob)):
+            rows[name].append(decode(m, prompt, args.new_tokens))
+        print(f"round {r + 1}/{args.rounds}: fp {rows['fp'][-1][1]:.2f} tok/s, "
+              f"onebit {rows['onebit'][-1][1]:.2f} tok/s", file=sys.stderr)
+
+    print(f"{'model':>8} {'weights MiB':>12} {'read/step MiB':>13} {'prefill s':>10} {'decode tok/s':>13}"
+          f" {'ms/token':>9} {'GB/s':>6}")
+    for name, m in (("fp", fp), ("onebit", ob)):
+        pre = statistics.median(r[0] for r in rows[name])
+        tps = statistics.median(r[1] for r in rows[name])
+        sb = step_bytes(m)
+        print(f"{name:>8} {tensor_bytes(m) / 2**20:>12.0f} {sb / 2**20:>13.0f} {pre:>10.3f} {tps:>13.2f}"
+              f" {1e3 / tps:>9.1f} {sb * tps / 1e9:>6.1f}")
+    ratio = statistics.median(o[1] / f[1] for f, o in zip(rows["fp"], rows["onebit"]))
+    print(f"\ndecode speedup onebit / {args.dtype}: {ratio:.2f}x (median of per-round ratios); "
+          f"weight bytes read per step: {step_bytes(fp) / step_bytes(ob):.1f}x fewer")
+    print(f"onebit backend: {onebit.kernels.dispatch.backend('cpu')}; process RSS after loading both "
+          f"models {rss_bytes() / 2**30:.1f} GiB (fp model alone {rss0 / 2**30:.1f} GiB)")
+
+
+if __name__ == "__main__":
+    main()
