@@ -12,8 +12,8 @@ fi
 stamp=.venv/.onebit-installed
 want="$(cat pyproject.toml | sha256sum | cut -c1-16)-$TORCH_VERSION"
 if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing torch==$TORCH_VERSION, then onebit[test,plot,triton] (editable)" >&2
+  echo "setup: installing torch==$TORCH_VERSION, then onebit[test,plot,triton,lmeval] (editable)" >&2
   .venv/bin/python -m pip install -q "torch==$TORCH_VERSION"
-  .venv/bin/python -m pip install -q -e ".[test,plot,triton]"  # triton: kernel tests run in its CPU interpreter
+  .venv/bin/python -m pip install -q -e ".[test,plot,triton,lmeval]"  # triton: kernel tests run in its CPU interpreter; lmeval: tests/eval/test_harness.py
   echo "$want" > $stamp
 fi
