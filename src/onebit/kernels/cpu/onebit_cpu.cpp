@@ -333,8 +333,9 @@ BF16_TARGET inline void bf16dp_step(const uint16_t* const* xm, int64_t col, cons
 }
 
 template <int NP>
-BF16_TARGET void bin_bf16dp(const uint16_t* xparts, int64_t M, int64_t ldx, const uint8_t* W,
-                            int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+BF16_TARGET void bin_bf16dp(const uint16_t* xparts, int64_t pstride, int64_t M, int64_t ldx,
+                            const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y,
+                            int64_t ldy) {
   __m512i shifts;  // word 2d and 2d+1: shift 15 - d
   {
     alignas(64) uint16_t sh[32];
@@ -345,7 +346,7 @@ BF16_TARGET void bin_bf16dp(const uint16_t* xparts, int64_t M, int64_t ldx, cons
   const int64_t rem = KB - 8 * K8;              // 0..7 trailing bytes
   for (int64_t m = 0; m < M; ++m) {
     const uint16_t* xm[NP];
-    for (int p = 0; p < NP; ++p) xm[p] = xparts + (int64_t(p) * M + m) * ldx;
+    for (int p = 0; p < NP; ++p) xm[p] = xparts + p * pstride + m * ldx;
     for (int64_t n = n0; n < n1; n += 4) {
       const int rows = int(std::min<int64_t>(4, n1 - n));
       const uint8_t* w[4];
@@ -566,6 +567,19 @@ void check_args(const at::Tensor& x, const at::Tensor& packed, int64_t K, int64_
               op, ": x must be float32, bfloat16 or float16");
 }
 
+// Threads over chunks of 16 output rows (at::parallel_for = torch's OpenMP pool); inside a
+// thread, blocks of 64 weight rows x 8 x rows, so that a weight block stays in L1/L2 while every
+// x row uses it (without this, each x row streams the whole weight matrix again).
+template <typename F>
+void blocked(int64_t M, int64_t N, const F& f) {
+  at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+    for (int64_t c0 = b; c0 < e; c0 += 4) {
+      const int64_t r0 = 16 * c0, r1 = std::min(N, 16 * std::min(e, c0 + 4));
+      for (int64_t m0 = 0; m0 < M; m0 += 8) f(m0, std::min<int64_t>(8, M - m0), r0, r1);
+    }
+  });
+}
+
 // shared driver for both ops; `pre` is g (binary) or undefined (ternary), `post` is h / scale
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& pre,
                          const at::Tensor& post_in, int64_t K, bool ternary, int64_t isa,
@@ -635,8 +649,8 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
           }
       });
       auto fn = np == 1 ? bin_bf16dp<1> : np == 2 ? bin_bf16dp<2> : bin_bf16dp<3>;
-      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
-        fn(pp, M, ldp, W, KB, 16 * b, std::min(N, 16 * e), ap, N);
+      blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+        fn(pp + m0 * ldp, M * ldp, mb, ldp, W, KB, r0, r1, ap + m0 * N, N);
       });
     } else if (!ternary && algo == 3 && use == ISA_AVX512) {
       // centred copy of x, its mean and its (tiny) sum, per row
@@ -677,9 +691,8 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     } else {
       RowKernel fn = ternary ? (use == ISA_AVX512 ? ter_avx512 : use == ISA_AVX2 ? ter_avx2 : ter_scalar)
                              : (use == ISA_AVX512 ? bin_avx512_shift : use == ISA_AVX2 ? bin_avx2 : bin_scalar);
-      // chunks of 16 output rows; at::parallel_for splits them over torch's threads
-      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
-        fn(xp, M, ldx, W, KB, 16 * b, std::min(N, 16 * e), ap, N);
+      blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+        fn(xp + m0 * ldx, mb, ldx, W, KB, r0, r1, ap + m0 * N, N);
       });
     }
   }
