@@ -19,6 +19,13 @@ from tqdm.auto import tqdm
 from .errors import OneBitError
 
 
+def _cache_kw(model) -> str:
+    """transformers >= 5.24 renamed ``past_key_values`` to ``cache``; use whichever forward takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: int = 3,
                     bos_token_id: int | None = None, batch_size: int = 16, temperature: float = 1.0,
@@ -44,8 +51,8 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
         past = None
         cur = ids
         while ids.shape[1] < seqlen:
-            o = model(cur, past_key_values=past, use_cache=True)
-            past = o.past_key_values
+            o = model(cur, **{_cache_kw(model): past}, use_cache=True)
+            past = o.get("cache", None) if o.get("cache", None) is not None else o.get("past_key_values")
             logits = o.logits[:, -1].float()
             if ids.shape[1] < 1 + greedy_tokens:
                 nxt = logits.argmax(-1, keepdim=True)
