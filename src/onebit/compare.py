@@ -15,9 +15,10 @@ group size, ``tensor`` one scale per tensor, ``sym``/``asym``, ``mse`` (clip sea
 For each spec: quantize a fresh copy of the model (timed; calibration data, generated once by
 the teacher, is shared by all methods and not in the time), save the packed checkpoint to a
 temporary directory (size on disk = its ``model.safetensors``), read the bit ledger (bits per
-weight of the quantized linears), and measure perplexity on each dataset.  Columns for KL to
-the teacher and zero-shot accuracy are filled by :data:`METRIC_HOOKS` when the evaluation
-module provides them, else ``n/a``.
+weight of the quantized linears), and measure perplexity on each dataset.  Extra columns come
+from :data:`METRIC_HOOKS`: mean KL(teacher ‖ method) per token on the first dataset's windows
+(``onebit.eval.kld``) and, with ``zeroshot_limit`` > 0, the average accuracy on the paper's six
+zero-shot tasks (``onebit.eval.zeroshot``); ``n/a`` where not measured.
 """
 from __future__ import annotations
 
@@ -107,27 +108,29 @@ def parse_methods(specs: str) -> list[tuple[str, QuantConfig | None]]:
 
 # ------------------------------------------------------------------- extra metric hooks
 def _kl_hook(teacher, student, tokenizer, ids_by_data, settings) -> float | None:
-    """Mean KL(teacher || student) per token when ``onebit.eval.kld`` provides ``kld``."""
+    """Mean KL(teacher ‖ student) per token on the first dataset (``onebit.eval.kld``)."""
     try:
-        from .eval import kld  # noqa: F401  (issue #5)
-    except ImportError:
+        from .eval.kld import kl_divergence
+    except ImportError:  # the evaluation module is optional here
         return None
-    fn = getattr(kld, "kld", None) or getattr(kld, "kl_divergence", None)
-    if fn is None:
-        return None
+    if student is teacher:
+        return 0.0
     ids = next(iter(ids_by_data.values()))
-    res = fn(teacher, student, ids, settings["seqlen"], max_windows=settings["max_windows"], progress=False)
-    return float(getattr(res, "kld", getattr(res, "mean", res)))
+    return float(kl_divergence(teacher, student, ids, settings["seqlen"], settings["max_windows"]).mean_kld)
 
 
 def _zeroshot_hook(teacher, student, tokenizer, ids_by_data, settings) -> float | None:
-    """Zero-shot average accuracy (issue #5); ``None`` until the evaluation module has it."""
+    """Average accuracy over the paper's six zero-shot tasks (``onebit.eval.zeroshot``), only with
+    ``zeroshot_limit`` > 0 items per task (it is the slow column)."""
+    if not settings.get("zeroshot_limit"):
+        return None
     try:
-        from .eval import zeroshot
+        from .eval.tasks import PAPER_TASKS
+        from .eval.zeroshot import evaluate, paper_average
     except ImportError:
         return None
-    fn = getattr(zeroshot, "average_accuracy", None)
-    return None if fn is None else float(fn(student, tokenizer, limit=settings.get("zs_limit")))
+    res = evaluate(student, tokenizer, list(PAPER_TASKS), limit=settings["zeroshot_limit"])
+    return paper_average(res)
 
 
 #: column -> fn(teacher, student, tokenizer, {data: ids}, settings) -> float | None ("n/a")
@@ -148,19 +151,20 @@ class Row:
 def _distill(teacher, cfg: QuantConfig, steps: int, data: torch.Tensor, progress: bool):
     """Distil the method's trainable form for ``steps`` steps (issue #3's trainer)."""
     try:
-        from .distill.student import pack_student, student_from_teacher
+        from .distill.student import freeze, pack_student, student_from_teacher
         from .distill.trainer import TrainConfig, Trainer
     except ImportError:
         raise OneBitError("--distill needs onebit.distill (the distillation issue), which is not installed")
     student, qc = student_from_teacher(teacher, cfg)
+    trainable = freeze(student, qc["modules"])
     Trainer(teacher, student, data, TrainConfig(steps=steps, batch_size=min(8, data.shape[0])),
-            trainable=[], progress=progress).train()
+            trainable, progress=progress).train()
     return pack_student(student, qc)
 
 
 def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], datasets: list[str],
                 seqlen: int | None = None, max_windows: int | None = None, calib_samples: int = 128,
-                calib_seqlen: int = 256, distill: int = 0, progress: bool = False,
+                calib_seqlen: int = 256, distill: int = 0, zeroshot_limit: int = 0, progress: bool = False,
                 on_row: Callable[[Row], None] | None = None) -> list[Row]:
     from .api import quantize
     from .calibration import teacher_samples
@@ -175,7 +179,7 @@ def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], 
     tok = load_tokenizer(model_spec)
     seqlen = seqlen or context_length(teacher)
     ids_by_data = {d: tokenize_text(tok, load_text(d)) for d in datasets}
-    settings = {"seqlen": seqlen, "max_windows": max_windows}
+    settings = {"seqlen": seqlen, "max_windows": max_windows, "zeroshot_limit": zeroshot_limit}
     calib = None
     needs = [c for _, c in methods if c is not None and (get_handler(c).needs_calibration or distill)]
     if needs:
@@ -210,8 +214,7 @@ def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], 
             mw = min(max_windows or C4_WINDOWS, C4_WINDOWS) if d == "c4" else max_windows
             row.ppl[d] = perplexity(model, ids, seqlen, mw, progress=progress, desc=f"{label} {d}").ppl
         for name, hook in METRIC_HOOKS.items():
-            row.extra[name] = None if cfg is None and name == "kl_to_teacher" else \
-                hook(teacher, model, tok, ids_by_data, settings)
+            row.extra[name] = hook(teacher, model, tok, ids_by_data, settings)
         rows.append(row)
         if on_row:
             on_row(row)

@@ -69,3 +69,14 @@ def test_cli_bad_input_one_line_exit_2(stories260k, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and match in err[0], err
     assert not (tmp_path / "q").exists()
+
+
+def test_compare_with_distill_budget_and_kl(stories260k, data_dir, monkeypatch):
+    from onebit import compare as C
+
+    monkeypatch.setenv("ONEBIT_DATA", str(data_dir))
+    rows = C.run_compare(stories260k, C.parse_methods("fp,rtn-w2-g32"), ["tinystories"], seqlen=64,
+                         max_windows=2, calib_samples=8, calib_seqlen=32, distill=2)
+    assert [r.method for r in rows] == ["fp", "rtn-w2-g32"]
+    assert rows[0].extra["kl_to_teacher"] == 0.0 and rows[1].extra["kl_to_teacher"] > 0
+    assert rows[1].extra["zeroshot_avg"] is None          # opt-in (--zeroshot-limit)

@@ -19,8 +19,8 @@ def register(sub) -> None:
         description="Quantize MODEL with each method spec, save each packed checkpoint to a temporary "
         "directory, and report one row per method: bits per weight of the quantized linears (bit "
         "ledger: codes, scales, zero points), size of the checkpoint on disk, perplexity per dataset, "
-        "quantization time, KL to the teacher and zero-shot average (n/a until the evaluation module "
-        "provides them).  Writes OUT/compare.md, OUT/compare.csv and OUT/ppl_vs_bits.png.",
+        "quantization time, mean KL(teacher || method) per token on the first dataset, and (with "
+        "--zeroshot-limit) the average accuracy on the six zero-shot tasks.  Writes OUT/compare.md, OUT/compare.csv and OUT/ppl_vs_bits.png.",
         epilog="method specs: fp (baseline), onebit, onebit-w1a8, bitnet, ternary, rtn-..., gptq-...\n"
         f"  modifiers: {MODIFIERS}\n"
         "  e.g. rtn-w4 (4-bit per channel), rtn-w2-g64 (groups of 64), rtn-w4-asym (zero point),\n"
@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--calib-samples", type=int, default=128,
                    help="teacher-generated calibration sequences, shared by all methods (default: 128)")
     p.add_argument("--calib-seqlen", type=int, default=256, help="tokens per calibration sequence (256)")
+    p.add_argument("--zeroshot-limit", type=int, default=0, metavar="N",
+                   help="also score the paper's six zero-shot tasks on N items each (default 0: skip; "
+                   "the column shows n/a)")
     p.add_argument("--distill", type=int, default=0, metavar="STEPS",
                    help="distil each method's trainable form for STEPS steps first (needs onebit.distill)")
     p.add_argument("--out", default=None, metavar="DIR",
@@ -58,6 +61,8 @@ def run(args) -> int:
         raise OneBitError("--data is empty")
     if args.max_windows is not None and args.max_windows < 1:
         raise OneBitError(f"--max-windows must be at least 1, got {args.max_windows}")
+    if args.zeroshot_limit < 0:
+        raise OneBitError(f"--zeroshot-limit must be >= 0, got {args.zeroshot_limit}")
     if args.distill < 0:
         raise OneBitError(f"--distill must be >= 0, got {args.distill}")
     check_model_spec(args.model)
@@ -71,7 +76,7 @@ def run(args) -> int:
                  ", ".join(f"ppl {d} {v:.3f}" for d, v in r.ppl.items()))
 
     rows = C.run_compare(args.model, methods, datasets, args.seqlen, args.max_windows, args.calib_samples,
-                         args.calib_seqlen, args.distill, progress_enabled(args), on_row)
+                         args.calib_seqlen, args.distill, args.zeroshot_limit, progress_enabled(args), on_row)
     md = C.to_markdown(rows)
     note = (f"\nModel: {args.model}; data: {', '.join(datasets)}; max windows: {args.max_windows or 'all'}; "
             f"calibration: {args.calib_samples} teacher samples x {args.calib_seqlen} tokens"

@@ -60,7 +60,7 @@ class BinaryLinear(_PackedBitNet):
         x = self.quant_act(x)
         ones = torch.ones(self.in_features, dtype=x.dtype, device=x.device)
         y = torch.ops.onebit.binary_linear(x, self.weight_packed, ones,
-                                           self.scale.expand(self.out_features), self.in_features)
+                                           self.scale.expand(self.out_features).contiguous(), self.in_features)
         return self._finish(y)
 
     def dense_weight(self, dtype=torch.float32) -> torch.Tensor:
