@@ -142,7 +142,8 @@ def run(args) -> int:
 
 
 def run_streaming(args, cfg) -> int:
-    """``--streaming``: one tensor at a time (formats/streaming.py)."""
+    """``--streaming``: one tensor at a time (formats/streaming.py); methods that need
+    calibration (GPTQ) one decoder block at a time (formats/streaming_blocks.py)."""
     from pathlib import Path
 
     from ..config import parse_dtype
@@ -153,8 +154,13 @@ def run_streaming(args, cfg) -> int:
     if not Path(args.model).expanduser().is_dir():
         raise OneBitError(f"--streaming needs a local model directory, got '{args.model}'")
     t0 = time.perf_counter()
-    ledger = stream_quantize(Path(args.model).expanduser(), args.out, cfg, dtype=parse_dtype(args.dtype),
-                             overwrite=args.overwrite, progress=progress_enabled(args))
+    from ..registry import get_handler
+
+    fn = stream_quantize
+    if get_handler(cfg).needs_calibration:
+        from ..formats.streaming_blocks import stream_quantize_blocks as fn
+    ledger = fn(Path(args.model).expanduser(), args.out, cfg, dtype=parse_dtype(args.dtype),
+                overwrite=args.overwrite, progress=progress_enabled(args))
     s = ledger.summary()
     print(f"quantized {args.model} with {cfg.method} (streaming) in {time.perf_counter() - t0:.1f}s "
           f"-> {args.out}")

@@ -21,9 +21,8 @@ read with one ``readinto`` (no mmap whose pages would count as resident for
 the whole shard) and written without holding the shard in memory: the data
 goes to a side file and the header is prepended when the shard is closed.
 
-Methods that need calibration activations (GPTQ) are refused here: they need
-the layer inputs, i.e. running the model block by block with activations
-carried between blocks, which this module does not do yet.
+Methods that need calibration activations (GPTQ) run block by block instead,
+with activations carried between blocks: ``formats/streaming_blocks.py``.
 """
 from __future__ import annotations
 
@@ -166,6 +165,42 @@ def _model_name(key: str, model_keys: set[str], prefix: str) -> str | None:
     return None
 
 
+def plan_tensors(src: Path, readers: dict, model: nn.Module, config: QuantConfig):
+    """``(targets, where)``: the linears to quantize (``name -> module``) and, for every model
+    tensor to write, ``model name -> (file, checkpoint name)`` (tied copies left out).
+    Shapes are checked against the model's config; a missing linear weight is an error."""
+    from ..api import find_linears
+
+    targets = {name: lin for name, lin in find_linears(model, config.skip)}
+    if not targets:
+        raise OneBitError(f"'{src}': model has no linear layers to quantize (after skipping "
+                          f"{', '.join(config.skip) or 'nothing'})")
+    model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model_keys = set(model_shapes)
+    prefix = getattr(model, "base_model_prefix", "")
+    where: dict[str, tuple[Path, str]] = {}  # model name -> (file, checkpoint name)
+    for f, r in readers.items():
+        for k in r.names():
+            mk = _model_name(k, model_keys, prefix)
+            if mk is None:
+                log.warning("'%s': tensor '%s' is not part of the model; dropped", f, k)
+            elif mk not in where:
+                where[mk] = (f, k)
+    for mk, (f, k) in where.items():
+        shape = tuple(readers[f].specs[k]["shape"])
+        if shape != model_shapes[mk]:
+            raise CheckpointError(f"'{f}': tensor '{k}' has shape {list(shape)}, the model's "
+                                  f"config.json says {list(model_shapes[mk])}")
+    for target, source in getattr(model, "all_tied_weights_keys", {}).items():
+        if target in where and source in where:
+            del where[target]  # tied weights are stored once
+    for name, lin in targets.items():
+        for part in ("weight",) + (("bias",) if lin.bias is not None else ()):
+            if f"{name}.{part}" not in where:
+                raise CheckpointError(f"'{src}' has no tensor for '{name}.{part}'")
+    return targets, where
+
+
 # --------------------------------------------------------------------------- the loop
 @torch.no_grad()
 def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: QuantConfig,
@@ -174,7 +209,7 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
     """Quantize the checkpoint in ``src`` to ``out`` one tensor at a time; return the ledger."""
     from tqdm.auto import tqdm
 
-    from ..api import _is_conv1d, find_linears
+    from ..api import _is_conv1d
     from ..registry import get_handler
 
     config.validate()
@@ -189,33 +224,7 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
         for f in files:  # every header validated before anything is written
             readers[f] = SafetensorsReader(f)
         model = meta_model(src)
-        targets = {name: lin for name, lin in find_linears(model, config.skip)}
-        if not targets:
-            raise OneBitError(f"'{src}': model has no linear layers to quantize (after skipping "
-                              f"{', '.join(config.skip) or 'nothing'})")
-        model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        model_keys = set(model_shapes)
-        prefix = getattr(model, "base_model_prefix", "")
-        where: dict[str, tuple[Path, str]] = {}  # model name -> (file, checkpoint name)
-        for f, r in readers.items():
-            for k in r.names():
-                mk = _model_name(k, model_keys, prefix)
-                if mk is None:
-                    log.warning("'%s': tensor '%s' is not part of the model; dropped", f, k)
-                elif mk not in where:
-                    where[mk] = (f, k)
-        for mk, (f, k) in where.items():
-            shape = tuple(readers[f].specs[k]["shape"])
-            if shape != model_shapes[mk]:
-                raise CheckpointError(f"'{f}': tensor '{k}' has shape {list(shape)}, the model's "
-                                      f"config.json says {list(model_shapes[mk])}")
-        for target, source in getattr(model, "all_tied_weights_keys", {}).items():
-            if target in where and source in where:
-                del where[target]  # tied weights are stored once
-        for name, lin in targets.items():
-            for part in ("weight",) + (("bias",) if lin.bias is not None else ()):
-                if f"{name}.{part}" not in where:
-                    raise CheckpointError(f"'{src}' has no tensor for '{name}.{part}'")
+        targets, where = plan_tensors(src, readers, model, config)
         modules = {name: [lin.out_features, lin.in_features] for name, lin in targets.items()}
         qc = config.to_dict()
         qc["modules"] = modules

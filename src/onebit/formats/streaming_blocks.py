@@ -1,0 +1,194 @@
+"""Streaming quantization for methods that need calibration (GPTQ): one decoder block at a time.
+
+GPTQ needs the inputs of every linear, computed by the already-quantized blocks
+before it.  Here the model skeleton is built without weights; the embeddings
+and the other tensors outside the decoder blocks are read from disk, the
+calibration windows (from a training file named by ``--calib-file``; the
+teacher cannot generate text without the whole model in memory) are run up
+to the first block, and then for each block in turn:
+
+1. its tensors are read from the checkpoint,
+2. the Hessian of each target linear's inputs is accumulated while the block runs,
+3. each linear is quantized (``handler.gptq_linear``) and swapped in,
+4. its packed tensors and the block's other tensors are appended to the output shards,
+5. the block is run again, quantized, to give the next block its inputs,
+6. the block goes back to the meta device (freed).
+
+Peak memory: the tensors outside the blocks + one block + the calibration
+activations (``calib_samples × calib_seqlen × hidden`` fp32, twice).  The
+output has the input's sharding (each tensor goes to the shard its source
+tensor came from) and equals the in-memory ``quantize()`` with the same
+calibration windows (tested).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import QuantConfig
+from ..errors import OneBitError
+from .checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
+from .ledger import Ledger, ledger_from_specs
+from .streaming import SafetensorsReader, SafetensorsWriter, _write_configs, plan_tensors
+
+log = logging.getLogger("onebit")
+
+
+def _skeleton(src: Path) -> nn.Module:
+    """Parameters on meta, buffers (rotary tables) real: what running the embeddings needs."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..errors import CheckpointError
+    from .checkpoint import read_config
+
+    read_config(src)
+    try:
+        with init_empty_weights():
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(src)))
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"'{src}/config.json': unsupported model: {first}")
+
+
+def _assign(model: nn.Module, name: str, t: torch.Tensor) -> None:
+    parent, _, leaf = name.rpartition(".")
+    mod = model.get_submodule(parent) if parent else model
+    if leaf in mod._parameters:
+        mod._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+    else:
+        mod._buffers[leaf] = t
+
+
+@torch.no_grad()
+def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, config: QuantConfig,
+                           dtype: torch.dtype | None = None, overwrite: bool = False,
+                           progress: bool = True, batch_size: int = 8) -> Ledger:
+    """GPTQ-style quantization of the checkpoint in ``src``, block by block; return the ledger."""
+    from tqdm.auto import tqdm
+
+    from ..api import as_linear, set_submodule
+    from ..calibration import file_samples
+    from ..methods.sequential import capture_block_inputs, find_blocks, hessian_hooks, run_block
+    from ..models import context_length, load_tokenizer
+    from ..registry import get_handler
+
+    config.validate()
+    handler = get_handler(config)
+    if not hasattr(handler, "gptq_linear"):
+        raise OneBitError(f"method '{config.method}' has no block-by-block streaming path")
+    if getattr(config, "static_acts", False):
+        raise OneBitError("static activation scales need the whole model; use --no-streaming")
+    if not getattr(config, "calib_file", None):
+        raise OneBitError("streaming GPTQ needs --calib-file (a training text): the teacher cannot "
+                          "generate calibration text without the whole model in memory")
+    src = Path(src)
+    files = weight_files(src)
+    readers: dict[Path, SafetensorsReader] = {}
+    try:
+        for f in files:
+            readers[f] = SafetensorsReader(f)
+        model = _skeleton(src)
+        targets, where = plan_tensors(src, readers, model, config)
+        names = list(targets)
+        found = find_blocks(model, names)
+        if found is None:
+            raise OneBitError(f"'{src}': no decoder blocks (nn.ModuleList) hold the linear layers")
+        bname, blocks = found
+        prefix = f"{bname}." if bname else ""
+
+        def read(mk: str) -> torch.Tensor:
+            f, k = where[mk]
+            t = readers[f].read(k)
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        def block_of(mk: str) -> int | None:
+            if not mk.startswith(prefix):
+                return None
+            head = mk[len(prefix):].split(".", 1)[0]
+            return int(head) if head.isdigit() else None
+
+        outside = {mk: read(mk) for mk in where if block_of(mk) is None}
+        for mk, t in outside.items():
+            _assign(model, mk, t)
+        model.tie_weights()
+        tok = load_tokenizer(str(src))
+        seqlen = min(config.calib_seqlen, context_length(model))
+        ids = file_samples(tok, config.calib_file, config.calib_samples, seqlen, config.calib_seed)
+
+        modules = {n: [lin.out_features, lin.in_features] for n, lin in targets.items()}
+        qc = config.to_dict()
+        qc["modules"] = modules
+        sharded = (src / INDEX_NAME).is_file()
+        meta = {"format": "pt", "onebit_format_version": str(qc["format_version"])}
+        weight_map: dict[str, str] = {}
+        with atomic_dir(out, overwrite) as tmp:
+            writers = {f: SafetensorsWriter(tmp / (f.name if sharded else WEIGHTS_NAME), meta)
+                       for f in dict.fromkeys(f for f, _ in where.values())}
+
+            def write(mk: str, src_mk: str, t: torch.Tensor) -> None:
+                w = writers[where[src_mk][0]]
+                w.add(mk, t)
+                weight_map[mk] = w.file.name
+
+            def write_quantized(n: str, packed: nn.Module) -> None:
+                for key, v in packed.state_dict().items():
+                    write(f"{n}.{key}", f"{n}.weight", v)
+
+            for mk, t in outside.items():
+                if mk.rpartition(".")[0] not in targets:
+                    write(mk, mk, t)
+            inputs = capture_block_inputs(model, blocks[0], ids, batch_size)
+            for bi in tqdm(range(len(blocks)), desc=f"stream-gptq [{config.method}]", unit="block",
+                           disable=not progress):
+                mine_keys = [mk for mk in where if block_of(mk) == bi]
+                for mk in mine_keys:
+                    _assign(model, mk, read(mk))
+                block = blocks[bi]
+                mine = {n: model.get_submodule(n) for n in names if n.startswith(f"{prefix}{bi}.")}
+                accs, handles = hessian_hooks(mine)
+                try:
+                    run_block(block, inputs)
+                finally:
+                    for h in handles:
+                        h.remove()
+                for n, mod in mine.items():
+                    packed = handler.gptq_linear(n, as_linear(mod), accs[n].H)
+                    set_submodule(model, n, packed)
+                    write_quantized(n, packed)
+                del accs
+                for mk in mine_keys:
+                    owner = mk.rpartition(".")[0]
+                    if owner not in mine:
+                        write(mk, mk, read(mk))
+                inputs = run_block(block, inputs)
+                blocks[bi] = block.to("meta")
+                del block
+                gc.collect()
+            # target linears outside the blocks (rare): H = I, i.e. round to nearest
+            for n in (n for n in names if block_of(f"{n}.weight") is None):
+                mod = model.get_submodule(n)
+                packed = handler.gptq_linear(n, as_linear(mod), torch.eye(targets[n].in_features))
+                write_quantized(n, packed)
+            specs: dict[str, tuple] = {}
+            total = 0
+            for w in writers.values():
+                w.close()
+                specs.update(w.specs())
+                total += w.nbytes
+            if sharded:
+                (tmp / INDEX_NAME).write_text(json.dumps(
+                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                    indent=2) + "\n")
+            _write_configs(src, tmp, qc, dtype)
+    finally:
+        for r in readers.values():
+            r.close()
+    log.info("wrote %s", out)
+    return ledger_from_specs(specs, modules)
