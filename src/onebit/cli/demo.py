@@ -1,8 +1,10 @@
 """``onebit demo``: the README's main job, end to end on a default model.
 
 Quantize the default model with OneBit (SVID init), save the packed
-checkpoint, reload it, and print perplexity fp vs 1-bit, the bit ledger and a
-generated sample from each.  The model resolves from --model, then
+checkpoint, reload it, then distil it briefly from the fp model on text the
+fp model generates (a few CPU minutes; --distill-steps 0 skips it), and
+print perplexity fp vs 1-bit before and after distillation, the bit ledger
+and a generated sample from each.  The model resolves from --model, then
 $ONEBIT_DEMO_MODEL, then ../shared/models/stories3M, else a small hub model.
 """
 from __future__ import annotations
@@ -30,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("--init", default="svd", choices=["svd", "nmf"], help="SVID init (default: %(default)s)")
     p.add_argument("--prompt", default="Once upon a time", help="generation prompt")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--distill-steps", type=int, default=60,
+                   help="optimiser steps of the short distillation, 0 skips it (default: %(default)s)")
+    p.add_argument("--distill-samples", type=int, default=64,
+                   help="teacher-generated sequences of 128 tokens (cached; default: %(default)s)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -73,14 +79,42 @@ def run(args) -> int:
     print(f"== quantized with OneBit-SVID ({args.init}) in {tq:.1f}s, saved to {args.out}, "
           f"reloaded: logits {'identical' if same else 'DIFFER'}")
     r_q = perplexity(q2, ids, seqlen, args.max_windows, progress=prog, desc="ppl 1-bit")
+    kd = None
+    if args.distill_steps > 0:
+        kd, t_kd = _distill(fp, args, init=args.init, progress=prog)
+        save_checkpoint(kd, args.out, tokenizer=tok, source=spec, overwrite=True)
+        kd = load_checkpoint(args.out)
+        r_kd = perplexity(kd, ids, seqlen, args.max_windows, progress=prog, desc="ppl distilled")
+        print(f"== distilled for {args.distill_steps} steps in {t_kd:.0f}s, saved to {args.out}")
 
     print("\n== bit ledger")
     print(ledger.format())
     print("\n== perplexity")
     print(f"   fp                : {r_fp.ppl:10.2f}")
     print(f"   OneBit-SVID       : {r_q.ppl:10.2f}   ({r_q.ppl / r_fp.ppl:.1f}x; SVID alone, no "
-          "distillation: see 'onebit distill')")
+          "distillation)")
+    if kd is not None:
+        print(f"   OneBit distilled  : {r_kd.ppl:10.2f}   ({r_kd.ppl / r_fp.ppl:.1f}x; "
+              f"{args.distill_steps} steps; longer runs: 'onebit distill')")
     print("\n== samples")
-    print(f"   fp    : {generate_text(fp, tok, args.prompt, args.max_new_tokens)!r}")
-    print(f"   1-bit : {generate_text(q2, tok, args.prompt, args.max_new_tokens)!r}")
+    print(f"   fp          : {generate_text(fp, tok, args.prompt, args.max_new_tokens)!r}")
+    print(f"   1-bit SVID  : {generate_text(q2, tok, args.prompt, args.max_new_tokens)!r}")
+    if kd is not None:
+        print(f"   1-bit + KD  : {generate_text(kd, tok, args.prompt, args.max_new_tokens)!r}")
     return 0 if same else 1
+
+
+def _distill(fp, args, init: str, progress: bool):
+    """A short OneBit distillation of ``fp`` (the same trainer as ``onebit distill``)."""
+    from ..distill.data import teacher_data
+    from ..distill.student import freeze, pack_student, student_from_teacher
+    from ..distill.trainer import TrainConfig, Trainer
+    from ..methods.onebit import OneBitConfig
+
+    t0 = time.perf_counter()
+    data = teacher_data(fp, args.distill_samples, 128, seed=0, progress=progress)
+    student, qc = student_from_teacher(fp, OneBitConfig(init=init))
+    names = freeze(student, qc["modules"])
+    cfg = TrainConfig(steps=args.distill_steps, batch_size=8, lr=5e-3, warmup=5, alpha=1.0)
+    Trainer(fp, student, data, cfg, names, progress=progress).train()
+    return pack_student(student, qc), time.perf_counter() - t0

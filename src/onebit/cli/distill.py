@@ -198,8 +198,8 @@ def run(args) -> int:
                   "(continue with --resume)")
         dist.finish(info)
         return 0
+    final = dist.full_state(trainer.model, trainable, info)  # a collective under FSDP
     if info.main:
-        final = dist.full_state(trainer.model, trainable, info)
         student = dist.unwrap(trainer.model).cpu()
         with torch.no_grad():
             params = dict(student.named_parameters())

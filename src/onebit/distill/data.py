@@ -44,7 +44,7 @@ def model_fingerprint(model) -> str:
 
 def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int = 3,
                  temperature: float = 1.0, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = False, generate: bool = True) -> torch.Tensor:
+                 progress: bool = False, generate: bool = True, batch_size: int = 64) -> torch.Tensor:
     """``[n, seqlen]`` teacher-generated token ids, read from / written to the cache."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
@@ -52,7 +52,7 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
     from ..calibration import teacher_samples
 
     key = dict(fp=model_fingerprint(teacher), n=n, seqlen=seqlen, seed=seed, greedy=greedy_tokens,
-               temperature=temperature)
+               temperature=temperature, batch=batch_size)
     name = "teacher-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     file = cache / f"{name}.safetensors"
@@ -68,7 +68,7 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
     if not generate:
         raise OneBitError(f"teacher-data cache '{file}' is missing")
     ids = teacher_samples(teacher, n, seqlen, seed=seed, greedy_tokens=greedy_tokens,
-                          temperature=temperature, progress=progress).contiguous()
+                          temperature=temperature, batch_size=batch_size, progress=progress).contiguous()
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=cache)
     os.close(fd)

@@ -134,11 +134,14 @@ class Trainer:
         return d
 
     def save_state(self) -> None:
-        if self.state_file is None or not self.info.main:
+        if self.state_file is None:
+            return
+        student = dist.full_state(self.model, self.trainable, self.info)  # a collective under FSDP
+        if not self.info.main:
             return
         state = {
             "step": self.step, "elapsed": self.elapsed, "tokens": self.tokens,
-            "student": dist.full_state(self.model, self.trainable, self.info),
+            "student": student,
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -159,6 +162,8 @@ class Trainer:
 
     def load_state(self, path: str | os.PathLike | None = None) -> None:
         """Continue from a checkpoint (``state.pt`` or its directory); one-line errors if unusable."""
+        if self.strategy == "fsdp" and self.info.active:
+            raise OneBitError("--resume is not supported with --strategy fsdp yet (optimiser state is sharded)")
         f = Path(path) if path is not None else self.state_file
         if f is not None and f.is_dir():
             f = f / STATE_NAME

@@ -1,0 +1,156 @@
+"""Distil stories3M into OneBit on this CPU: perplexity vs training tokens and wall time.
+
+    python bench/distill_quality.py                       # defaults below, ~60 min budget
+    python bench/distill_quality.py --minutes 5 --tag quick
+
+The student trains on sequences the fp teacher generates (cached, never the
+evaluation text); every ``--eval-every`` steps its perplexity on the
+TinyStories validation sample (evaluation only) is measured on the first
+``--eval-windows`` windows of 512 tokens, with the fp teacher on the same
+windows alongside.  At the end both are scored on every window of the sample
+(243 × 512, as bench/svid_quality.py).  Writes bench/results/distill_<tag>.csv
+(rows appear as the run goes) and .png, and prints the machine and the CPU load.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"load average {load[0]:.1f}")
+
+
+def plot(rows, teacher_ppl, png, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, label in ((axes[0], "tokens", "training tokens"), (axes[1], "wall_s", "wall time (s)")):
+        ax.plot([r[key] for r in rows], [r["ppl_student"] for r in rows], "o-", label="OneBit student")
+        ax.axhline(teacher_ppl, color="k", ls="--", label=f"fp teacher ({teacher_ppl:.2f})")
+        ax.axhline(2 * teacher_ppl, color="r", ls=":", label="2× teacher (target)")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("TinyStories perplexity")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "stories3M"))
+    p.add_argument("--tag", default="stories3m")
+    p.add_argument("--minutes", type=float, default=60.0, help="training wall-time budget")
+    p.add_argument("--steps", type=int, default=300, help="schedule length (cosine over these steps)")
+    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr-vectors", type=float, default=None)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--lm-weight", type=float, default=0.0)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--min-lr-ratio", type=float, default=0.05)
+    p.add_argument("--layernorm", action="store_true")
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-windows", type=int, default=16)
+    p.add_argument("--final-windows", type=int, default=None, help="default: every window")
+    p.add_argument("--data-cache", default=str(ROOT / "out" / "distill-data"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a CPU shared with other jobs, 2 threads were "
+                   "up to 30x slower per decoding step than 1)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    from onebit.distill.data import teacher_data
+    from onebit.distill.student import freeze, student_from_teacher
+    from onebit.distill.trainer import TrainConfig, Trainer
+    from onebit.eval.data import load_text
+    from onebit.eval.perplexity import perplexity, tokenize_text
+    from onebit.methods.onebit import OneBitConfig
+    from onebit.models import load_model, load_tokenizer
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out / f"distill_{a.tag}.csv", out / f"distill_{a.tag}.png"
+    print(f"machine: {machine()}", flush=True)
+    print(f"settings: {vars(a)}", flush=True)
+    teacher = load_model(a.model)
+    tok = load_tokenizer(a.model)
+    ids = tokenize_text(tok, load_text("tinystories"))
+    t_ppl = perplexity(teacher, ids, 512, a.eval_windows, progress=False).ppl
+    print(f"fp teacher, {a.eval_windows} windows x 512: ppl {t_ppl:.3f}", flush=True)
+
+    t0 = time.perf_counter()
+    data = teacher_data(teacher, a.samples, a.seqlen, seed=0, cache_dir=a.data_cache, progress=True)
+    t_data = time.perf_counter() - t0
+    print(f"teacher data: {a.samples} x {a.seqlen} tokens in {t_data:.0f}s (cached for later runs)", flush=True)
+
+    student, qc = student_from_teacher(teacher, OneBitConfig(layernorm=a.layernorm))
+    names = freeze(student, qc["modules"])
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lr_vectors=a.lr_vectors, alpha=a.alpha,
+                      temperature=a.temperature, lm_weight=a.lm_weight, warmup=a.warmup,
+                      min_lr_ratio=a.min_lr_ratio, eval_every=a.eval_every, eval_windows=a.eval_windows)
+    rows = []
+    f = open(csv_path, "w", newline="")
+    w = csv.DictWriter(f, ["step", "tokens", "wall_s", "ppl_student", "ppl_teacher", "ratio", "windows"])
+    w.writeheader()
+
+    def on_eval(r):
+        row = {"step": r["step"], "tokens": r["tokens"], "wall_s": r["wall"], "ppl_student": round(r["ppl"], 4),
+               "ppl_teacher": round(t_ppl, 4), "ratio": round(r["ppl"] / t_ppl, 4), "windows": a.eval_windows}
+        rows.append(row)
+        w.writerow(row)
+        f.flush()
+        print(f"step {r['step']:4d}  tokens {r['tokens']:8d}  train wall {r['wall']:7.0f}s  "
+              f"ppl {r['ppl']:10.3f}  ({r['ppl'] / t_ppl:.2f}x teacher)  load {os.getloadavg()[0]:.1f}",
+              flush=True)
+
+    tr = Trainer(teacher, student, data, cfg, names, eval_ids=ids, eval_seqlen=512, progress=False,
+                 on_eval=on_eval)
+    tr.train(time_limit=a.minutes * 60)
+    if tr.step < cfg.steps:  # stopped by the time budget: one last point
+        tr._record_eval()
+    plot(rows, t_ppl, png_path, f"stories3M → OneBit, {machine()}")
+    fw = a.final_windows
+    fs = perplexity(student, ids, 512, fw, progress=False).ppl
+    ft = perplexity(teacher, ids, 512, fw, progress=False).ppl
+    n = ids.numel() // 512 if fw is None else fw
+    print(f"final ({n} windows x 512, TinyStories sample): teacher {ft:.3f}, student {fs:.3f} "
+          f"= {fs / ft:.2f}x after {tr.step} steps, {tr.tokens:,d} tokens, {tr.elapsed / 60:.1f} min training "
+          f"(+{t_data / 60:.1f} min teacher data)", flush=True)
+    print(f"machine at the end: {machine()}")
+    print(f"wrote {csv_path} and {png_path}")
+    f.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
