@@ -40,6 +40,12 @@ def add_dtype_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
                    help="dtype to load the model in (default: %(default)s = as stored)")
 
 
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +54,7 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, default=float)
             f.write("\n")
+        os.chmod(tmp, _umask_mode())  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -62,6 +69,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, _umask_mode())  # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
