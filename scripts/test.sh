@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 set +e
+export PATH="$PWD/.venv/bin:$PATH"  # ninja (pip) for the C++ kernel build
 .venv/bin/python -m pytest "$@"
 rc=$?
 set -e

@@ -19,7 +19,6 @@ def setup_logging(verbosity: int) -> None:
     root = logging.getLogger("onebit")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
     # transformers' own chatter (progress bars for loading weights, warnings) stays quiet
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
