@@ -9,7 +9,6 @@ Also prints the relative reconstruction error ‖W − sign(W)⊙abᵀ‖/‖W�
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -18,17 +17,7 @@ import torch
 from onebit.formats.packing import sign
 from onebit.methods.svid import reconstruct, svid
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+from common import machine  # bench/common.py
 
 
 def main() -> None:
@@ -39,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     w = torch.randn(*args.shape) * 0.02
-    print(f"machine: {machine()}")
+    print(machine())
     print(f"layer {args.shape[0]}x{args.shape[1]}, fp32, median of {args.repeats}")
 
     def timed(fn):

@@ -271,9 +271,7 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
                 specs.update(writer.specs())
                 total += writer.nbytes
             if sharded:
-                (tmp / INDEX_NAME).write_text(json.dumps(
-                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-                    indent=2) + "\n")
+                write_index(tmp, weight_map, total)
             _write_configs(src, tmp, qc, dtype)
     finally:
         for r in readers.values():
@@ -293,6 +291,13 @@ def _as_linear(w: torch.Tensor, conv1d: bool, bias_at, readers, dtype) -> nn.Lin
         b = readers[bias_at[0]].read(bias_at[1])
         lin.bias = nn.Parameter(b.to(dtype) if dtype is not None else b, requires_grad=False)
     return lin
+
+
+def write_index(tmp: Path, weight_map: dict[str, str], total: int) -> None:
+    """``model.safetensors.index.json`` for the shards written in ``tmp``."""
+    (tmp / INDEX_NAME).write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+        indent=2) + "\n")
 
 
 def _write_configs(src: Path, tmp: Path, qc: dict, dtype) -> None:

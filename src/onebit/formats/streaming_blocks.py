@@ -23,7 +23,6 @@ calibration windows (tested).
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..config import QuantConfig
 from ..errors import OneBitError
 from .checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from .ledger import Ledger, ledger_from_specs
-from .streaming import SafetensorsReader, SafetensorsWriter, _write_configs, plan_tensors
+from .streaming import SafetensorsReader, SafetensorsWriter, _write_configs, plan_tensors, write_index
 
 log = logging.getLogger("onebit")
 
@@ -183,9 +182,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                 specs.update(w.specs())
                 total += w.nbytes
             if sharded:
-                (tmp / INDEX_NAME).write_text(json.dumps(
-                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-                    indent=2) + "\n")
+                write_index(tmp, weight_map, total)
             _write_configs(src, tmp, qc, dtype)
     finally:
         for r in readers.values():
