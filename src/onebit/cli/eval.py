@@ -97,9 +97,22 @@ def _task_files(args) -> dict:
     return files
 
 
+def _add_threads(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; on a CPU busy with other jobs 1 can be much faster)")
+
+
 def _load(spec, args):
     from ..config import parse_dtype
+    from ..errors import OneBitError
     from ..models import load_model, load_tokenizer
+
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            raise OneBitError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     return load_model(spec, dtype=parse_dtype(args.dtype)), load_tokenizer(spec)
 
@@ -123,6 +136,7 @@ def register_zeroshot(esub) -> None:
                    help="run every context+continuation whole instead of sharing the context's pass")
     p.add_argument("--samples", action="store_true", help="also write per-item predictions to --json")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    _add_threads(p)
     add_dtype_arg(p)
     add_common(p)
     p.set_defaults(func=run_zeroshot)
@@ -195,6 +209,7 @@ def register_kld(esub) -> None:
     p.add_argument("--second-half", action="store_true",
                    help="score only the second half of each window, as llama.cpp does")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    _add_threads(p)
     add_dtype_arg(p)
     add_common(p)
     p.set_defaults(func=run_kld)
@@ -246,6 +261,7 @@ def register_harness(esub) -> None:
     p.add_argument("--hub-data", action="store_true",
                    help="let lm-eval download the data of our seven tasks too (default: local files)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write lm-eval's results as JSON")
+    _add_threads(p)
     add_dtype_arg(p)
     add_common(p)
     p.set_defaults(func=run_harness_cmd)
@@ -295,6 +311,7 @@ def register_all(esub) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="zero-shot continuations per forward")
     p.add_argument("--out", required=True, metavar="OUT",
                    help="write OUT.json and OUT.md (a trailing .json/.md is dropped)")
+    _add_threads(p)
     add_dtype_arg(p)
     add_common(p)
     p.set_defaults(func=run_all_cmd)

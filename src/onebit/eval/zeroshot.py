@@ -162,6 +162,8 @@ def _score_shared(model, groups):
     row_g = torch.tensor([g for g, (_, conts) in enumerate(groups) for _ in conts])
     conts = [c for _, cs in groups for c in cs]
     Lk = max(len(c) for c in conts) - 1
+    if Lk > 0 and cache is None:  # a model that returns no KV cache: whole sequences
+        return _score_full(model, [(ctx, c) for ctx, cs in groups for c in cs])
     rest = None
     if Lk > 0:
         cache.reorder_cache(row_g.to(dev))
