@@ -65,6 +65,13 @@ def machine(device: str = "cpu") -> str:
     return "\n".join(lines)
 
 
+def machine_line() -> str:
+    """One line: CPU model, cores, torch and its threads, the current 1-minute load average."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), load average {load:.1f}")
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

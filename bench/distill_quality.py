@@ -1,43 +1,36 @@
 """Distil stories3M into OneBit on this CPU: perplexity vs training tokens and wall time.
 
-    python bench/distill_quality.py                       # defaults below, ~60 min budget
+    python bench/distill_quality.py                       # 60-minute budget, everything counted
     python bench/distill_quality.py --minutes 5 --tag quick
+    python bench/distill_quality.py --steps 400 --eval-on teacher --tag sweep   # a hyper-parameter trial
 
 The student trains on sequences the fp teacher generates (cached, never the
-evaluation text); every ``--eval-every`` steps its perplexity on the
-TinyStories validation sample (evaluation only) is measured on the first
-``--eval-windows`` windows of 512 tokens, with the fp teacher on the same
-windows alongside.  At the end both are scored on every window of the sample
-(243 × 512, as bench/svid_quality.py).  Writes bench/results/distill_<tag>.csv
-(rows appear as the run goes) and .png, and prints the machine and the CPU load.
+evaluation text).  With ``--steps 0`` (default) the cosine schedule is fitted
+to the budget: teacher data, a short step timing, training and the periodic
+evaluations all end within ``--minutes``.  Every ``--eval-every`` steps the
+student's perplexity is measured on the first ``--eval-windows`` windows of 512
+tokens of the TinyStories validation sample (evaluation only) - or, with
+``--eval-on teacher``, of held-out teacher text, which is what hyper-parameter
+trials should look at - with the fp teacher on the same windows alongside.  At
+the end both are scored on every window of the TinyStories sample (243 × 512,
+as bench/svid_quality.py).  Writes bench/results/distill_<tag>.csv (rows appear
+as the run goes) and .png, prints the machine and the CPU load, and with
+``--save DIR`` writes the packed student for ``onebit eval``.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from common import machine_line  # bench/common.py
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"load average {load[0]:.1f}")
 
 
 def plot(rows, teacher_ppl, png, title):
@@ -61,16 +54,49 @@ def plot(rows, teacher_ppl, png, title):
     fig.savefig(png, dpi=110)
 
 
+def fit_steps(a, teacher, student, data, names, eval_ids, budget_s: float) -> int:
+    """Steps that fit ``budget_s``: time 3 + 8 steps and one evaluation on a throwaway copy of the student."""
+    import copy
+
+    from onebit.distill.trainer import TrainConfig, Trainer
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig(steps=1000, batch_size=a.batch_size, lr=a.lr, alpha=a.alpha, eval_windows=a.eval_windows)
+    tr = Trainer(teacher, copy.deepcopy(student), data, cfg, names, eval_ids=eval_ids, eval_seqlen=512)
+    for _ in range(3):  # warm-up
+        tr.train_step()
+    t1 = time.perf_counter()
+    for _ in range(8):
+        tr.train_step()
+    step_s = (time.perf_counter() - t1) / 8
+    t2 = time.perf_counter()
+    tr.evaluate()
+    eval_s = time.perf_counter() - t2
+    budget_s -= time.perf_counter() - t0
+    per_step = step_s + (eval_s / a.eval_every if a.eval_every else 0.0)
+    steps = max(1, int(0.95 * budget_s / per_step))
+    print(f"schedule fitted to the budget: {step_s:.2f} s/step, {eval_s:.1f} s/evaluation, "
+          f"{budget_s / 60:.1f} min left -> {steps} steps", flush=True)
+    return steps
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "stories3M"))
     p.add_argument("--tag", default="stories3m")
-    p.add_argument("--minutes", type=float, default=60.0, help="training wall-time budget")
-    p.add_argument("--steps", type=int, default=300, help="schedule length (cosine over these steps)")
-    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--minutes", type=float, default=60.0,
+                   help="wall-time budget for teacher data + training (+ periodic evaluations)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="schedule length (cosine over these steps); 0 (default): fit the schedule to the "
+                   "budget - time a few steps and one evaluation first, then choose the steps so that "
+                   "teacher data + training + periodic evaluations end within --minutes")
+    p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--gen-batch", type=int, default=256,
+                   help="sequences the teacher generates at once (a tiny model generates far more tokens/s "
+                   "in larger batches; the samples depend on it, so it is part of the cache key)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lr-vectors", type=float, default=None)
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=1.0)
@@ -78,9 +104,15 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--layernorm", action="store_true")
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-windows", type=int, default=16)
+    p.add_argument("--eval-on", choices=["tinystories", "teacher"], default="tinystories",
+                   help="what the periodic evaluation measures: the TinyStories sample (an evaluation file), "
+                   "or held-out teacher-generated text (another seed) - use this one to choose "
+                   "hyper-parameters without looking at the evaluation file")
     p.add_argument("--final-windows", type=int, default=None, help="default: every window")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="also write the distilled student as a packed checkpoint (for onebit eval ...)")
     p.add_argument("--data-cache", default=str(ROOT / "out" / "distill-data"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--threads", type=int, default=1,
@@ -100,22 +132,28 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / f"distill_{a.tag}.csv", out / f"distill_{a.tag}.png"
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {machine_line()}", flush=True)
     print(f"settings: {vars(a)}", flush=True)
     teacher = load_model(a.model)
     tok = load_tokenizer(a.model)
     ids = tokenize_text(tok, load_text("tinystories"))
-    t_ppl = perplexity(teacher, ids, 512, a.eval_windows, progress=False).ppl
-    print(f"fp teacher, {a.eval_windows} windows x 512: ppl {t_ppl:.3f}", flush=True)
+    eval_ids = ids
+    if a.eval_on == "teacher":  # held-out teacher samples: a seed the training data never uses
+        eval_ids = teacher_data(teacher, a.eval_windows, 512, seed=1_000_003, cache_dir=a.data_cache).reshape(-1)
+    t_ppl = perplexity(teacher, eval_ids, 512, a.eval_windows, progress=False).ppl
+    print(f"fp teacher, {a.eval_windows} windows x 512 of {a.eval_on}: ppl {t_ppl:.3f}", flush=True)
 
-    t0 = time.perf_counter()
-    data = teacher_data(teacher, a.samples, a.seqlen, seed=0, cache_dir=a.data_cache, progress=True)
+    t0 = t_begin = time.perf_counter()
+    data = teacher_data(teacher, a.samples, a.seqlen, seed=0, cache_dir=a.data_cache, progress=True,
+                        batch_size=a.gen_batch)
     t_data = time.perf_counter() - t0
     print(f"teacher data: {a.samples} x {a.seqlen} tokens in {t_data:.0f}s (cached for later runs)", flush=True)
 
     student, qc = student_from_teacher(teacher, OneBitConfig(layernorm=a.layernorm))
     names = freeze(student, qc["modules"])
-    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, lr_vectors=a.lr_vectors, alpha=a.alpha,
+    steps = a.steps or fit_steps(a, teacher, student, data, names, eval_ids,
+                                 a.minutes * 60 - (time.perf_counter() - t_begin))
+    cfg = TrainConfig(steps=steps, batch_size=a.batch_size, lr=a.lr, lr_vectors=a.lr_vectors, alpha=a.alpha,
                       temperature=a.temperature, lm_weight=a.lm_weight, warmup=a.warmup,
                       min_lr_ratio=a.min_lr_ratio, eval_every=a.eval_every, eval_windows=a.eval_windows)
     rows = []
@@ -133,21 +171,29 @@ def main(argv=None) -> int:
               f"ppl {r['ppl']:10.3f}  ({r['ppl'] / t_ppl:.2f}x teacher)  load {os.getloadavg()[0]:.1f}",
               flush=True)
 
-    tr = Trainer(teacher, student, data, cfg, names, eval_ids=ids, eval_seqlen=512, progress=False,
+    tr = Trainer(teacher, student, data, cfg, names, eval_ids=eval_ids, eval_seqlen=512, progress=False,
                  on_eval=on_eval)
-    tr.train(time_limit=a.minutes * 60)
+    tr.train(time_limit=a.minutes * 60 - (time.perf_counter() - t_begin))
+    t_total = time.perf_counter() - t_begin
     if tr.step < cfg.steps:  # stopped by the time budget: one last point
         tr._record_eval()
-    plot(rows, t_ppl, png_path, f"stories3M → OneBit, {machine()}")
+    plot(rows, t_ppl, png_path, f"stories3M → OneBit, {machine_line()}")
     fw = a.final_windows
     fs = perplexity(student, ids, 512, fw, progress=False).ppl
     ft = perplexity(teacher, ids, 512, fw, progress=False).ppl
     n = ids.numel() // 512 if fw is None else fw
     print(f"final ({n} windows x 512, TinyStories sample): teacher {ft:.3f}, student {fs:.3f} "
           f"= {fs / ft:.2f}x after {tr.step} steps, {tr.tokens:,d} tokens, {tr.elapsed / 60:.1f} min training "
-          f"(+{t_data / 60:.1f} min teacher data)", flush=True)
-    print(f"machine at the end: {machine()}")
+          f"(+{t_data / 60:.1f} min teacher data; {t_total / 60:.1f} min in all, evaluations and step timing "
+          "included)", flush=True)
+    print(f"machine at the end: {machine_line()}")
     print(f"wrote {csv_path} and {png_path}")
+    if a.save:
+        from onebit.distill.student import pack_student
+        from onebit.formats.checkpoint import save_checkpoint
+
+        ledger = save_checkpoint(pack_student(student, qc), a.save, tokenizer=tok, source=a.model, overwrite=True)
+        print(f"wrote the packed student to {a.save} ({ledger.summary()['total_bytes'] / 2**20:.2f} MiB)")
     f.close()
     return 0
 

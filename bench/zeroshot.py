@@ -12,26 +12,15 @@ The machine (CPU, threads, load average) is printed; on a shared machine the tim
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import torch
 
+from common import machine_line  # bench/common.py
+
 from onebit.eval.tasks import TASKS, load_task, parse_tasks
 from onebit.eval.zeroshot import encode_pairs, evaluate_task, loglikelihoods, paper_average
 from onebit.models import load_model, load_tokenizer
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"load average {load}")
 
 
 def main() -> None:
@@ -47,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line()}")
     model, tok = load_model(args.model), load_tokenizer(args.model)
     tasks = parse_tasks(args.tasks)
     print(f"model {args.model}; part 1: {'all' if args.limit is None else args.limit} items per task, "
@@ -91,7 +80,7 @@ def main() -> None:
                   f"max |Δ loglik| {d:.1e}", flush=True)
         print(f"  all tasks      whole {tf:7.2f} s  shared {ts:7.2f} s  speedup {tf / ts:5.2f}x  "
               f"max |Δ loglik| {diff:.1e}")
-    print(f"machine at the end: {machine()}")
+    print(f"machine at the end: {machine_line()}")
 
 
 if __name__ == "__main__":
