@@ -120,3 +120,16 @@ def test_help_explains():
     assert rc == 0 and "quantize" in so and "demo" in so
     rc, so, se = run_cli("quantize", "--help")
     assert rc == 0 and "--init" in so and "--overwrite" in so
+
+
+def test_demo_short(stories260k, tmp_path, monkeypatch, capsys):
+    """`onebit demo` end to end on stories260K with a 3-step distillation: every stage reports."""
+    monkeypatch.setenv("ONEBIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", stories260k, "--out", str(out), "--max-windows", "2",
+                 "--distill-steps", "3", "--distill-samples", "8", "--max-new-tokens", "4"]) == 0
+    so = capsys.readouterr().out
+    assert "reloaded: logits identical" in so and "bits/weight" in so
+    assert "OneBit-SVID" in so and "OneBit distilled" in so and "1-bit + KD" in so
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert list((tmp_path / "cache" / "distill-data").glob("teacher-*.safetensors"))

@@ -32,9 +32,9 @@ def register(sub) -> None:
     p.add_argument("--init", default="svd", choices=["svd", "nmf"], help="SVID init (default: %(default)s)")
     p.add_argument("--prompt", default="Once upon a time", help="generation prompt")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--distill-steps", type=int, default=60,
+    p.add_argument("--distill-steps", type=int, default=400,
                    help="optimiser steps of the short distillation, 0 skips it (default: %(default)s)")
-    p.add_argument("--distill-samples", type=int, default=64,
+    p.add_argument("--distill-samples", type=int, default=256,
                    help="teacher-generated sequences of 128 tokens (cached; default: %(default)s)")
     add_common(p)
     p.set_defaults(func=run)

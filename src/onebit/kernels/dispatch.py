@@ -121,5 +121,5 @@ def register_backends() -> dict[str, str]:
                 torch.library.register_kernel("onebit::ternary_linear", "cuda", ternary_linear_triton)
                 _registered["cuda"] = "triton"
         except Exception as e:  # a broken triton install must not break the package
-            log.warning("onebit: Triton kernels not registered (%s: %s)", type(e).__name__, e)
+            log.warning("Triton kernels not registered (%s: %s)", type(e).__name__, e)
     return dict(_registered)

@@ -42,7 +42,7 @@ def _build():
 
     d = cache_dir()
     d.mkdir(parents=True, exist_ok=True)
-    log.info("onebit: building the CPU kernels in %s (first use only, ~30-60 s)", d)
+    log.info("building the CPU kernels in %s (first use only, ~30-60 s)", d)
     return cpp_extension.load(
         name="onebit_cpu", sources=[str(SOURCE)], build_directory=str(d),
         # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in the ATen headers, so
@@ -63,7 +63,7 @@ def load():
             except Exception as e:  # compiler missing, ninja missing, compile error, ...
                 msg = str(e).strip().splitlines()
                 _state["error"] = f"{type(e).__name__}: {msg[-1] if msg else ''}"
-                log.warning("onebit: could not build the C++ CPU kernels (%s); "
+                log.warning("could not build the C++ CPU kernels (%s); "
                             "using the pure-torch reference kernels", _state["error"])
             _state["tried"] = True
     return _state["module"]
