@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--layernorm", action="store_true")
+    p.add_argument("--train-norms", action="store_true", help="also train the RMSNorm weights (frozen by default)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--eval-on", choices=["tinystories", "teacher"], default="tinystories",
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
     print(f"teacher data: {a.samples} x {a.seqlen} tokens in {t_data:.0f}s (cached for later runs)", flush=True)
 
     student, qc = student_from_teacher(teacher, OneBitConfig(layernorm=a.layernorm))
-    names = freeze(student, qc["modules"])
+    names = freeze(student, qc["modules"], train_norms=a.train_norms)
     steps = a.steps or fit_steps(a, teacher, student, data, names, eval_ids,
                                  a.minutes * 60 - (time.perf_counter() - t_begin))
     cfg = TrainConfig(steps=steps, batch_size=a.batch_size, lr=a.lr, lr_vectors=a.lr_vectors, alpha=a.alpha,
