@@ -234,9 +234,8 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
         order = {f: i for i, f in enumerate(files)}
         todo.sort(key=lambda t: (order[t[0]], readers[t[0]].specs[t[2]]["data_offsets"][0]))
 
-        specs: dict[str, tuple] = {}
+        done: list[SafetensorsWriter] = []
         weight_map: dict[str, str] = {}
-        total = 0
         meta = {"format": "pt", "onebit_format_version": str(qc["format_version"])}
         with atomic_dir(out, overwrite) as tmp:
             writer, writer_src = None, None
@@ -245,8 +244,7 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
                 if writer_src != f:
                     if writer is not None:
                         writer.close()
-                        specs.update(writer.specs())
-                        total += writer.nbytes
+                        done.append(writer)
                     writer_src = f
                     writer = SafetensorsWriter(tmp / (f.name if sharded else WEIGHTS_NAME), meta)
                 t = readers[f].read(k)
@@ -268,16 +266,27 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
                 del t
             if writer is not None:
                 writer.close()
-                specs.update(writer.specs())
-                total += writer.nbytes
-            if sharded:
-                write_index(tmp, weight_map, total)
-            _write_configs(src, tmp, qc, dtype)
+                done.append(writer)
+            specs = finish_output(tmp, done, weight_map, sharded, src, qc, dtype)
     finally:
         for r in readers.values():
             r.close()
     log.info("wrote %s", out)
     return ledger_from_specs(specs, modules)
+
+
+def finish_output(tmp: Path, writers, weight_map: dict[str, str], sharded: bool, src: Path, qc: dict,
+                  dtype) -> dict[str, tuple]:
+    """After the (closed) ``writers``: the shard index if ``sharded``, the configs; return the tensor specs."""
+    specs: dict[str, tuple] = {}
+    total = 0
+    for w in writers:
+        specs.update(w.specs())
+        total += w.nbytes
+    if sharded:
+        write_index(tmp, weight_map, total)
+    _write_configs(src, tmp, qc, dtype)
+    return specs
 
 
 def _as_linear(w: torch.Tensor, conv1d: bool, bias_at, readers, dtype) -> nn.Linear:

@@ -34,7 +34,7 @@ from ..config import QuantConfig
 from ..errors import OneBitError
 from .checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from .ledger import Ledger, ledger_from_specs
-from .streaming import SafetensorsReader, SafetensorsWriter, _write_configs, plan_tensors, write_index
+from .streaming import SafetensorsReader, SafetensorsWriter, finish_output, plan_tensors
 
 log = logging.getLogger("onebit")
 
@@ -74,7 +74,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
 
     from ..api import as_linear, set_submodule
     from ..calibration import file_samples
-    from ..methods.sequential import capture_block_inputs, find_blocks, hessian_hooks, run_block
+    from ..methods.sequential import block_hessians, capture_block_inputs, find_blocks, run_block
     from ..models import context_length, load_tokenizer
     from ..registry import get_handler
 
@@ -151,12 +151,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                     _assign(model, mk, read(mk))
                 block = blocks[bi]
                 mine = {n: model.get_submodule(n) for n in names if n.startswith(f"{prefix}{bi}.")}
-                accs, handles = hessian_hooks(mine)
-                try:
-                    run_block(block, inputs)
-                finally:
-                    for h in handles:
-                        h.remove()
+                accs = block_hessians(block, mine, inputs)
                 for n, mod in mine.items():
                     packed = handler.gptq_linear(n, as_linear(mod), accs[n].H)
                     set_submodule(model, n, packed)
@@ -175,15 +170,9 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                 mod = model.get_submodule(n)
                 packed = handler.gptq_linear(n, as_linear(mod), torch.eye(targets[n].in_features))
                 write_quantized(n, packed)
-            specs: dict[str, tuple] = {}
-            total = 0
             for w in writers.values():
                 w.close()
-                specs.update(w.specs())
-                total += w.nbytes
-            if sharded:
-                write_index(tmp, weight_map, total)
-            _write_configs(src, tmp, qc, dtype)
+            specs = finish_output(tmp, writers.values(), weight_map, sharded, src, qc, dtype)
     finally:
         for r in readers.values():
             r.close()

@@ -31,7 +31,7 @@ from .actquant import calibrate_static_scales
 from .common import calibration_ids
 from .quant import check_group_size, find_qparams, num_groups
 from .rtn import RTNConfig, UniformHandler
-from .sequential import capture_block_inputs, find_blocks, hessian_hooks, run_block
+from .sequential import block_hessians, capture_block_inputs, find_blocks, run_block
 
 log = logging.getLogger("onebit")
 
@@ -165,12 +165,7 @@ class GPTQHandler(UniformHandler):
         inputs = capture_block_inputs(model, blocks[0], ids, batch_size)
         for bi, block in enumerate(tqdm(blocks, desc="gptq", disable=not progress, unit="block")):
             mine = {n: model.get_submodule(n) for n in names if n.startswith(f"{prefix}{bi}.")}
-            accs, handles = hessian_hooks(mine)
-            try:
-                run_block(block, inputs)
-            finally:
-                for h in handles:
-                    h.remove()
+            accs = block_hessians(block, mine, inputs)
             for n in mine:
                 out[n] = self.gptq_linear(n, lins[n], accs[n].H.cpu())
                 set_submodule(model, n, out[n])

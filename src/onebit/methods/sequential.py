@@ -91,3 +91,15 @@ def hessian_hooks(modules: dict[str, nn.Module]) -> tuple[dict[str, HessianAccum
 
         handles.append(mod.register_forward_pre_hook(hook))
     return accs, handles
+
+
+def block_hessians(block: nn.Module, modules: dict[str, nn.Module],
+                   inputs: list[tuple[torch.Tensor, dict]]) -> dict[str, HessianAccumulator]:
+    """Run ``block`` on ``inputs`` once, accumulating the Hessian of each of ``modules``' inputs."""
+    accs, handles = hessian_hooks(modules)
+    try:
+        run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return accs
