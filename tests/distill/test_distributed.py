@@ -1,6 +1,5 @@
-"""2 CPU processes (torchrun, gloo, DDP) with the same global batch reach the same student as one."""
+"""2 CPU processes (torchrun, gloo; DDP or FSDP) with the same global batch reach the same student as one."""
 import os
-import shutil
 import subprocess
 import sys
 
@@ -11,24 +10,52 @@ ARGS = ["--data-cache", "{cache}", "--samples", "8", "--seqlen", "32", "--steps"
         "--warmup", "1", "--lr", "3e-3", "--save-every", "0", "-q"]
 
 
-def _run(prefix, out, cache, extra=()):
-    cmd = prefix + ["-m", "onebit.cli.main", "distill", *extra, out] + [a.format(cache=cache) for a in ARGS]
+def _run(prefix, out, cache, extra=(), after=()):
+    cmd = prefix + ["-m", "onebit.cli.main", "distill", *extra, out] + [a.format(cache=cache) for a in ARGS] \
+        + list(after)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return torch.load(f"{out}.state/state.pt", weights_only=True)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "torchrun")), reason="torchrun not installed")
-def test_two_processes_equal_one(stories260k, tmp_path):
+def _torchrun(offset=0):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "--master-port", str(29500 + (os.getpid() + offset) % 1000)]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_equal_one(stories260k, tmp_path, strategy):
     cache = tmp_path / "cache"
     one = _run([sys.executable], str(tmp_path / "one"), cache, [stories260k])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-port", str(29500 + os.getpid() % 1000)]
-    two = _run(torchrun, str(tmp_path / "two"), cache, [stories260k])
+    torchrun = _torchrun(strategy == "fsdp")
+    # under FSDP the periodic evaluation is a collective too (every rank runs the forward)
+    extra = ["--strategy", strategy] + (["--eval-data", "tinystories", "--eval-every", "2", "--eval-windows", "1",
+                                         "--eval-seqlen", "32"] if strategy == "fsdp" else [])
+    two = _run(torchrun, str(tmp_path / "two"), cache, [*extra, stories260k])
     assert one["step"] == two["step"] == 3
     assert sorted(one["student"]) == sorted(two["student"])
     for n, a in one["student"].items():
-        assert torch.allclose(a, two["student"][n], rtol=1e-4, atol=1e-5), n
+        # a different reduction order (all-reduce / reduce-scatter) moves a few near-zero gradients, and
+        # Adam's normalisation turns that into ~1e-5 on ~1e-4 of the weights; steps themselves are ~1e-2
+        assert torch.allclose(a, two["student"][n], rtol=1e-4, atol=1e-4), n
     assert (tmp_path / "two" / "model.safetensors").is_file()
+    from onebit.formats.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(str(tmp_path / "one")), load_checkpoint(str(tmp_path / "two"))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sorted(sa) == sorted(sb)
+    for n, t in sa.items():  # packed signs identical, g/h within fp16 rounding
+        assert torch.allclose(t.float(), sb[n].float(), rtol=1e-3, atol=1e-4), n
+
+
+def test_fsdp_resume_equals_uninterrupted(stories260k, tmp_path):
+    """Killed after the step-2 checkpoint and resumed under FSDP (state gathered to full tensors and
+    re-sharded on load) = the uninterrupted FSDP run."""
+    cache, fsdp = tmp_path / "cache", ["--strategy", "fsdp", stories260k]
+    full = _run(_torchrun(2), str(tmp_path / "full"), cache, fsdp)
+    _run(_torchrun(3), str(tmp_path / "part"), cache, fsdp, ["--save-every", "1", "--stop-at", "2"])
+    part = _run(_torchrun(4), str(tmp_path / "part"), cache, fsdp, ["--resume"])
+    assert part["step"] == full["step"] == 3
+    for n, a in full["student"].items():
+        assert torch.allclose(a, part["student"][n], rtol=0, atol=1e-6), n

@@ -5,7 +5,7 @@ import torch
 from onebit.distill.data import batch_indices, teacher_data
 from onebit.distill.student import freeze, pack_student, student_from_checkpoint, student_from_teacher
 from onebit.distill.trainer import STATE_NAME, TrainConfig, Trainer
-from onebit.errors import CheckpointError
+from onebit.errors import CheckpointError, OneBitError
 from onebit.methods.onebit import OneBitConfig
 from onebit.registry import available_methods, get_handler_cls
 
@@ -57,20 +57,40 @@ def test_frozen_parameters_untouched(fp_260k, data):
             assert torch.equal(p, before[n])
 
 
-def test_resume_equals_uninterrupted(fp_260k, data, tmp_path):
-    full, _ = _trainer(fp_260k, data, tmp_path / "a", grad_accum=2)
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_resume_equals_uninterrupted(fp_260k, data, tmp_path, clip):
+    full, _ = _trainer(fp_260k, data, tmp_path / "a", grad_accum=2, latent_clip=clip)
     full.train()
-    part, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2)
+    part, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2, latent_clip=clip)
     part.train(stop_at=3)  # stops after the step-3 checkpoint, as if killed there
     assert part.step == 3
     # a fresh process: new student from the teacher, state from disk
-    resumed, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2)
+    resumed, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2, latent_clip=clip)
     resumed.load_state()
     assert resumed.step == 3
     resumed.train()
     a = dict(full.student.named_parameters())
     for n, p in resumed.student.named_parameters():
         assert torch.allclose(p, a[n], rtol=0, atol=1e-6), n
+
+
+def test_latent_clip_bounds_every_latent_matrix(fp_260k, data):
+    free, _ = _trainer(fp_260k, data, steps=20, lr=2e-2)
+    init = {n: p.detach().abs().mean().item() for n, p in free.student.named_parameters() if p.dim() == 2
+            and p.requires_grad}
+    free.train()
+    over = [n for n, p in free.student.named_parameters() if n in init and p.abs().max() > 0.5 * init[n]]
+    assert over  # without the clamp latents leave the band (so the test below can fail)
+    tr, _ = _trainer(fp_260k, data, steps=20, lr=2e-2, latent_clip=0.5)
+    assert len(tr.bounds) == len(init)
+    tr.train()
+    for n, p in tr.student.named_parameters():
+        if n in init:
+            assert p.abs().max() <= 0.5 * init[n] * (1 + 1e-6), n
+        elif p.requires_grad:  # g, h are not clamped
+            assert p.dim() == 1
+    with pytest.raises(OneBitError, match="latent-clip"):
+        TrainConfig(latent_clip=-1).validate()
 
 
 def test_resume_refuses_bad_checkpoints(fp_260k, data, tmp_path):

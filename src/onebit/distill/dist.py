@@ -99,6 +99,68 @@ def full_state(model: nn.Module, names: list[str], info: DistInfo) -> dict[str, 
     return out
 
 
+def sharded(info: DistInfo, strategy: str) -> bool:
+    return strategy == "fsdp" and info.active
+
+
+def optimizer_state(model: nn.Module, opt, info: DistInfo, strategy: str) -> dict:
+    """The optimiser state to save: as is, or gathered to full CPU tensors under FSDP (a collective)."""
+    if not sharded(info, strategy):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_states(model: nn.Module, opt, params: dict[str, torch.Tensor], optim: dict, info: DistInfo,
+                strategy: str) -> None:
+    """Put full (unsharded) trainable parameters and optimiser state back; under FSDP every rank shards them."""
+    if not sharded(info, strategy):
+        own = dict(unwrap(model).named_parameters())
+        with torch.no_grad():
+            for n, t in params.items():
+                own[n].copy_(t.to(own[n].device, own[n].dtype))
+        opt.load_state_dict(optim)
+        return
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, params, options=opts)
+    set_optimizer_state_dict(model, opt, optim, options=opts)
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """The bare student with every parameter a plain full tensor, ready to pack and save.
+
+    Under FSDP each parameter is a sharded DTensor: it is gathered (a
+    collective - every rank must call this, in the same order) and put back
+    as an ordinary ``nn.Parameter``.  Under DDP or in one process the
+    parameters already are the trained ones and nothing is copied.
+    """
+    m = unwrap(model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - older torch
+        FSDPModule = ()
+    for mod in m.modules():
+        if isinstance(mod, FSDPModule):
+            mod.reshard()  # a forward may have left it unsharded (plain tensors on freed storage)
+    for mod in m.modules():
+        sharded = False
+        for name, p in list(mod._parameters.items()):
+            if p is not None and hasattr(p, "full_tensor"):
+                sharded = True
+                mod._parameters[name] = nn.Parameter(p.full_tensor().detach().cpu(), requires_grad=False)
+        if sharded or type(mod).__name__.startswith("FSDP"):
+            for name, b in list(mod._buffers.items()):
+                if b is not None:
+                    mod._buffers[name] = b.cpu()
+            if isinstance(mod, FSDPModule):  # fully_shard made the class FSDP<cls>(FSDPModule, cls): undo it
+                mod.__class__ = next(b for b in type(mod).__bases__ if not issubclass(b, FSDPModule))
+    return m
+
+
 def finish(info: DistInfo) -> None:
     if info.active and tdist.is_initialized():
         tdist.destroy_process_group()

@@ -40,7 +40,7 @@ log = logging.getLogger("onebit")
 
 STATE_NAME = "state.pt"
 #: settings a resumed run must share with the run that wrote the checkpoint
-RESUME_KEYS = ("batch_size", "seed", "steps", "lr", "lr_vectors", "warmup", "method_hash")
+RESUME_KEYS = ("batch_size", "seed", "steps", "lr", "lr_vectors", "warmup", "latent_clip", "method_hash")
 
 
 @dataclass
@@ -51,6 +51,7 @@ class TrainConfig:
     lr: float = 2e-3               # latent weights (matrices)
     lr_vectors: float | None = None  # g, h, biases (default: lr)
     weight_decay: float = 0.0
+    latent_clip: float = 0.0       # clamp latent matrices to ±c·mean|W₀| after each step (0 disables)
     warmup: int = 10               # linear warmup steps, then cosine to min_lr_ratio · lr
     min_lr_ratio: float = 0.0
     clip: float = 1.0              # global grad-norm clip (0 disables)
@@ -75,6 +76,37 @@ class TrainConfig:
             raise OneBitError(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha < 0 or self.lm_weight < 0:
             raise OneBitError("--alpha and --lm-weight must be >= 0")
+        if self.latent_clip < 0:
+            raise OneBitError(f"--latent-clip must be >= 0 (0 disables), got {self.latent_clip}")
+
+
+def latent_bounds(opt: torch.optim.Optimizer, c: float) -> list[tuple[torch.Tensor, float]]:
+    """``(param, c · mean|param|)`` for every latent matrix (the "matrices" group); ``[]`` if ``c == 0``.
+
+    Why: with the identity STE and Adam every latent weight moves up to ``lr``
+    per step whatever its size, and one whose gradient keeps agreeing with
+    its sign grows without bound - after a few thousand steps most latents
+    sit far from zero and their signs can no longer flip (the run plateaus;
+    re-starting from the packed signs, latents reset to ``|h gᵀ|``, moved it
+    again).  Clamping the latents to ``±c·mean|W₀|`` after each step keeps
+    every sign within ``2c·mean|W₀| / lr`` steps of flipping.
+    """
+    if not c:
+        return []
+    out = []
+    for g in opt.param_groups:
+        if g.get("name") != "matrices":
+            continue
+        for p in g["params"]:
+            full = p.detach().full_tensor() if hasattr(p, "full_tensor") else p.detach()
+            out.append((p, c * float(full.float().abs().mean())))
+    return out
+
+
+@torch.no_grad()
+def clamp_latents(bounds: list[tuple[torch.Tensor, float]]) -> None:
+    for p, b in bounds:
+        p.clamp_(-b, b)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
@@ -118,6 +150,7 @@ class Trainer:
                                      betas=(0.9, 0.95), eps=1e-8)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, c.steps, c.warmup, c.min_lr_ratio))
+        self.bounds = latent_bounds(self.opt, c.latent_clip)
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.history: list[dict] = []
         self.bf16 = c.bf16 if c.bf16 is not None else info.device.type == "cuda"
@@ -136,18 +169,20 @@ class Trainer:
     def save_state(self) -> None:
         if self.state_file is None:
             return
-        student = dist.full_state(self.model, self.trainable, self.info)  # a collective under FSDP
+        student = dist.full_state(self.model, self.trainable, self.info)  # collectives under FSDP
+        optim = dist.optimizer_state(self.model, self.opt, self.info, self.strategy)
         if not self.info.main:
             return
         state = {
             "step": self.step, "elapsed": self.elapsed, "tokens": self.tokens,
             "student": student,
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "optimizer": optim, "scheduler": self.sched.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "fixed": json.dumps(self._fixed(), sort_keys=True),
             "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
             "history": json.dumps(self.history),
+            "bounds": json.dumps([b for _, b in self.bounds]),
         }
         d = self.state_file.parent
         d.mkdir(parents=True, exist_ok=True)
@@ -162,8 +197,6 @@ class Trainer:
 
     def load_state(self, path: str | os.PathLike | None = None) -> None:
         """Continue from a checkpoint (``state.pt`` or its directory); one-line errors if unusable."""
-        if self.strategy == "fsdp" and self.info.active:
-            raise OneBitError("--resume is not supported with --strategy fsdp yet (optimiser state is sharded)")
         f = Path(path) if path is not None else self.state_file
         if f is not None and f.is_dir():
             f = f / STATE_NAME
@@ -184,13 +217,11 @@ class Trainer:
         own = dict(dist.unwrap(self.model).named_parameters())
         if sorted(params) != sorted(self.trainable):
             raise CheckpointError(f"cannot resume from '{f}': its trainable parameters differ from this student's")
-        with torch.no_grad():
-            for n, t in params.items():
-                if tuple(t.shape) != tuple(own[n].shape):
-                    raise CheckpointError(f"cannot resume from '{f}': tensor '{n}' has shape {list(t.shape)}")
-                own[n].copy_(t.to(own[n].device, own[n].dtype))
+        for n, t in params.items():
+            if tuple(t.shape) != tuple(own[n].shape):
+                raise CheckpointError(f"cannot resume from '{f}': tensor '{n}' has shape {list(t.shape)}")
         try:
-            self.opt.load_state_dict(state["optimizer"])
+            dist.load_states(self.model, self.opt, params, state["optimizer"], self.info, self.strategy)
             self.sched.load_state_dict(state["scheduler"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"cannot resume from '{f}': optimiser state does not fit ({e})")
@@ -199,6 +230,9 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step, self.elapsed, self.tokens = int(state["step"]), float(state["elapsed"]), int(state["tokens"])
         self.history = json.loads(state["history"])
+        bounds = json.loads(state.get("bounds", "[]"))
+        if len(bounds) == len(self.bounds):  # the bounds of the run that wrote it (from its initial latents)
+            self.bounds = [(p, b) for (p, _), b in zip(self.bounds, bounds)]
         log.info("resumed from %s at step %d", f, self.step)
 
     # ------------------------------------------------------------------ training
@@ -236,6 +270,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]],
                                            self.cfg.clip)
         self.opt.step()
+        clamp_latents(self.bounds)
         self.sched.step()
         self.step += 1
         self.tokens += self.cfg.batch_size * self.data.shape[1]
@@ -253,10 +288,15 @@ class Trainer:
         return r.ppl
 
     def _record_eval(self) -> None:
-        if not self.info.main or self.eval_ids is None:
+        if self.eval_ids is None:
             return
-        rec = {"step": self.step, "tokens": self.tokens, "wall": round(self.elapsed, 2),
-               "ppl": self.evaluate()}
+        sharded = self.strategy == "fsdp" and self.info.active
+        if not (self.info.main or sharded):
+            return
+        ppl = self.evaluate()  # under FSDP every rank runs the forward passes (parameters are all-gathered)
+        if not self.info.main:
+            return
+        rec = {"step": self.step, "tokens": self.tokens, "wall": round(self.elapsed, 2), "ppl": ppl}
         self.history.append(rec)
         if self.on_eval:
             self.on_eval(rec)
