@@ -108,6 +108,14 @@ def main(argv=None) -> int:
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--layernorm", action="store_true")
     p.add_argument("--train-norms", action="store_true", help="also train the RMSNorm weights (frozen by default)")
+    p.add_argument("--polish", type=float, default=0.0, metavar="FRAC",
+                   help="fraction of the steps given to a second stage: latents reset to sign(W)|h g^T| "
+                   "(distill.student.reset_latents), KL only (--polish-alpha), constant --polish-lr after "
+                   "a short warmup (default 0: one stage)")
+    p.add_argument("--polish-lr", type=float, default=5e-4)
+    p.add_argument("--polish-alpha", type=float, default=0.0)
+    p.add_argument("--polish-min-lr-ratio", type=float, default=1.0,
+                   help="cosine floor of the polish stage's lr (default 1: constant)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--eval-on", choices=["tinystories", "teacher"], default="tinystories",
@@ -176,19 +184,41 @@ def main(argv=None) -> int:
               f"ppl {r['ppl']:10.3f}  ({r['ppl'] / t_ppl:.2f}x teacher)  load {os.getloadavg()[0]:.1f}",
               flush=True)
 
+    polish = int(round(steps * a.polish))
+    if polish:
+        cfg.steps = steps - polish
+        print(f"stage 1: {cfg.steps} steps (lr {a.lr}, alpha {a.alpha}); stage 2 (polish): {polish} steps "
+              f"(latents reset, lr {a.polish_lr}, alpha {a.polish_alpha})", flush=True)
     tr = Trainer(teacher, student, data, cfg, names, eval_ids=eval_ids, eval_seqlen=512, progress=False,
                  on_eval=on_eval)
     tr.train(time_limit=a.minutes * 60 - (time.perf_counter() - t_begin))
+    if polish and tr.step == cfg.steps:
+        from onebit.distill.stages import polish as polish_stage
+
+        first = tr
+
+        def on_eval2(r):
+            if r["step"]:  # step 0 of stage 2 = the end of stage 1
+                on_eval({**r, "step": r["step"] + first.step, "tokens": r["tokens"] + first.tokens,
+                         "wall": r["wall"] + first.elapsed})
+
+        tr = polish_stage(first, polish, lr=a.polish_lr, alpha=a.polish_alpha, min_lr_ratio=a.polish_min_lr_ratio,
+                          modules=qc["modules"], on_eval=on_eval2,
+                          time_limit=a.minutes * 60 - (time.perf_counter() - t_begin))
+        done = (first.step, first.tokens, first.elapsed)
+    else:
+        done = (0, 0, 0.0)
     t_total = time.perf_counter() - t_begin
-    if tr.step < cfg.steps:  # stopped by the time budget: one last point
+    if tr.step < tr.cfg.steps:  # stopped by the time budget: one last point
         tr._record_eval()
+    n_steps, n_tokens, t_train = tr.step + done[0], tr.tokens + done[1], tr.elapsed + done[2]
     plot(rows, t_ppl, png_path, f"stories3M → OneBit, {machine_line()}")
     fw = a.final_windows
     fs = perplexity(student, ids, 512, fw, progress=False).ppl
     ft = perplexity(teacher, ids, 512, fw, progress=False).ppl
     n = ids.numel() // 512 if fw is None else fw
     print(f"final ({n} windows x 512, TinyStories sample): teacher {ft:.3f}, student {fs:.3f} "
-          f"= {fs / ft:.2f}x after {tr.step} steps, {tr.tokens:,d} tokens, {tr.elapsed / 60:.1f} min training "
+          f"= {fs / ft:.2f}x after {n_steps} steps, {n_tokens:,d} tokens, {t_train / 60:.1f} min training "
           f"(+{t_data / 60:.1f} min teacher data; {t_total / 60:.1f} min in all, evaluations and step timing "
           "included)", flush=True)
     print(f"machine at the end: {machine_line()}")

@@ -1,6 +1,5 @@
 """The CLI on stories260K: quantize, info, eval ppl, generate; exit codes and bad input."""
 import json
-import os
 import subprocess
 import sys
 
@@ -127,7 +126,7 @@ def test_demo_short(stories260k, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ONEBIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     assert main(["demo", "--model", stories260k, "--out", str(out), "--max-windows", "2",
-                 "--distill-steps", "3", "--distill-samples", "8", "--max-new-tokens", "4"]) == 0
+                 "--distill-steps", "3", "--polish-steps", "2", "--distill-samples", "8", "--max-new-tokens", "4"]) == 0
     so = capsys.readouterr().out
     assert "reloaded: logits identical" in so and "bits/weight" in so
     assert "OneBit-SVID" in so and "OneBit distilled" in so and "1-bit + KD" in so

@@ -137,3 +137,23 @@ def test_other_methods_train_and_pack(fp_260k, data, method):
     packed = pack_student(tr.student, qc)
     with torch.no_grad():
         assert torch.isfinite(packed(data[:1]).logits).all()
+
+
+def test_reset_latents_keeps_the_forward_and_moves_latents_off_zero(fp_260k, data):
+    from onebit.distill.student import reset_latents
+
+    tr, qc = _trainer(fp_260k, data, steps=4, lr=2e-2)
+    tr.train()
+    ids = data[:2]
+    with torch.no_grad():
+        before = tr.student(ids).logits
+    signs = {n: tr.student.get_submodule(n).weight.detach().ge(0) for n in qc["modules"]}
+    params = {n: p for n, p in tr.student.named_parameters()}
+    assert reset_latents(tr.student, qc["modules"]) == len(qc["modules"])
+    assert all(params[n] is p for n, p in tr.student.named_parameters())  # in place: the optimiser's tensors
+    with torch.no_grad():
+        assert torch.allclose(tr.student(ids).logits, before, atol=1e-5)
+    for n in qc["modules"]:
+        m = tr.student.get_submodule(n)
+        assert torch.equal(m.weight.ge(0), signs[n])
+        assert torch.allclose(m.weight.abs(), torch.outer(m.h.abs(), m.g.abs()).clamp_min(1e-8), rtol=1e-6)

@@ -32,8 +32,11 @@ def register(sub) -> None:
     p.add_argument("--init", default="svd", choices=["svd", "nmf"], help="SVID init (default: %(default)s)")
     p.add_argument("--prompt", default="Once upon a time", help="generation prompt")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--distill-steps", type=int, default=400,
+    p.add_argument("--distill-steps", type=int, default=300,
                    help="optimiser steps of the short distillation, 0 skips it (default: %(default)s)")
+    p.add_argument("--polish-steps", type=int, default=100,
+                   help="then this many steps of the polish stage: latents reset, KL only, lr 5e-4 "
+                   "(onebit.distill.stages; default: %(default)s)")
     p.add_argument("--distill-samples", type=int, default=256,
                    help="teacher-generated sequences of 128 tokens (cached; default: %(default)s)")
     add_common(p)
@@ -85,7 +88,8 @@ def run(args) -> int:
         save_checkpoint(kd, args.out, tokenizer=tok, source=spec, overwrite=True)
         kd = load_checkpoint(args.out)
         r_kd = perplexity(kd, ids, seqlen, args.max_windows, progress=prog, desc="ppl distilled")
-        print(f"== distilled for {args.distill_steps} steps in {t_kd:.0f}s, saved to {args.out}")
+        print(f"== distilled for {args.distill_steps} + {args.polish_steps} (polish) steps in {t_kd:.0f}s, "
+              f"saved to {args.out}")
 
     print("\n== bit ledger")
     print(ledger.format())
@@ -95,7 +99,7 @@ def run(args) -> int:
           "distillation)")
     if kd is not None:
         print(f"   OneBit distilled  : {r_kd.ppl:10.2f}   ({r_kd.ppl / r_fp.ppl:.1f}x; "
-              f"{args.distill_steps} steps; longer runs: 'onebit distill')")
+              f"{args.distill_steps} + {args.polish_steps} steps; longer runs: 'onebit distill')")
     print("\n== samples")
     print(f"   fp          : {generate_text(fp, tok, args.prompt, args.max_new_tokens)!r}")
     print(f"   1-bit SVID  : {generate_text(q2, tok, args.prompt, args.max_new_tokens)!r}")
@@ -107,6 +111,7 @@ def run(args) -> int:
 def _distill(fp, args, init: str, progress: bool):
     """A short OneBit distillation of ``fp`` (the same trainer as ``onebit distill``)."""
     from ..distill.data import teacher_data
+    from ..distill.stages import polish
     from ..distill.student import freeze, pack_student, student_from_teacher
     from ..distill.trainer import TrainConfig, Trainer
     from ..methods.onebit import OneBitConfig
@@ -117,5 +122,8 @@ def _distill(fp, args, init: str, progress: bool):
     names = freeze(student, qc["modules"])
     # lr 2.5e-3: better than 5e-3 at every point of the 400-step trials (bench/results/sweep_stories3m)
     cfg = TrainConfig(steps=args.distill_steps, batch_size=8, lr=2.5e-3, warmup=5, alpha=1.0)
-    Trainer(fp, student, data, cfg, names, progress=progress).train()
+    tr = Trainer(fp, student, data, cfg, names, progress=progress)
+    tr.train()
+    if args.polish_steps > 0:
+        polish(tr, args.polish_steps, modules=qc["modules"])
     return pack_student(student, qc), time.perf_counter() - t0

@@ -115,8 +115,6 @@ def run(args) -> int:
     import hashlib
     import json
 
-    import torch
-
     from ..config import parse_dtype
     from ..distill import dist
     from ..distill.data import file_data, teacher_data
