@@ -64,6 +64,10 @@ def main(argv=None) -> int:
     held = teacher_data(teacher, a.eval_windows, 512, seed=1_000_003, cache_dir=a.data_cache).reshape(-1)
     t_ppl = perplexity(teacher, held, 512, a.eval_windows, progress=False).ppl
     student, qc = student_from_checkpoint(a.student)
+    flipped = sum(int((student.get_submodule(n).weight.ge(0) != teacher.get_submodule(n).weight.ge(0)).sum())
+                  for n in qc["modules"])
+    total = sum(teacher.get_submodule(n).weight.numel() for n in qc["modules"])
+    print(f"signs that differ from the fp weights' signs: {flipped / total:.1%} of {total:,d}", flush=True)
     with torch.no_grad():
         for name in qc["modules"]:
             student.get_submodule(name).weight.mul_(a.latent_scale)

@@ -22,7 +22,7 @@ def test_polish_resets_latents_and_trains_kl_only(fp_260k, tmp_path, monkeypatch
 
     orig = Trainer._loss
     monkeypatch.setattr(Trainer, "_loss", spy)
-    mod = student.get_submodule(qc["modules"][0])
+    mod = student.get_submodule(next(iter(qc["modules"])))
     signs = mod.weight.detach().ge(0).clone()
     reset_seen = {}
 
