@@ -147,12 +147,12 @@ def materialize(model: nn.Module) -> nn.Module:
         if isinstance(mod, FSDPModule):
             mod.reshard()  # a forward may have left it unsharded (plain tensors on freed storage)
     for mod in m.modules():
-        sharded = False
+        gathered = False
         for name, p in list(mod._parameters.items()):
             if p is not None and hasattr(p, "full_tensor"):
-                sharded = True
+                gathered = True
                 mod._parameters[name] = nn.Parameter(p.full_tensor().detach().cpu(), requires_grad=False)
-        if sharded or type(mod).__name__.startswith("FSDP"):
+        if gathered or isinstance(mod, FSDPModule):
             for name, b in list(mod._buffers.items()):
                 if b is not None:
                     mod._buffers[name] = b.cpu()

@@ -104,6 +104,13 @@ def param_groups(student: nn.Module, lr: float, lr_vectors: float, weight_decay:
     return groups
 
 
+def _packed_form(mod: nn.Module, scale_dtype: torch.dtype | None) -> nn.Module:
+    """``mod.to_packed(scale_dtype)`` for the methods whose packed form takes one, else ``mod.to_packed()``."""
+    if scale_dtype is not None and "scale_dtype" in inspect.signature(mod.to_packed).parameters:
+        return mod.to_packed(scale_dtype)
+    return mod.to_packed()
+
+
 @torch.no_grad()
 def reset_latents(student: nn.Module, names) -> int:
     """Round-trip every trained module through its packed form: ``module.to_packed().to_train()``.
@@ -122,8 +129,7 @@ def reset_latents(student: nn.Module, names) -> int:
         mod = student.get_submodule(name)
         if not (hasattr(mod, "to_packed") and hasattr(mod, "weight")):
             continue
-        params = inspect.signature(mod.to_packed).parameters
-        packed = mod.to_packed(mod.weight.dtype) if "scale_dtype" in params else mod.to_packed()
+        packed = _packed_form(mod, mod.weight.dtype)
         if not hasattr(packed, "to_train"):
             continue
         fresh = packed.to_train(mod.weight.dtype) if "dtype" in inspect.signature(packed.to_train).parameters \
@@ -139,11 +145,7 @@ def pack_student(student: nn.Module, qc: dict) -> nn.Module:
     """Replace every trained module by its packed form (in place) and set ``quantization_config``."""
     scale_dtype = parse_dtype(qc["scale_dtype"]) if isinstance(qc.get("scale_dtype"), str) else None
     for name in qc["modules"]:
-        mod = student.get_submodule(name)
-        params = inspect.signature(mod.to_packed).parameters
-        packed = mod.to_packed(scale_dtype) if scale_dtype is not None and "scale_dtype" in params \
-            else mod.to_packed()
-        set_submodule(student, name, packed)
+        set_submodule(student, name, _packed_form(student.get_submodule(name), scale_dtype))
     student.config.quantization_config = qc
     student.eval()
     return student

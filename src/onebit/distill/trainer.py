@@ -83,13 +83,13 @@ class TrainConfig:
 def latent_bounds(opt: torch.optim.Optimizer, c: float) -> list[tuple[torch.Tensor, float]]:
     """``(param, c · mean|param|)`` for every latent matrix (the "matrices" group); ``[]`` if ``c == 0``.
 
-    Why: with the identity STE and Adam every latent weight moves up to ``lr``
-    per step whatever its size, and one whose gradient keeps agreeing with
-    its sign grows without bound - after a few thousand steps most latents
-    sit far from zero and their signs can no longer flip (the run plateaus;
-    re-starting from the packed signs, latents reset to ``|h gᵀ|``, moved it
-    again).  Clamping the latents to ``±c·mean|W₀|`` after each step keeps
-    every sign within ``2c·mean|W₀| / lr`` steps of flipping.
+    With the identity STE and Adam a latent whose gradient keeps agreeing
+    with its sign can grow without bound; clamping the latents to
+    ``±c·mean|W₀|`` after each step keeps every sign within
+    ``2c·mean|W₀| / lr`` steps of flipping.  Tried on stories3M (800 steps,
+    c = 1 and 3): no better than no clamp (``bench/results/sweep_stories3m``);
+    what did help is the opposite remedy, a margin *away* from zero
+    (:func:`onebit.distill.stages.polish`).  Off by default.
     """
     if not c:
         return []
@@ -290,8 +290,7 @@ class Trainer:
     def _record_eval(self) -> None:
         if self.eval_ids is None:
             return
-        sharded = self.strategy == "fsdp" and self.info.active
-        if not (self.info.main or sharded):
+        if not (self.info.main or dist.sharded(self.info, self.strategy)):
             return
         ppl = self.evaluate()  # under FSDP every rank runs the forward passes (parameters are all-gathered)
         if not self.info.main:
