@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=200, help="steps per cycle")
     p.add_argument("--cycles", type=int, default=1, help="reset the latents and train --steps, this many times")
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--reset-every", type=int, default=0, help="reset the latents every k steps, within one run")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--latent-scale", type=float, default=1.0)
     p.add_argument("--vectors-only", action="store_true")
@@ -80,15 +83,16 @@ def main(argv=None) -> int:
     done = 0
 
     def show(r):
-        if r["step"] % 100 == 0 or r["step"] == a.steps:
+        if r["step"] % a.eval_every == 0 or r["step"] == a.steps:
             print(f"step {done + r['step']:5d}  held-out teacher text ppl {r['ppl']:8.3f}  "
                   f"({r['ppl'] / t_ppl:.3f}x teacher {t_ppl:.3f})", flush=True)
 
     for c in range(a.cycles):
         if c:
             reset_latents(student, qc["modules"])
-        cfg = TrainConfig(steps=a.steps, batch_size=8, lr=a.lr, alpha=a.alpha, warmup=10, min_lr_ratio=1.0,
-                          eval_every=100, eval_windows=a.eval_windows, bf16=not a.fp32, seed=5 + c)
+        cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, reset_every=a.reset_every, lr=a.lr, alpha=a.alpha,
+                          warmup=10, min_lr_ratio=1.0,
+                          eval_every=a.eval_every, eval_windows=a.eval_windows, bf16=not a.fp32, seed=5 + c)
         tr = Trainer(teacher, student, data, cfg, names, eval_ids=held, eval_seqlen=512,
                      on_eval=show if c == 0 else (lambda r: r["step"] and show(r)))
         tr.train()

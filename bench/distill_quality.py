@@ -112,6 +112,10 @@ def main(argv=None) -> int:
                    help="fraction of the steps given to a second stage: latents reset to sign(W)|h g^T| "
                    "(distill.student.reset_latents), KL only (--polish-alpha), constant --polish-lr after "
                    "a short warmup (default 0: one stage)")
+    p.add_argument("--reset-every", type=int, default=0, metavar="K",
+                   help="stage 1 resets its latents every K steps (distill.student.reset_latents; 0: never)")
+    p.add_argument("--polish-reset-every", type=int, default=0, metavar="K",
+                   help="the polish stage resets its latents again every K steps (0: only at its start)")
     p.add_argument("--polish-lr", type=float, default=5e-4)
     p.add_argument("--polish-alpha", type=float, default=0.0)
     p.add_argument("--polish-min-lr-ratio", type=float, default=1.0,
@@ -168,7 +172,7 @@ def main(argv=None) -> int:
     cfg = TrainConfig(steps=steps, batch_size=a.batch_size, lr=a.lr, lr_vectors=a.lr_vectors, alpha=a.alpha,
                       temperature=a.temperature, lm_weight=a.lm_weight, warmup=a.warmup,
                       min_lr_ratio=a.min_lr_ratio, eval_every=a.eval_every, eval_windows=a.eval_windows,
-                      latent_clip=a.latent_clip, bf16=a.bf16)
+                      latent_clip=a.latent_clip, reset_every=a.reset_every, bf16=a.bf16)
     rows = []
     f = open(csv_path, "w", newline="")
     w = csv.DictWriter(f, ["step", "tokens", "wall_s", "ppl_student", "ppl_teacher", "ratio", "windows"])
@@ -203,7 +207,7 @@ def main(argv=None) -> int:
                          "wall": r["wall"] + first.elapsed})
 
         tr = polish_stage(first, polish, lr=a.polish_lr, alpha=a.polish_alpha, min_lr_ratio=a.polish_min_lr_ratio,
-                          modules=qc["modules"], on_eval=on_eval2,
+                          reset_every=a.polish_reset_every, modules=qc["modules"], on_eval=on_eval2,
                           time_limit=a.minutes * 60 - (time.perf_counter() - t_begin))
         done = (first.step, first.tokens, first.elapsed)
     else:

@@ -57,15 +57,16 @@ def test_frozen_parameters_untouched(fp_260k, data):
             assert torch.equal(p, before[n])
 
 
-@pytest.mark.parametrize("clip", [0.0, 0.5])
-def test_resume_equals_uninterrupted(fp_260k, data, tmp_path, clip):
-    full, _ = _trainer(fp_260k, data, tmp_path / "a", grad_accum=2, latent_clip=clip)
+@pytest.mark.parametrize("clip,reset", [(0.0, 0), (0.5, 0), (0.0, 2)])
+def test_resume_equals_uninterrupted(fp_260k, data, tmp_path, clip, reset):
+    kw = dict(grad_accum=2, latent_clip=clip, reset_every=reset)
+    full, _ = _trainer(fp_260k, data, tmp_path / "a", **kw)
     full.train()
-    part, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2, latent_clip=clip)
+    part, _ = _trainer(fp_260k, data, tmp_path / "b", save_every=2, **kw)
     part.train(stop_at=3)  # stops after the step-3 checkpoint, as if killed there
     assert part.step == 3
     # a fresh process: new student from the teacher, state from disk
-    resumed, _ = _trainer(fp_260k, data, tmp_path / "b", grad_accum=2, save_every=2, latent_clip=clip)
+    resumed, _ = _trainer(fp_260k, data, tmp_path / "b", save_every=2, **kw)
     resumed.load_state()
     assert resumed.step == 3
     resumed.train()
@@ -157,3 +158,27 @@ def test_reset_latents_keeps_the_forward_and_moves_latents_off_zero(fp_260k, dat
         m = tr.student.get_submodule(n)
         assert torch.equal(m.weight.ge(0), signs[n])
         assert torch.allclose(m.weight.abs(), torch.outer(m.h.abs(), m.g.abs()).clamp_min(1e-8), rtol=1e-6)
+
+
+def test_reset_every_resets_latents_at_multiples_only(fp_260k, data):
+    def off_scale(tr, qc):  # modules whose latents are not sign(W)·|h gᵀ|
+        out = 0
+        for n in qc["modules"]:
+            m = tr.student.get_submodule(n)
+            out += not torch.allclose(m.weight.abs(), torch.outer(m.h.abs(), m.g.abs()).clamp_min(1e-8),
+                                      rtol=1e-5)
+        return out
+
+    tr, qc = _trainer(fp_260k, data, steps=7, lr=2e-2, reset_every=3)
+    assert len(tr.reset_modules) == len(qc["modules"])
+    tr.train(stop_at=3)
+    assert off_scale(tr, qc) == 0  # just reset at step 3
+    tr.train(stop_at=4)
+    assert off_scale(tr, qc) == len(qc["modules"])  # one step later the latents moved on their own
+    tr.train()  # 7 = the last step: no reset after it
+    assert off_scale(tr, qc) == len(qc["modules"])
+    plain, _ = _trainer(fp_260k, data, steps=3, lr=2e-2)
+    plain.train()
+    assert off_scale(plain, qc) == len(qc["modules"])  # without reset_every nothing is reset
+    with pytest.raises(OneBitError, match="reset-every"):
+        TrainConfig(reset_every=-1).validate()

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from .student import reset_latents
+from .student import reset_latents, trained_modules
 from .trainer import TrainConfig, Trainer
 
 
 def polish(trainer: Trainer, steps: int, lr: float = 5e-4, alpha: float = 0.0, min_lr_ratio: float = 1.0,
-           warmup: int = 10, modules=None, time_limit: float | None = None, **trainer_kw) -> Trainer:
+           warmup: int = 10, reset_every: int = 0, modules=None, time_limit: float | None = None, **trainer_kw) -> Trainer:
     """Run the polish stage after ``trainer`` finished; return the new stage's trainer (one process;
     under torchrun use the two-command form above).
 
@@ -36,10 +36,11 @@ def polish(trainer: Trainer, steps: int, lr: float = 5e-4, alpha: float = 0.0, m
     """
     student = trainer.student
     if modules is None:
-        modules = sorted({n.rsplit(".", 1)[0] for n in trainer.trainable if n.endswith(".weight")})
+        modules = trained_modules(trainer.trainable)
     reset_latents(student, modules)
     cfg: TrainConfig = dataclasses.replace(trainer.cfg, steps=steps, lr=lr, lr_vectors=None, alpha=alpha,
-                                           warmup=warmup, min_lr_ratio=min_lr_ratio, seed=trainer.cfg.seed + 1)
+                                           warmup=warmup, min_lr_ratio=min_lr_ratio, seed=trainer.cfg.seed + 1,
+                                           reset_every=reset_every)
     kw = dict(eval_ids=trainer.eval_ids, eval_seqlen=trainer.eval_seqlen, progress=trainer.progress,
               info=trainer.info, strategy=trainer.strategy)
     kw.update(trainer_kw)

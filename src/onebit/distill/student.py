@@ -111,6 +111,11 @@ def _packed_form(mod: nn.Module, scale_dtype: torch.dtype | None) -> nn.Module:
     return mod.to_packed()
 
 
+def trained_modules(trainable) -> list[str]:
+    """The modules that own trainable matrices (``name.weight``) in a list of trainable parameter names."""
+    return sorted({n.rsplit(".", 1)[0] for n in trainable if n.endswith(".weight")})
+
+
 @torch.no_grad()
 def reset_latents(student: nn.Module, names) -> int:
     """Round-trip every trained module through its packed form: ``module.to_packed().to_train()``.

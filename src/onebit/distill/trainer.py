@@ -34,13 +34,14 @@ from ..errors import CheckpointError, OneBitError
 from . import dist
 from .data import batch_indices
 from .losses import KD_KINDS, distill_loss
-from .student import param_groups
+from .student import param_groups, reset_latents, trained_modules
 
 log = logging.getLogger("onebit")
 
 STATE_NAME = "state.pt"
 #: settings a resumed run must share with the run that wrote the checkpoint
-RESUME_KEYS = ("batch_size", "seed", "steps", "lr", "lr_vectors", "warmup", "latent_clip", "method_hash")
+RESUME_KEYS = ("batch_size", "seed", "steps", "lr", "lr_vectors", "warmup", "latent_clip", "reset_every",
+               "method_hash")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     lr_vectors: float | None = None  # g, h, biases (default: lr)
     weight_decay: float = 0.0
     latent_clip: float = 0.0       # clamp latent matrices to ±c·mean|W₀| after each step (0 disables)
+    reset_every: int = 0           # reset the latents (student.reset_latents) every k steps (0 disables)
     warmup: int = 10               # linear warmup steps, then cosine to min_lr_ratio · lr
     min_lr_ratio: float = 0.0
     clip: float = 1.0              # global grad-norm clip (0 disables)
@@ -76,6 +78,8 @@ class TrainConfig:
             raise OneBitError(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha < 0 or self.lm_weight < 0:
             raise OneBitError("--alpha and --lm-weight must be >= 0")
+        if self.reset_every < 0:
+            raise OneBitError(f"--reset-every must be >= 0 (0 disables), got {self.reset_every}")
         if self.latent_clip < 0:
             raise OneBitError(f"--latent-clip must be >= 0 (0 disables), got {self.latent_clip}")
 
@@ -151,6 +155,9 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, c.steps, c.warmup, c.min_lr_ratio))
         self.bounds = latent_bounds(self.opt, c.latent_clip)
+        self.reset_modules = trained_modules(self.trainable) if c.reset_every else []
+        if self.reset_modules and dist.sharded(info, self.strategy):
+            raise OneBitError("--reset-every is not supported with --strategy fsdp (use ddp)")
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.history: list[dict] = []
         self.bf16 = c.bf16 if c.bf16 is not None else info.device.type == "cuda"
@@ -273,6 +280,8 @@ class Trainer:
         clamp_latents(self.bounds)
         self.sched.step()
         self.step += 1
+        if self.reset_modules and self.step % self.cfg.reset_every == 0 and self.step < self.cfg.steps:
+            reset_latents(dist.unwrap(self.model), self.reset_modules)
         self.tokens += self.cfg.batch_size * self.data.shape[1]
         return {k: float(dist.mean(self.info, v)) for k, v in parts.items()}
 
