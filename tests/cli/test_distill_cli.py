@@ -33,9 +33,9 @@ def test_distill_writes_a_checkpoint_the_other_commands_read(stories260k, tmp_pa
     assert info["quantization_config"]["method"] == "onebit" and info["quantized_modules"] == 35
     hist = json.loads((tmp_path / "kd.state" / "history.json").read_text())
     assert [h["step"] for h in hist if "ppl" in h][-1] == 4
-    # continue training from the packed checkpoint (--student)
+    # continue training from the packed checkpoint (--student): the polish recipe, latents reset every 2 steps
     assert main(["distill", stories260k, str(tmp_path / "kd2"), "--student", str(out), "--data-cache", cache,
-                 *SMALL]) == 0
+                 "--alpha", "0", "--reset-every", "2", *SMALL]) == 0
     assert (tmp_path / "kd2" / "model.safetensors").is_file()
 
 
@@ -67,6 +67,8 @@ def test_bad_inputs(stories260k, stories3m, data_dir, tmp_path, cache, capsys):
     assert "does not exist" in _err(capsys)
     assert main(["distill", *base, "--batch-size", "3", "--grad-accum", "2"]) == 2
     assert "multiple" in _err(capsys)
+    assert main(["distill", *base, "--reset-every", "-1"]) == 2
+    assert "--reset-every" in _err(capsys)
 
 
 def _packed(model_dir, out):

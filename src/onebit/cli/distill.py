@@ -71,6 +71,10 @@ def register(sub) -> None:
     t.add_argument("--latent-clip", type=float, default=0.0, metavar="C",
                    help="after each step clamp every latent weight matrix to ±C × its initial mean |w|, so "
                    "that signs stay able to flip (0 disables; default: %(default)s)")
+    t.add_argument("--reset-every", type=int, default=0, metavar="K",
+                   help="every K steps reset each latent weight to sign(W) x |h g^T| (same signs and forward; "
+                   "latents near zero stop flipping back and forth) - helps the polish stage, see the "
+                   "README (0 disables; default: %(default)s)")
     t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA, off on CPU; on a CPU with AVX512-BF16 it is "
                    "1.55x faster per step for stories3M: bench/distill_speed.py)")
@@ -148,7 +152,8 @@ def run(args) -> int:
                        min_lr_ratio=args.min_lr_ratio, clip=args.clip, temperature=args.temperature,
                        kd=args.kd, alpha=args.alpha, lm_weight=args.lm_weight, seed=args.seed,
                        eval_every=args.eval_every, eval_windows=args.eval_windows,
-                       save_every=args.save_every, latent_clip=args.latent_clip, bf16=args.bf16)
+                       save_every=args.save_every, latent_clip=args.latent_clip,
+                       reset_every=args.reset_every, bf16=args.bf16)
     tcfg.validate()
 
     info = dist.init(None if args.device == "auto" else args.device)
