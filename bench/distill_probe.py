@@ -15,7 +15,11 @@ batch order seed 5) at a constant ``--lr`` after 10 warmup steps, and scored
 every 100 steps on held-out teacher text (32 windows × 512 tokens generated
 with seed 1,000,003, never an evaluation file), teacher alongside.
 ``--vectors-only`` trains g and h alone; ``--cycles N`` repeats the reset and
-``--steps`` N times.  These probes are how the polish stage of
+``--steps`` N times.  The first lines compare the student's fit (mean KL per
+token) on its first 32 training sequences and on the held-out text:
+
+    python bench/distill_probe.py out/s3m-distilled-resets --steps 0 --samples 3072 --seqlen 512 \
+        --data-cache /tmp/fresh512  These probes are how the polish stage of
 ``bench/distill_quality.py --polish`` was found
 (``bench/results/sweep_stories3m/README.md``).
 """
@@ -32,11 +36,20 @@ from common import machine_line  # bench/common.py
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@torch.no_grad()
+def _kl(teacher, student, ids) -> float:
+    """Mean per-token KL(teacher || student) on ``ids`` [n, len]: how well the student fits those sequences."""
+    lt = teacher(ids).logits.float().log_softmax(-1)
+    ls = student.eval()(ids).logits.float().log_softmax(-1)
+    return float((lt.exp() * (lt - ls)).sum(-1).mean())
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("student", help="packed OneBit checkpoint to continue from")
     p.add_argument("--teacher", default=str(ROOT.parent / "shared" / "models" / "stories3M"))
-    p.add_argument("--steps", type=int, default=200, help="steps per cycle")
+    p.add_argument("--steps", type=int, default=200,
+                   help="steps per cycle (0: only print the sign and fit statistics of the student)")
     p.add_argument("--cycles", type=int, default=1, help="reset the latents and train --steps, this many times")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--reset-every", type=int, default=0, help="reset the latents every k steps, within one run")
@@ -71,6 +84,12 @@ def main(argv=None) -> int:
                   for n in qc["modules"])
     total = sum(teacher.get_submodule(n).weight.numel() for n in qc["modules"])
     print(f"signs that differ from the fp weights' signs: {flipped / total:.1%} of {total:,d}", flush=True)
+    n_fit = min(32, data.shape[0])
+    fit, fresh = _kl(teacher, student, data[:n_fit]), _kl(teacher, student, held.view(a.eval_windows, 512))
+    print(f"mean KL(teacher || student) per token: {n_fit} training sequences {fit:.4f}, "
+          f"held-out teacher text {fresh:.4f}", flush=True)
+    if a.steps == 0:
+        return 0
     with torch.no_grad():
         for name in qc["modules"]:
             student.get_submodule(name).weight.mul_(a.latent_scale)

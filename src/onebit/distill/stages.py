@@ -1,4 +1,4 @@
-"""The polish stage: reset the latents, then a short KL-only run at a lower lr.
+"""The polish stage: reset the latents, then a KL-only run at a lower lr.
 
 A long single-stage distillation of a small 1-bit student plateaus: the latent
 weights of many signs hover near zero and flip back and forth from step to
@@ -7,13 +7,16 @@ hidden-state MSE stops helping.  :func:`polish` resets every latent to
 ``sign(W) ⊙ |h gᵀ|`` (:func:`~onebit.distill.student.reset_latents`: same
 signs, same forward, a margin of ``|h_i g_j|`` before a sign can flip), then
 trains again on the same data with the KL loss alone (``alpha``), at
-``lr`` (constant after a short warmup, or cosine down to ``min_lr_ratio``).
-On stories3M, 800 steps + 200 polish steps: 2.59x → 2.27x the teacher's
-perplexity on held-out teacher text (``bench/results/sweep_stories3m``).
+``lr`` (constant after a short warmup, or cosine down to ``min_lr_ratio``),
+resetting again every ``reset_every`` steps if asked (``TrainConfig.reset_every``,
+which stage 1 can use too).  On stories3M, 800 steps + 200 polish steps:
+2.59x → 2.27x the teacher's perplexity on held-out teacher text; resetting
+every 200 steps during stage 1 alone: 2.59x → 2.38x at 800 steps
+(``bench/results/sweep_stories3m``).
 
 From the command line the same stage is a second ``onebit distill`` started
 from the first one's packed checkpoint (``--student``; reading it back into
-the trainable form is the reset) with ``--alpha 0 --lr 5e-4``.
+the trainable form is the reset) with ``--alpha 0 --lr 2.5e-4 --reset-every 500``.
 """
 from __future__ import annotations
 
