@@ -19,7 +19,9 @@ with seed 1,000,003, never an evaluation file), teacher alongside.
 token) on its first 32 training sequences and on the held-out text:
 
     python bench/distill_probe.py out/s3m-distilled-resets --steps 0 --samples 3072 --seqlen 512 \
-        --data-cache /tmp/fresh512  These probes are how the polish stage of
+        --data-cache /tmp/fresh512
+
+These probes are how the polish stage of
 ``bench/distill_quality.py --polish`` was found
 (``bench/results/sweep_stories3m/README.md``).
 """
@@ -34,14 +36,6 @@ import torch
 from common import machine_line  # bench/common.py
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@torch.no_grad()
-def _kl(teacher, student, ids) -> float:
-    """Mean per-token KL(teacher || student) on ``ids`` [n, len]: how well the student fits those sequences."""
-    lt = teacher(ids).logits.float().log_softmax(-1)
-    ls = student.eval()(ids).logits.float().log_softmax(-1)
-    return float((lt.exp() * (lt - ls)).sum(-1).mean())
 
 
 def main(argv=None) -> int:
@@ -71,6 +65,7 @@ def main(argv=None) -> int:
     from onebit.distill.data import teacher_data
     from onebit.distill.student import freeze, reset_latents, student_from_checkpoint
     from onebit.distill.trainer import TrainConfig, Trainer
+    from onebit.eval.kld import kl_divergence
     from onebit.eval.perplexity import perplexity
     from onebit.models import load_model
 
@@ -85,7 +80,8 @@ def main(argv=None) -> int:
     total = sum(teacher.get_submodule(n).weight.numel() for n in qc["modules"])
     print(f"signs that differ from the fp weights' signs: {flipped / total:.1%} of {total:,d}", flush=True)
     n_fit = min(32, data.shape[0])
-    fit, fresh = _kl(teacher, student, data[:n_fit]), _kl(teacher, student, held.view(a.eval_windows, 512))
+    fit, fresh = (kl_divergence(teacher, student.eval(), x.reshape(-1), x.shape[1], batch_size=8).mean_kld
+                  for x in (data[:n_fit], held.view(a.eval_windows, 512)))  # one window per row
     print(f"mean KL(teacher || student) per token: {n_fit} training sequences {fit:.4f}, "
           f"held-out teacher text {fresh:.4f}", flush=True)
     if a.steps == 0:
@@ -109,9 +105,8 @@ def main(argv=None) -> int:
     for c in range(a.cycles):
         if c:
             reset_latents(student, qc["modules"])
-        cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, reset_every=a.reset_every, lr=a.lr, alpha=a.alpha,
-                          warmup=10, min_lr_ratio=1.0,
-                          eval_every=a.eval_every, eval_windows=a.eval_windows, bf16=not a.fp32, seed=5 + c)
+        cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, reset_every=a.reset_every, lr=a.lr,
+                          alpha=a.alpha, warmup=10, min_lr_ratio=1.0, eval_every=a.eval_every, eval_windows=a.eval_windows, bf16=not a.fp32, seed=5 + c)
         tr = Trainer(teacher, student, data, cfg, names, eval_ids=held, eval_seqlen=512,
                      on_eval=show if c == 0 else (lambda r: r["step"] and show(r)))
         tr.train()
