@@ -33,9 +33,10 @@ def test_distill_writes_a_checkpoint_the_other_commands_read(stories260k, tmp_pa
     assert info["quantization_config"]["method"] == "onebit" and info["quantized_modules"] == 35
     hist = json.loads((tmp_path / "kd.state" / "history.json").read_text())
     assert [h["step"] for h in hist if "ppl" in h][-1] == 4
-    # continue training from the packed checkpoint (--student): the polish recipe, latents reset every 2 steps
+    # continue training from the packed checkpoint (--student): the polish recipe, latents reset every 2
+    # steps, the training step compiled
     assert main(["distill", stories260k, str(tmp_path / "kd2"), "--student", str(out), "--data-cache", cache,
-                 "--alpha", "0", "--reset-every", "2", *SMALL]) == 0
+                 "--alpha", "0", "--reset-every", "2", "--compile", *SMALL]) == 0
     assert (tmp_path / "kd2" / "model.safetensors").is_file()
 
 

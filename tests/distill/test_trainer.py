@@ -44,6 +44,19 @@ def test_teacher_data_cached(fp_260k, tmp_path, monkeypatch):
         teacher_data(fp_260k, 3, 16, seed=2, cache_dir=tmp_path)
 
 
+def test_fingerprint_ignores_the_load_path_but_not_the_weights(fp_260k):
+    import copy
+
+    from onebit.distill.data import model_fingerprint
+
+    other = copy.deepcopy(fp_260k)
+    other.config._name_or_path = "/somewhere/else/stories260K"  # same model, loaded by another path
+    assert model_fingerprint(other) == model_fingerprint(fp_260k)
+    with torch.no_grad():
+        next(other.parameters())[0, 0] += 1.0
+    assert model_fingerprint(other) != model_fingerprint(fp_260k)
+
+
 def test_frozen_parameters_untouched(fp_260k, data):
     tr, qc = _trainer(fp_260k, data, steps=3)
     before = {n: p.detach().clone() for n, p in tr.student.named_parameters()}
@@ -182,3 +195,18 @@ def test_reset_every_resets_latents_at_multiples_only(fp_260k, data):
     assert off_scale(plain, qc) == len(qc["modules"])  # without reset_every nothing is reset
     with pytest.raises(OneBitError, match="reset-every"):
         TrainConfig(reset_every=-1).validate()
+
+
+def test_compiled_step_matches_eager(fp_260k, data):
+    """``compile=True`` trains through torch.compile'd teacher, student and loss: same losses and
+    parameters as the eager step, to float tolerance (the speed-up is measured in bench/distill_speed.py)."""
+    eager, _ = _trainer(fp_260k, data, steps=2, alpha=1.0)
+    comp, _ = _trainer(fp_260k, data, steps=2, alpha=1.0, compile=True)
+    assert comp._student_fwd is not comp.model and comp._loss_fn is not eager._loss_fn
+    for _ in range(2):
+        a, b = eager.train_step(), comp.train_step()
+        for k in ("loss", "kd", "hidden"):
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5), k
+    pe, pc = dict(eager.student.named_parameters()), dict(comp.student.named_parameters())
+    for n in eager.trainable:
+        torch.testing.assert_close(pc[n], pe[n], rtol=1e-3, atol=1e-4)

@@ -33,9 +33,14 @@ def default_cache_dir() -> Path:
 
 @torch.no_grad()
 def model_fingerprint(model) -> str:
-    """A short hash of a model's config and weights (cheap statistics of every parameter)."""
+    """A short hash of a model's config and weights (cheap statistics of every parameter).
+
+    Private config keys (``_name_or_path``, ``_attn_implementation``...) are left out: the same
+    model loaded from ``../shared/...`` and from its absolute path is the same teacher, one cache.
+    """
     h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    conf = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_")}
+    h.update(json.dumps(conf, sort_keys=True, default=str).encode())
     for name, p in model.state_dict().items():
         f = p.detach().float()
         h.update(f"{name}:{tuple(p.shape)}:{f.sum().item():.6e}:{f.abs().sum().item():.6e}".encode())

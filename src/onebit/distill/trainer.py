@@ -67,6 +67,7 @@ class TrainConfig:
     save_every: int = 0            # steps between checkpoints (0: only at the end)
     log_every: int = 10
     bf16: bool | None = None       # autocast bf16 (default: on for CUDA)
+    compile: bool = False          # torch.compile the teacher, the student and the loss (training steps only)
     method_hash: str = ""          # identifies the student's method/config (resume check)
 
     def validate(self) -> None:
@@ -161,6 +162,14 @@ class Trainer:
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.history: list[dict] = []
         self.bf16 = c.bf16 if c.bf16 is not None else info.device.type == "cuda"
+        # torch.compile fuses the elementwise work (STE, g/h scaling, RoPE, the log-softmaxes over the
+        # vocabulary) that dominates a small model's step: 1.6x faster per step for stories3M on the CPU
+        # (bench/distill_speed.py).  Only the training forward is compiled; evaluation runs eagerly.
+        self._teacher_fwd, self._student_fwd, self._loss_fn = self.teacher, self.model, distill_loss
+        if c.compile:
+            self._teacher_fwd = torch.compile(self.teacher)
+            self._student_fwd = torch.compile(self.model)
+            self._loss_fn = torch.compile(distill_loss)
 
     # ------------------------------------------------------------------ state
     @property
@@ -253,11 +262,11 @@ class Trainer:
         hidden = c.alpha > 0
         with torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             with torch.no_grad():
-                t = self.teacher(ids, output_hidden_states=hidden)
-            s = self.model(ids, output_hidden_states=hidden)
+                t = self._teacher_fwd(ids, output_hidden_states=hidden)
+            s = self._student_fwd(ids, output_hidden_states=hidden)
         th = t.hidden_states[1:] if hidden else ()
         sh = s.hidden_states[1:] if hidden else ()
-        return distill_loss(s.logits, t.logits, ids, sh, th, c.temperature, c.alpha, c.lm_weight, c.kd)
+        return self._loss_fn(s.logits, t.logits, ids, sh, th, c.temperature, c.alpha, c.lm_weight, c.kd)
 
     def train_step(self) -> dict:
         self.model.train()
