@@ -75,7 +75,7 @@ def fit_steps(a, teacher, student, data, names, eval_ids, budget_s: float) -> in
     eval_s = time.perf_counter() - t2
     budget_s -= time.perf_counter() - t0
     per_step = step_s + (eval_s / a.eval_every if a.eval_every else 0.0)
-    steps = max(1, int(0.95 * budget_s / per_step))
+    steps = max(1, int(a.fit_safety * budget_s / per_step))
     print(f"schedule fitted to the budget: {step_s:.2f} s/step, {eval_s:.1f} s/evaluation, "
           f"{budget_s / 60:.1f} min left -> {steps} steps", flush=True)
     return steps
@@ -91,6 +91,9 @@ def main(argv=None) -> int:
                    help="schedule length (cosine over these steps); 0 (default): fit the schedule to the "
                    "budget - time a few steps and one evaluation first, then choose the steps so that "
                    "teacher data + training + periodic evaluations end within --minutes")
+    p.add_argument("--fit-safety", type=float, default=0.95, metavar="F",
+                   help="with --steps 0, plan the steps for this fraction of the time left after the step "
+                   "timing (default %(default)s; the budget still stops training if steps run slower)")
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--gen-batch", type=int, default=256,
