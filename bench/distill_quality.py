@@ -141,6 +141,8 @@ def main(argv=None) -> int:
                    help="torch threads (default 1: on a CPU shared with other jobs, 2 threads were "
                    "up to 30x slower per decoding step than 1)")
     a = p.parse_args(argv)
+    if not 0 < a.fit_safety <= 1:
+        p.error(f"--fit-safety must be in (0, 1], got {a.fit_safety}")
     torch.set_num_threads(a.threads)
 
     from onebit.distill.data import teacher_data

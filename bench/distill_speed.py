@@ -45,7 +45,9 @@ def main(argv=None) -> int:
     teacher = load_model(a.model)
     data = torch.randint(3, teacher.config.vocab_size, (64, a.seqlen), generator=torch.Generator().manual_seed(0))
     print(f"batch {a.batch_size} x {a.seqlen} tokens")
-    settings = [("fp32", False, False), ("bf16", True, False)] + ([] if a.no_compile else [("bf16+compile", True, True)])
+    settings = [("fp32", False, False), ("bf16", True, False)]
+    if not a.no_compile:
+        settings.append(("bf16+compile", True, True))
     trainers = {}
     for name, bf16, comp in settings:
         student, qc = student_from_teacher(teacher, OneBitConfig())
