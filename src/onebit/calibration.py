@@ -26,6 +26,18 @@ def _cache_kw(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def sample_rows(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One index per row of ``probs`` ``[b, V]`` (rows sum to 1), drawn with ``gen``: inverse CDF.
+
+    One uniform per row and a binary search in the row's cumulative sum (float64).
+    ``torch.multinomial`` draws an exponential variate for every entry (256 × 4096
+    per decoding step for stories3M): a third of the teacher-data generation time.
+    """
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, side="right")[:, 0].clamp_(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: int = 3,
                     bos_token_id: int | None = None, batch_size: int = 16, temperature: float = 1.0,
@@ -46,27 +58,27 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
     out = []
     for start in tqdm(range(0, n, batch_size), desc="teacher data", disable=not progress, unit="batch"):
         b = min(batch_size, n - start)
-        first = torch.randint(0, vocab, (b, 1), generator=gen)
-        ids = torch.cat([torch.full((b, 1), bos), first], dim=1).to(device)
-        past = None
-        cur = ids
-        while ids.shape[1] < seqlen:
+        ids = torch.empty(b, seqlen, dtype=torch.long)  # filled in place: no copy of the prefix per token
+        ids[:, 0] = bos
+        ids[:, 1] = torch.randint(0, vocab, (b,), generator=gen)
+        past, cur, pos = None, ids[:, :2].to(device), 2
+        while pos < seqlen:
             o = model(cur, **{_cache_kw(model): past}, use_cache=True)
             past = o.get("cache", None) if o.get("cache", None) is not None else o.get("past_key_values")
             logits = o.logits[:, -1].float()
-            if ids.shape[1] < 1 + greedy_tokens:
-                nxt = logits.argmax(-1, keepdim=True)
+            if pos < 1 + greedy_tokens:
+                nxt = logits.argmax(-1).cpu()
             else:
                 logits = logits / max(temperature, 1e-6)
                 if top_k and top_k < logits.shape[-1]:
                     kth = logits.topk(top_k, dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = torch.softmax(logits, -1).cpu()
-                nxt = torch.multinomial(probs, 1, generator=gen).to(device)
-            ids = torch.cat([ids, nxt], dim=1)
-            cur = nxt
-        out.append(ids.cpu())
-    return torch.cat(out)[:, :seqlen]
+                nxt = sample_rows(torch.softmax(logits, -1).cpu(), gen)
+            ids[:, pos] = nxt
+            cur = nxt.view(b, 1).to(device)
+            pos += 1
+        out.append(ids)
+    return torch.cat(out)
 
 
 def read_training_text(path: str) -> str:

@@ -57,7 +57,8 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
     from ..calibration import teacher_samples
 
     key = dict(fp=model_fingerprint(teacher), n=n, seqlen=seqlen, seed=seed, greedy=greedy_tokens,
-               temperature=temperature, batch=batch_size)
+               temperature=temperature, batch=batch_size,
+               sampler="cdf")  # calibration.sample_rows; the multinomial-sampled caches do not match
     name = "teacher-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     file = cache / f"{name}.safetensors"
