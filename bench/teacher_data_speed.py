@@ -8,7 +8,7 @@
    median ms per call and the ratio.
 2. :func:`onebit.calibration.teacher_samples` end to end, ``--batches`` batches of
    ``--batch`` sequences × ``--seqlen`` tokens, timed per batch (the first batch
-   of a process is slower: the growing KV cache is fresh memory).
+   of a process is slower, probably because the growing KV cache is fresh memory).
 """
 from __future__ import annotations
 
