@@ -223,6 +223,8 @@ def main(argv=None) -> int:
         done = (0, 0, 0.0)
     t_total = time.perf_counter() - t_begin
     if tr.step < tr.cfg.steps:  # stopped by the time budget: one last point
+        print(f"the --minutes budget stopped training {tr.cfg.steps - tr.step} steps before the planned "
+              f"end of this stage", flush=True)
         tr._record_eval()
     n_steps, n_tokens, t_train = tr.step + done[0], tr.tokens + done[1], tr.elapsed + done[2]
     plot(rows, t_ppl, png_path, f"stories3M → OneBit, {machine_line()}")
