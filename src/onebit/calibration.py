@@ -54,6 +54,7 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
         raise OneBitError(f"need n >= 1 and seqlen >= 2 (got n={n}, seqlen={seqlen})")
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
+    cache_kw = _cache_kw(model)  # once: inspect.signature is not free at every decoding step
     bos = bos_token_id if bos_token_id is not None else getattr(model.config, "bos_token_id", None)
     bos = 1 if bos is None else int(bos)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -65,7 +66,7 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
         ids[:, 1] = torch.randint(0, vocab, (b,), generator=gen)
         past, cur, pos = None, ids[:, :2].to(device), 2
         while pos < seqlen:
-            o = model(cur, **{_cache_kw(model): past}, use_cache=True)
+            o = model(cur, **{cache_kw: past}, use_cache=True)
             past = o.get("cache", None) if o.get("cache", None) is not None else o.get("past_key_values")
             logits = o.logits[:, -1].float()
             if pos < 1 + greedy_tokens:
