@@ -50,6 +50,17 @@ class MethodHandler:
         """
         raise NotImplementedError(f"method '{self.config.method}' has no trainable form")
 
+    def train_modules(self, model: nn.Module, targets: list[tuple[str, nn.Linear]]) -> dict[str, nn.Module]:
+        """The trainable form of every target (``{name: module}``), before any swap.
+
+        The default builds each with :meth:`train_module`; methods whose layers share
+        parameters across modules (foldable OneBit) override it.
+        """
+        return {name: self.train_module(name, lin) for name, lin in targets}
+
+    def tie_trainable(self, model: nn.Module, mods: dict[str, nn.Module]) -> None:
+        """Re-establish shared parameters among trainable modules rebuilt from a checkpoint."""
+
     def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
                        progress: bool = True, **kwargs) -> dict[str, nn.Module]:
         """Quantize every target linear; return ``{name: packed module}``.

@@ -44,6 +44,11 @@ def register(sub) -> None:
                    help="OneBit: non-affine LayerNorm on each layer's output (default: off)")
     g.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="OneBit: storage dtype of g/h in the output (default: %(default)s)")
+    g.add_argument("--foldable", action="store_true", default=None,
+                   help="OneBit: train the tied form that `onebit export` writes as llama.cpp's Q1_0 "
+                   "exactly (one g for q/k/v, one for gate/up)")
+    g.add_argument("--group-size", type=int, default=None, metavar="N",
+                   help="q1_0 / rtn: weights per scale along a row (q1_0 default 128)")
     g.add_argument("--skip", action="append", default=None, metavar="NAME",
                    help="module kept in full precision; repeatable (default: lm_head)")
     g.add_argument("--train-norms", action="store_true", help="also train the norms (frozen by default)")

@@ -29,6 +29,9 @@ def register(sub) -> None:
                    "see README for the measurement behind the default)")
     p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="OneBit: storage dtype of the g/h value vectors (default: %(default)s)")
+    p.add_argument("--foldable", action="store_true", default=None,
+                   help="OneBit: tie the input scales (one g for q/k/v, one for gate/up, o/down's in "
+                   "v/up's h) so `onebit export` writes llama.cpp's Q1_0 exactly")
     add_method_args(p)
     p.add_argument("--skip", action="append", default=None, metavar="NAME",
                    help="module name (or glob) to keep in full precision; repeatable "

@@ -48,11 +48,11 @@ def student_from_teacher(teacher: nn.Module, config: QuantConfig) -> tuple[nn.Mo
     targets = find_linears(student, config.skip)
     if not targets:
         raise OneBitError("model has no linear layers to quantize")
-    for name, lin in targets:
-        try:
-            mod = handler.train_module(name, lin)
-        except NotImplementedError:
-            raise OneBitError(f"method '{config.method}' has no trainable form; it cannot be distilled")
+    try:
+        mods = handler.train_modules(student, targets)
+    except NotImplementedError:
+        raise OneBitError(f"method '{config.method}' has no trainable form; it cannot be distilled")
+    for name, mod in mods.items():
         set_submodule(student, name, mod)
     qc = config.to_dict()
     qc["modules"] = {name: [lin.out_features, lin.in_features] for name, lin in targets}
@@ -71,6 +71,10 @@ def student_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
             raise OneBitError(f"'{path}': module '{name}' ({type(mod).__name__}) has no trainable form "
                               "(to_train); it cannot be distilled")
         set_submodule(model, name, mod.to_train())
+    from ..registry import config_from_dict
+
+    get_handler(config_from_dict(qc)).tie_trainable(
+        model, {name: model.get_submodule(name) for name in qc["modules"]})
     model.config.quantization_config = None
     return model, qc
 

@@ -98,3 +98,15 @@ def svid(w: torch.Tensor, method: str = "svd", **kwargs) -> tuple[torch.Tensor, 
 def reconstruct(w_sign: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``sign(W) ⊙ (a bᵀ)``: the dense weight the factors stand for."""
     return w_sign * torch.outer(a, b)
+
+
+def svid_shared_input(ws: list[torch.Tensor], method: str = "svd",
+                      **kwargs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """SVID of sibling layers that read the same input (q/k/v, gate/up) with one shared ``b``.
+
+    The rank-1 fit of the row-stacked ``|[W_1; W_2; ...]|`` gives one ``a`` per
+    stacked row and one ``b`` per input column: ``W_i ≈ sign(W_i) ⊙ (a_i bᵀ)``
+    with the same ``b`` for every sibling.  Returns ``([a_1, a_2, ...], b)``.
+    """
+    a, b = svid(torch.cat([w.float() for w in ws], dim=0), method, **kwargs)
+    return list(torch.split(a, [w.shape[0] for w in ws])), b

@@ -1,0 +1,37 @@
+"""``onebit export CHECKPOINT OUT.gguf``: write a packed checkpoint as a GGUF for llama.cpp."""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from .main import add_common
+
+    p = sub.add_parser(
+        "export", help="write a packed checkpoint as a GGUF file that stock llama.cpp runs",
+        description="Write a packed onebit checkpoint as a GGUF file for llama.cpp (llama-cli, "
+        "llama-server, llama-cpp-python, Ollama, LM Studio). Exact where the formats match: foldable "
+        "OneBit, q1_0 and bitnet go to Q1_0 (rows that are not a multiple of 128 to TQ2_0 or Q2_0), "
+        "ternary to TQ2_0/Q2_0, RTN/GPTQ symmetric 4/8-bit with group 32 to Q4_0/Q8_0. Architecture "
+        "metadata and the tokenizer go in; the file is written to a temporary name, then renamed.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="packed onebit checkpoint directory")
+    p.add_argument("out", metavar="OUT.gguf", help="GGUF file to write")
+    p.add_argument("--weight-type", default="q1_0", choices=["q1_0", "q2_0", "tq2_0"],
+                   help="preferred type for 1-bit linears (default: %(default)s, the smallest; rows it "
+                   "cannot hold go to the next type that holds them exactly)")
+    p.add_argument("--embed-type", default="f16", choices=["f32", "f16", "q8_0", "q4_0", "q1_0"],
+                   help="type of the token embedding (and of an untied output head) (default: %(default)s)")
+    p.add_argument("--approximate", action="store_true",
+                   help="OneBit without --foldable ties: fold the mean input scale (not exact; measure "
+                   "it with bench/gguf_agreement.py)")
+    p.add_argument("--tensors", action="store_true", help="list every tensor in the summary")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..export.gguf import export_gguf
+
+    s = export_gguf(args.checkpoint, args.out, weight_type=args.weight_type, embed_type=args.embed_type,
+                    overwrite=args.overwrite, approximate=args.approximate)
+    print(s.format(per_tensor=args.tensors))
+    return 0

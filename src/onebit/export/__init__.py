@@ -1,0 +1,1 @@
+"""Export of packed checkpoints to other runtimes (GGUF for llama.cpp)."""

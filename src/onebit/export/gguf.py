@@ -1,0 +1,330 @@
+"""``onebit export``: a packed onebit checkpoint as a GGUF file that stock llama.cpp runs.
+
+What maps exactly (see ``onebit.export.weights``):
+
+=================================  ============================================
+method                             llama.cpp type of the linears
+=================================  ============================================
+onebit --foldable (g folded away)  Q1_0 (rows of 128k), else TQ2_0 / Q2_0
+q1_0 (sign + scale per 128)        Q1_0, else Q2_0 (each scale on two blocks)
+bitnet                             Q1_0, else TQ2_0 / Q2_0
+ternary                            TQ2_0, else Q2_0
+rtn / gptq, 4 or 8 bit, sym, g32   Q4_0 / Q8_0
+=================================  ============================================
+
+OneBit's input scales are folded (``onebit.methods.foldable``): the shared ``g`` of q/k/v into
+the attention norm's weight, that of gate/up into the MLP norm's weight, o_proj's into v_proj's
+row scales and down_proj's into up_proj's.  llama.cpp's Llama graph wants the q/k rows
+permuted for its RoPE layout; the row scales move with their rows.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import OneBitError
+from ..formats import gguf_blocks as gb
+from ..methods.foldable import group_mean, group_spread, kv_groups
+from . import weights as W
+
+log = logging.getLogger("onebit")
+
+ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+EXPORTABLE = ("onebit (--foldable)", "q1_0", "bitnet", "ternary", "rtn/gptq 4- or 8-bit sym g32")
+WEIGHT_TYPES = ("q1_0", "q2_0", "tq2_0")
+EMBED_TYPES = ("f32", "f16", "q8_0", "q4_0", "q1_0")
+FILE_TYPES = {"q1_0": 40, "q2_0": 41, "tq2_0": 37, "q4_0": 2, "q8_0": 7, "f16": 1, "f32": 0}
+LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+           "mlp.down_proj": "ffn_down"}
+
+
+@dataclass
+class ExportSummary:
+    path: str
+    tensors: list[tuple[str, str, tuple[int, ...], int]] = field(default_factory=list)  # name, type, shape, bytes
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t[3] for t in self.tensors)
+
+    def weights(self, pred=lambda name: True) -> int:
+        return sum(int(np.prod(t[2])) for t in self.tensors if pred(t[0]))
+
+    def bits_per_weight(self, pred=lambda name: True) -> float:
+        n = self.weights(pred)
+        return sum(t[3] for t in self.tensors if pred(t[0])) * 8 / n if n else 0.0
+
+    def format(self, per_tensor: bool = False) -> str:
+        by_type: dict[str, list[int]] = {}
+        for _, t, shape, nbytes in self.tensors:
+            e = by_type.setdefault(t, [0, 0, 0])
+            e[0] += 1
+            e[1] += int(np.prod(shape))
+            e[2] += nbytes
+        lines = [f"{self.path}: {len(self.tensors)} tensors, {self.total_bytes / 2**20:.2f} MiB of tensor data"]
+        if per_tensor:
+            lines += [f"  {n:32s} {t:6s} {'x'.join(map(str, s)):>12s} {b:>12,d} B" for n, t, s, b in self.tensors]
+        for t, (n, w, b) in sorted(by_type.items()):
+            lines.append(f"  {t:6s} {n:4d} tensors {w:>13,d} weights {b * 8 / w:7.4f} bits/weight")
+        lin = self.bits_per_weight(lambda n: n.startswith("blk.") and n.endswith(".weight")
+                                   and "norm" not in n)
+        lines.append(f"  linears of the blocks: {lin:.4f} bits/weight; end to end (embeddings, head and "
+                     f"norms included): {self.bits_per_weight():.4f} bits/weight")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _np(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
+    return t.detach().float().cpu().numpy().astype(dtype)
+
+
+def qk_permutation(rows: int, heads: int) -> np.ndarray:
+    """Row order llama.cpp's Llama graph expects for q/k (its converter's permute, as an index)."""
+    return np.arange(rows).reshape(heads, 2, rows // heads // 2).swapaxes(1, 2).reshape(-1)
+
+
+class _Exporter:
+    def __init__(self, model, weight_type: str, embed_type: str, approximate: bool):
+        self.model, self.cfg = model, model.config
+        self.qc = dict(self.cfg.quantization_config)
+        self.method = self.qc["method"]
+        self.weight_type, self.embed_type, self.approximate = weight_type, embed_type, approximate
+        self.arch = ARCHS.get(self.cfg.model_type)
+        if self.arch is None:
+            raise OneBitError(f"llama.cpp export supports {', '.join(sorted(ARCHS))} models; this one is "
+                              f"'{self.cfg.model_type}'")
+        rope = getattr(self.cfg, "rope_parameters", None) or getattr(self.cfg, "rope_scaling", None) or {}
+        if rope.get("rope_type", "default") != "default":
+            raise OneBitError(f"export of models with rope type '{rope.get('rope_type')}' is not supported yet")
+        self.tensors: list[tuple[str, np.ndarray, tuple[int, int] | None, str]] = []
+        self.notes: list[str] = []
+        self.types_used: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- pieces
+    def module(self, name: str):
+        return self.model.get_submodule(name)
+
+    def add_dense(self, gname: str, t: torch.Tensor, typ: str) -> None:
+        a = _np(t)
+        if a.ndim == 1 or typ == "f32":
+            self.tensors.append((gname, a.astype(np.float32), None, "f32"))
+        elif typ == "f16":
+            self.tensors.append((gname, a.astype(np.float16), None, "f16"))
+        else:
+            if not gb.fits(typ, a.shape[1]):
+                raise OneBitError(f"--embed-type {typ} needs rows of a multiple of {gb.TYPES[typ][1]} "
+                                  f"weights; '{gname}' has {a.shape[1]} (choose f16 or q8_0)")
+            self.tensors.append((gname, gb.quantize_dense(a, typ), a.shape, typ))
+
+    def add_codes(self, gname: str, codes: W.Codes) -> None:
+        raw, typ = W.encode(codes, self.weight_type)
+        self.types_used[typ] = self.types_used.get(typ, 0) + 1
+        self.tensors.append((gname, raw, codes.shape, typ))
+
+    def codes(self, name: str, h=None) -> W.Codes | None:
+        from ..nn.bitnet_linear import BinaryLinear, TernaryLinear
+        from ..nn.block_sign_linear import BlockSignLinear
+        from ..nn.onebit_linear import OneBitLinear
+        from ..nn.quant_linear import QuantLinear
+
+        m = self.module(name)
+        if isinstance(m, OneBitLinear):
+            if m.layernorm:
+                raise OneBitError("OneBit with --layernorm does not export (the LayerNorm on each "
+                                  "layer's output has no place in llama.cpp's graph)")
+            return W.onebit_codes(m, h)
+        if isinstance(m, BlockSignLinear):
+            return W.block_sign_codes(m)
+        if isinstance(m, (BinaryLinear, TernaryLinear)):
+            return W.bitnet_codes(m, isinstance(m, TernaryLinear))
+        if isinstance(m, QuantLinear):
+            return W.uniform_codes(m, name)
+        if isinstance(m, torch.nn.Linear):
+            return None
+        raise OneBitError(f"'{name}' is a {type(m).__name__}, which export cannot write; exportable "
+                          f"methods: {', '.join(EXPORTABLE)}")
+
+    # ------------------------------------------------------------------- fold
+    def _g(self, name: str):
+        m = self.module(name)
+        return m.g.detach().float() if hasattr(m, "g") and hasattr(m, "weight_packed") else None
+
+    def shared_g(self, names: list[str]) -> torch.Tensor | None:
+        gs = [self._g(n) for n in names]
+        if all(g is None for g in gs):
+            return None
+        if any(g is None for g in gs):
+            raise OneBitError(f"{', '.join(names)} mix OneBit and other layers; their input scales "
+                              "cannot fold into the shared norm")
+        if all(torch.equal(g, gs[0]) for g in gs[1:]):
+            return gs[0]
+        if not self.approximate:
+            raise OneBitError(
+                f"this OneBit checkpoint is not foldable ({' / '.join(n.rsplit('.', 1)[1] for n in names)} "
+                f"of '{names[0].rsplit('.', 1)[0]}' have different input scales g), so it has no exact "
+                "llama.cpp form; make an exportable one with `onebit quantize MODEL OUT --method onebit "
+                "--foldable` or `onebit distill TEACHER OUT --foldable` (or pass --approximate)")
+        return torch.stack(gs).mean(0)
+
+    def reader_factor(self, reader: str, producer: str) -> torch.Tensor | None:
+        g = self._g(reader)
+        if g is None:
+            return None
+        p = self.module(producer)
+        if self._g(producer) is None:
+            raise OneBitError(f"'{reader}' is OneBit but '{producer}' is not: its input scale cannot fold")
+        groups = kv_groups(self.cfg, g.numel(), p.out_features)
+        hd = p.out_features // (getattr(self.cfg, "num_key_value_heads", None) or 1) if groups > 1 else 1
+        if groups > 1 and float(group_spread(g, groups, hd)) != 0 and not self.approximate:
+            raise OneBitError(f"'{reader}' has input scales that differ between the query heads of a KV "
+                              "group, so they cannot fold into v_proj (make the checkpoint with --foldable, "
+                              "or pass --approximate)")
+        return group_mean(g, groups, hd)
+
+    # ------------------------------------------------------------------ build
+    def layer(self, i: int, prefix: str) -> None:
+        cfg = self.cfg
+        p = f"{prefix}.{i}"
+        heads = cfg.num_attention_heads
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        g_attn = self.shared_g([f"{p}.self_attn.{x}_proj" for x in "qkv"])
+        g_mlp = self.shared_g([f"{p}.mlp.{x}_proj" for x in ("gate", "up")])
+        f_o = self.reader_factor(f"{p}.self_attn.o_proj", f"{p}.self_attn.v_proj")
+        f_down = self.reader_factor(f"{p}.mlp.down_proj", f"{p}.mlp.up_proj")
+        an = self.module(f"{p}.input_layernorm").weight.detach().float()
+        fn = self.module(f"{p}.post_attention_layernorm").weight.detach().float()
+        self.add_dense(f"blk.{i}.attn_norm.weight", an * g_attn if g_attn is not None else an, "f32")
+        self.add_dense(f"blk.{i}.ffn_norm.weight", fn * g_mlp if g_mlp is not None else fn, "f32")
+        scale_h = {f"{p}.self_attn.v_proj": f_o, f"{p}.mlp.up_proj": f_down}
+        for hf, gg in LINEARS.items():
+            name = f"{p}.{hf}"
+            mod = self.module(name)
+            h = None
+            if scale_h.get(name) is not None:
+                h = mod.h.detach().float() * scale_h[name]
+                if getattr(mod, "bias", None) is not None:
+                    raise OneBitError(f"'{name}' has a bias; folding o_proj/down_proj scales into it is "
+                                      "not supported yet")
+            c = self.codes(name, h)
+            perm = None
+            if self.arch == "llama" and hf in ("self_attn.q_proj", "self_attn.k_proj"):
+                perm = qk_permutation(mod.out_features, heads if "q_proj" in hf else kv)
+            if c is None:
+                w = self.module(name).weight.detach().float()
+                self.add_dense(f"blk.{i}.{gg}.weight", w[perm] if perm is not None else w, "f16")
+            else:
+                self.add_codes(f"blk.{i}.{gg}.weight", c.permute_rows(perm) if perm is not None else c)
+            bias = getattr(mod, "bias", None)
+            if bias is not None:
+                b = bias.detach().float()
+                self.add_dense(f"blk.{i}.{gg}.bias", b[perm] if perm is not None else b, "f32")
+
+    def build(self) -> None:
+        base = self.model.get_submodule("model")
+        n_layers = len(base.layers)
+        self.add_dense("token_embd.weight", base.embed_tokens.weight, self.embed_type)
+        for i in range(n_layers):
+            self.layer(i, "model.layers")
+        self.add_dense("output_norm.weight", base.norm.weight, "f32")
+        head = self.model.get_submodule("lm_head")
+        tied = head.weight is base.embed_tokens.weight or getattr(self.cfg, "tie_word_embeddings", False)
+        if not tied:
+            c = self.codes("lm_head")
+            if c is None:
+                self.add_dense("output.weight", head.weight, self.embed_type)
+            else:
+                self.add_codes("output.weight", c)
+        acts = self.qc.get("act_bits") or 0
+        if acts:
+            self.notes.append(f"{self.method} quantizes activations to {acts} bits per token in onebit; "
+                              "llama.cpp quantizes them in its own 8-bit blocks inside the dot products")
+
+    def metadata(self, writer, name: str) -> None:
+        cfg, a = self.cfg, self.arch
+        heads = cfg.num_attention_heads
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        writer.add_name(name)
+        writer.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
+        writer.add_embedding_length(cfg.hidden_size)
+        writer.add_block_count(cfg.num_hidden_layers)
+        writer.add_feed_forward_length(cfg.intermediate_size)
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or heads)
+        writer.add_rope_dimension_count(hd)
+        writer.add_key_length(hd)
+        writer.add_value_length(hd)
+        writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+        theta = getattr(cfg, "rope_theta", None)
+        if theta is None:
+            theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+        writer.add_rope_freq_base(float(theta))
+        writer.add_vocab_size(cfg.vocab_size)
+        main = max(self.types_used, key=self.types_used.get) if self.types_used else "f16"
+        writer.add_file_type(FILE_TYPES[main])
+        writer.add_string("onebit.method", self.method)
+
+
+def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_type: str = "q1_0",
+                embed_type: str = "f16", overwrite: bool = False, approximate: bool = False) -> ExportSummary:
+    """Write ``checkpoint`` (a packed onebit checkpoint) to ``out`` as a GGUF llama.cpp runs."""
+    import gguf
+
+    from ..formats.checkpoint import is_packed_checkpoint, load_checkpoint
+    from .tokenizer import add_tokenizer
+
+    if weight_type not in WEIGHT_TYPES:
+        raise OneBitError(f"unknown --weight-type '{weight_type}'; choose one of {', '.join(WEIGHT_TYPES)}")
+    if embed_type not in EMBED_TYPES:
+        raise OneBitError(f"unknown --embed-type '{embed_type}'; choose one of {', '.join(EMBED_TYPES)}")
+    ckpt, out = Path(checkpoint).expanduser(), Path(out).expanduser()
+    if not ckpt.is_dir() or not is_packed_checkpoint(ckpt):
+        raise OneBitError(f"'{checkpoint}' is not a packed onebit checkpoint (make one with "
+                          "`onebit quantize` or `onebit distill`)")
+    if out.exists() and not overwrite:
+        raise OneBitError(f"output '{out}' exists; pass --overwrite (overwrite=True) to replace it")
+    if out.exists() and out.is_dir():
+        raise OneBitError(f"output '{out}' is a directory")
+    model = load_checkpoint(ckpt)
+    ex = _Exporter(model, weight_type, embed_type, approximate)
+    ex.build()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        writer = gguf.GGUFWriter(str(tmp), ex.arch)
+        ex.metadata(writer, ckpt.name)
+        add_tokenizer(writer, ckpt, model.config.vocab_size)
+        summary = ExportSummary(str(out), notes=ex.notes)
+        for gname, arr, shape, typ in ex.tensors:
+            if shape is None:
+                writer.add_tensor(gname, arr)
+                shp = arr.shape
+            else:
+                writer.add_tensor(gname, np.ascontiguousarray(arr).view(np.int8), raw_shape=shape,
+                                  raw_dtype=gb.TYPES[typ][0])
+                shp = shape
+            summary.tensors.append((gname, typ, tuple(shp), int(arr.nbytes)))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=False)
+        writer.close()
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    log.info("wrote %s", out)
+    return summary
+
+
+def _umask() -> int:
+    u = os.umask(0)
+    os.umask(u)
+    return u

@@ -1,0 +1,52 @@
+"""``q1_0``: sign bits plus one trained fp16 scale per block of 128 weights of a row —
+llama.cpp's Q1_0 exactly (1.125 bits per weight), so it exports with no ties and no folding.
+
+Initialised by each block's mean |w|; trained by the same distillation as OneBit
+(``onebit distill TEACHER OUT --method q1_0``).  Module: ``onebit.nn.block_sign_linear``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import QuantConfig, parse_dtype
+from ..errors import OneBitError
+from ..nn.block_sign_linear import BlockSignLinear, BlockSignLinearTrain
+from ..registry import MethodHandler, register_method
+
+
+@dataclass
+class Q1Config(QuantConfig):
+    """Sign + per-block scale.  group_size: weights per scale along a row (128 = Q1_0);
+    scale_dtype: storage dtype of the scales (float16 = Q1_0)."""
+
+    method = "q1_0"
+
+    group_size: int = 128
+    scale_dtype: str = "float16"
+
+    def validate(self) -> None:
+        if not isinstance(self.group_size, int) or self.group_size < 8 or self.group_size % 8:
+            raise OneBitError(f"--group-size for q1_0 must be a positive multiple of 8, got {self.group_size}")
+        if parse_dtype(self.scale_dtype) is None:
+            raise OneBitError("scale_dtype must be a concrete dtype, not 'auto'")
+
+
+@register_method(Q1Config)
+class Q1Handler(MethodHandler):
+    config: Q1Config
+
+    def train_module(self, name: str, linear: nn.Linear) -> BlockSignLinearTrain:
+        return BlockSignLinearTrain.from_linear(linear, self.config.group_size)
+
+    def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
+        if not torch.isfinite(linear.weight).all():
+            raise OneBitError(f"weight of '{name}' contains NaN or Inf; refusing to quantize it")
+        return self.train_module(name, linear).to_packed(parse_dtype(self.config.scale_dtype))
+
+    def empty_module(self, name: str, in_features: int, out_features: int, bias: bool,
+                     dtype: torch.dtype) -> nn.Module:
+        return BlockSignLinear(in_features, out_features, self.config.group_size, bias,
+                               parse_dtype(self.config.scale_dtype), dtype, device="meta")

@@ -1,0 +1,120 @@
+"""Sign bits with one scale per block of a row: ``W ≈ sign(W) ⊙ s[row, col // block]``.
+
+With ``group_size = 128`` and fp16 scales this is llama.cpp's Q1_0 exactly (1.125 bits per
+weight); when ``in_features`` is not a multiple of the block the last block of a row is shorter.
+
+* :class:`BlockSignLinearTrain`: latent fp weight (sign via straight-through estimator) and
+  trainable scales ``[out, ceil(in / block)]``, initialised by each block's mean |w| (the
+  scale that minimises the squared error for fixed signs);
+* :class:`BlockSignLinear`: packed signs (``weight_packed``, onebit's bit order) and fp16
+  ``scales``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..formats.packing import pack_signs, packed_cols, unpack_signs
+from .ste import sign_ste
+
+
+def num_blocks(cols: int, block: int) -> int:
+    return (cols + block - 1) // block
+
+
+def expand_scales(scales: torch.Tensor, cols: int, block: int) -> torch.Tensor:
+    """``[out, nb]`` block scales as ``[out, cols]``."""
+    return scales.repeat_interleave(block, dim=1)[:, :cols]
+
+
+@torch.no_grad()
+def block_absmean(w: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean |w| of every block of ``block`` weights along each row (the last block may be short)."""
+    out, cols = w.shape
+    nb = num_blocks(cols, block)
+    a = F.pad(w.abs().float(), (0, nb * block - cols)).reshape(out, nb, block).sum(dim=2)
+    counts = torch.full((nb,), float(block), device=w.device)
+    counts[-1] = cols - (nb - 1) * block
+    return a / counts
+
+
+class BlockSignLinearTrain(nn.Module):
+    def __init__(self, in_features: int, out_features: int, group_size: int = 128, bias: bool = False,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
+        self.scales = nn.Parameter(torch.ones(out_features, num_blocks(in_features, group_size),
+                                              dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, group_size: int = 128) -> "BlockSignLinearTrain":
+        w = linear.weight.detach()
+        m = cls(linear.in_features, linear.out_features, group_size, linear.bias is not None,
+                dtype=w.dtype, device=w.device)
+        m.weight.copy_(w)
+        m.scales.copy_(block_absmean(w, group_size).to(w.dtype))
+        if linear.bias is not None:
+            m.bias.copy_(linear.bias.detach())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = sign_ste(self.weight) * expand_scales(self.scales, self.in_features, self.group_size)
+        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    @torch.no_grad()
+    def to_packed(self, scale_dtype: torch.dtype = torch.float16) -> "BlockSignLinear":
+        m = BlockSignLinear(self.in_features, self.out_features, self.group_size, self.bias is not None,
+                            scale_dtype, self.bias.dtype if self.bias is not None else torch.float32,
+                            device=self.weight.device)
+        m.weight_packed.copy_(pack_signs(self.weight))
+        m.scales.copy_(self.scales.to(scale_dtype))
+        if self.bias is not None:
+            m.bias.copy_(self.bias)
+        return m
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
+
+
+class BlockSignLinear(nn.Module):
+    """Packed form: ``weight_packed`` uint8 ``[out, ceil(in/8)]``, ``scales`` ``[out, ceil(in/block)]``."""
+
+    def __init__(self, in_features: int, out_features: int, group_size: int = 128, bias: bool = False,
+                 scale_dtype: torch.dtype = torch.float16, bias_dtype: torch.dtype = torch.float32,
+                 device=None):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("weight_packed", torch.zeros(
+            out_features, packed_cols(in_features, 1), dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, num_blocks(in_features, group_size),
+                                                  dtype=scale_dtype, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device))
+        else:
+            self.bias = None
+
+    def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        s = unpack_signs(self.weight_packed, self.in_features, dtype)
+        return s * expand_scales(self.scales.to(dtype), self.in_features, self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.dense_weight(x.dtype))
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    @torch.no_grad()
+    def to_train(self, dtype: torch.dtype = torch.float32) -> BlockSignLinearTrain:
+        m = BlockSignLinearTrain(self.in_features, self.out_features, self.group_size,
+                                 self.bias is not None, dtype=dtype, device=self.weight_packed.device)
+        m.weight.copy_(self.dense_weight(dtype))
+        m.weight.masked_fill_(m.weight == 0, 1e-8)  # a zero scale keeps its sign (+)
+        m.scales.copy_(self.scales.to(dtype))
+        if self.bias is not None:
+            m.bias.copy_(self.bias.to(dtype))
+        return m
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
