@@ -25,14 +25,41 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "~")) or not _HUB_ID.match(spec)
 
 
+def gguf_source(spec: str) -> tuple[Path, str] | None:
+    """``(directory, file name)`` when ``spec`` names a GGUF model: a ``.gguf`` file, or a directory
+    with no ``config.json`` and exactly one ``.gguf`` file in it."""
+    p = Path(spec).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return p.parent, p.name
+    if p.is_dir() and not (p / "config.json").is_file():
+        files = sorted(p.glob("*.gguf"))
+        if len(files) == 1:
+            return p, files[0].name
+        if len(files) > 1:
+            raise OneBitError(f"'{spec}' holds {len(files)} GGUF files; name the one to use "
+                              f"(e.g. {files[0]})")
+    return None
+
+
+def check_gguf(path: Path) -> None:
+    """One line for a GGUF file that cannot be read (truncated, not GGUF, unknown version)."""
+    from .formats.gguf_header import check_gguf_file
+
+    check_gguf_file(path)
+
+
 def check_model_spec(spec: str) -> None:
     """Fail early, with one line, for paths that cannot be a model."""
     p = Path(spec).expanduser()
+    src = gguf_source(spec) if p.exists() else None
+    if src is not None:
+        check_gguf(src[0] / src[1])
+        return
     if p.exists():
         if not p.is_dir():
-            raise OneBitError(f"'{spec}' is a file, not a model directory")
+            raise OneBitError(f"'{spec}' is a file, not a model directory (nor a .gguf file)")
         if not (p / "config.json").is_file():
-            raise OneBitError(f"'{spec}' is not a model directory (no config.json)")
+            raise OneBitError(f"'{spec}' is not a model directory (no config.json, no .gguf file)")
     elif _looks_like_path(spec):
         raise OneBitError(f"model path '{spec}' does not exist")
 
@@ -46,6 +73,17 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
         if dtype is not None:
             model.to(dtype)
         return model
+    src = gguf_source(spec)
+    if src is not None:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(src[0]), gguf_file=src[1],
+                                                         dtype=dtype if dtype is not None else torch.float32)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OneBitError(f"cannot load GGUF model '{spec}': {first}")
+        return model.to(device).eval()
     if p.is_dir():
         read_config(p)  # clear error for a broken config.json
         if any(p.glob("*.safetensors")):  # truncated / corrupt weights: one line naming the file
@@ -68,6 +106,13 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
+    src = gguf_source(spec)
+    if src is not None:
+        try:
+            return AutoTokenizer.from_pretrained(str(src[0]), gguf_file=src[1])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OneBitError(f"cannot load the tokenizer of GGUF model '{spec}': {first}")
     try:
         return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir()
                                              else spec)

@@ -10,7 +10,8 @@ def register(sub) -> None:
                        "ledger: bits per tensor, totals for quantized linears, embeddings, head and "
                        "norms, and bits per original linear weight. Reads only the safetensors "
                        "header; checks it against the file size.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", help="packed checkpoint directory")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
+                   help="packed checkpoint directory, or a .gguf file (tensor types and bits per weight)")
     p.add_argument("--tensors", action="store_true", help="list every tensor")
     p.add_argument("--json", action="store_true", help="print the ledger summary as JSON")
     p.add_argument("--methods", action="store_true", help="list the available quantization methods")
@@ -32,6 +33,18 @@ def run(args) -> int:
         raise OneBitError("info needs a CHECKPOINT (or --methods)")
     from pathlib import Path
 
+    if Path(args.checkpoint).is_file() and args.checkpoint.lower().endswith(".gguf"):
+        from ..formats.gguf_header import check_gguf_file, summarize
+
+        h = check_gguf_file(args.checkpoint)
+        if args.json:
+            print(json.dumps({"metadata": {k: v for k, v in h.metadata.items() if not isinstance(v, int)
+                                           or not k.startswith("tokenizer.")},
+                              "tensors": [{"name": t.name, "type": t.type_name, "shape": list(t.shape),
+                                           "bytes": t.n_bytes} for t in h.tensors]}, indent=2, default=str))
+            return 0
+        print(f"{args.checkpoint}: GGUF v{h.version}, " + summarize(h, per_tensor=args.tensors))
+        return 0
     if not Path(args.checkpoint).is_dir():
         raise OneBitError(f"checkpoint '{args.checkpoint}' is not a directory")
     qc = read_quant_config(args.checkpoint)
