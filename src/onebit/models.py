@@ -121,11 +121,17 @@ def load_tokenizer(spec: str):
         raise OneBitError(f"cannot load a tokenizer for '{spec}': {first}")
 
 
+def _repo_shared() -> Path:
+    """``shared`` beside the repository this package sits in (``<repo>/src/onebit/models.py``)."""
+    return Path(__file__).resolve().parents[2].parent / "shared"
+
+
 def shared_dir() -> Path | None:
-    """``../shared`` beside the working directory (or ``$ONEBIT_SHARED``), if present."""
+    """The real models and data: ``$ONEBIT_SHARED``, then ``../shared`` beside the working
+    directory, then ``shared`` beside the repository; ``None`` where none exists."""
     env = os.environ.get("ONEBIT_SHARED")
-    cands = [Path(env)] if env else []
-    cands += [Path.cwd() / ".." / "shared", Path(__file__).resolve().parents[3] / ".." / "shared"]
+    cands = [Path(env).expanduser()] if env else []
+    cands += [Path.cwd() / ".." / "shared", _repo_shared()]
     for c in cands:
         if (c / "models").is_dir() or (c / "data").is_dir():
             return c.resolve()
