@@ -15,9 +15,12 @@ calibration code refuse them.
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 
 from ..errors import OneBitError
@@ -33,6 +36,25 @@ EVAL_RELPATHS = tuple(EVAL_FILES.values()) + (
     "wikitext2/wiki.valid.raw", "piqa/valid.jsonl", "arc/arc_easy.jsonl", "arc/arc_challenge.jsonl",
     "boolq/boolq.jsonl", "winogrande/winogrande.jsonl", "lambada/lambada_openai.jsonl",
     "hellaswag/hellaswag_val.jsonl.gz")
+#: bytes of a file's beginning that identify it (see :func:`content_digests`)
+FINGERPRINT_BYTES = 4096
+#: SHA-256 of the first 4 KiB of each known evaluation file (and, for the .gz ones, of the first
+#: 4 KiB of their decompressed content), so the guard works where ``shared/`` is absent
+BUILTIN_EVAL_DIGESTS = frozenset({
+    "fedc49360efa99341fbbc7d01306f5f91a154f7a89c3eb57124b13573820887d",  # wikitext2/wiki.test.raw
+    "e994ea28150ff3419c848700faf8527157057d2a7deea1bdc6b374fa036c02cc",  # wikitext2/wiki.valid.raw
+    "ca58e5938667220f140f49697063f3d41f50940c1fa3ffef19ee42dc1deda49c",  # c4/c4_validation_sample.json.gz
+    "1402ca6886a76f4724435308f066f3502eeea46e326e80f9417675a66e624aed",  # ... decompressed
+    "53e488f6c7e0546d47463d2e2179540f6fd7fd6eeac6c3428dd6c35c5efcbb79",  # tinystories_val_sample.txt
+    "88dea0a25eeb0d9d8a1da6f6dc638ba9012915b7435c8fe5fc3bcee9c6445cd5",  # piqa/valid.jsonl
+    "808a891a16f4c1f1bb2c4162acaedfe1e90e980b85e69962802664099146b922",  # arc/arc_easy.jsonl
+    "ceabe6e72b8ba93e94f720398b0e36162f317d655cf2e42fc8ee61f1dbf16383",  # arc/arc_challenge.jsonl
+    "d1dfdfdeed22efb991da1d29b92e6ba151ea61ff71076c3eb191a56ba09688fe",  # boolq/boolq.jsonl
+    "d83e2f51c51b290c9a65afc7a336e2507a15e042b864ef0b851a23b15518b29a",  # winogrande/winogrande.jsonl
+    "048c8edab4e2903953b79be035537022c6e70723658c76a0e5d465b438ca0fbc",  # lambada/lambada_openai.jsonl
+    "252db7db38d27e198ca3684bb4411a56592fc2195546d7e19bf3e3772ebb86f4",  # hellaswag/hellaswag_val.jsonl.gz
+    "5033d400b544ff81d047a2ab023ef8ab03561153d5552db9d8f5907905765350",  # ... decompressed
+})
 #: windows GPTQ's c4-new evaluation uses
 C4_WINDOWS = 256
 
@@ -116,21 +138,52 @@ def load_text(name_or_file: str) -> str:
     return text
 
 
+def content_digests(path: str | os.PathLike) -> frozenset[str]:
+    """SHA-256 of the first :data:`FINGERPRINT_BYTES` of a file, plus, for a gzip file, of the
+    first bytes of its decompressed content: what identifies a file whatever its name or place."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        head = f.read(FINGERPRINT_BYTES)
+    out = {hashlib.sha256(head).hexdigest()}
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(p, "rb") as f:
+                out.add(hashlib.sha256(f.read(FINGERPRINT_BYTES)).hexdigest())
+        except (OSError, EOFError, zlib.error):
+            pass
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_digests(path: str, size: int, mtime_ns: int) -> frozenset[str]:
+    return content_digests(path)
+
+
+def _registry_digests() -> frozenset[str]:
+    """Digests of the evaluation files listed in :data:`EVAL_RELPATHS` under the data directory."""
+    d = data_dir()
+    out: set[str] = set()
+    if d is None:
+        return frozenset()
+    for rel in EVAL_RELPATHS:
+        q = d / rel
+        try:
+            st = q.stat()
+            out |= _cached_digests(str(q.resolve()), st.st_size, st.st_mtime_ns)
+        except OSError:
+            continue
+    return frozenset(out)
+
+
 def is_evaluation_file(path: str | os.PathLike) -> bool:
-    """True if ``path`` is one of the known evaluation files (by location or content)."""
+    """True if ``path`` holds one of the known evaluation files, recognised by content (the
+    digest of its first 4 KiB, or of its decompressed first 4 KiB), not by name or location:
+    the built-in table, plus the files of the evaluation-data registry when ``shared/`` is present."""
     p = Path(path).expanduser()
     if not p.is_file():
         return False
-    d = data_dir()
-    rp = p.resolve()
-    if d is not None:
-        for rel in EVAL_RELPATHS:
-            if (d / rel).is_file() and (d / rel).resolve() == rp:
-                return True
-    # a copy elsewhere: same name and same size as a known evaluation file
-    if d is not None:
-        for rel in EVAL_RELPATHS:
-            q = d / rel
-            if q.is_file() and q.name == p.name and q.stat().st_size == p.stat().st_size:
-                return True
-    return False
+    try:
+        digests = content_digests(p)
+    except OSError:
+        return False
+    return bool(digests & (BUILTIN_EVAL_DIGESTS | _registry_digests()))
