@@ -156,3 +156,38 @@ def test_nan_weight_refused(fp_260k):
         m.model.layers[1].self_attn.q_proj.weight[0, 0] = float("nan")
     with pytest.raises(OneBitError, match="layers.1.self_attn.q_proj"):
         onebit.quantize(m, onebit.OneBitConfig(), progress=False)
+
+
+def _rewrite(bad, edit):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(bad / "model.safetensors")
+    edit(sd)
+    save_file(sd, bad / "model.safetensors", metadata={"format": "pt", "onebit_format_version": "1"})
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda sd: sd.__setitem__("model.layers.0.mlp.down_proj.weight_packed",
+                               sd["model.layers.0.mlp.down_proj.weight_packed"][:, :-1].contiguous()), "shape"),
+    (lambda sd: sd.pop("model.layers.0.mlp.up_proj.h"), "missing tensor 'model.layers.0.mlp.up_proj.h'"),
+    (lambda sd: sd.__setitem__("model.layers.0.extra", torch.zeros(3)), "model.layers.0.extra"),
+])
+def test_ledger_validates_what_it_summarises(packed_dir, tmp_path, edit, msg):
+    """A well-formed file whose tensors do not fit the model: the ledger (and info) refuse it, as load does."""
+    _, out = packed_dir
+    bad = _copy(out, tmp_path / "bad")
+    _rewrite(bad, edit)
+    with pytest.raises(CheckpointError, match=msg):
+        onebit.load(bad)
+    with pytest.raises(CheckpointError, match=msg):
+        checkpoint_ledger(bad)
+
+
+def test_ledger_refuses_wrong_module_shapes_in_config(packed_dir, tmp_path):
+    _, out = packed_dir
+    bad = _copy(out, tmp_path / "bad")
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["quantization_config"]["modules"]["model.layers.0.mlp.down_proj"] = [64, 999]
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="down_proj"):
+        checkpoint_ledger(bad)

@@ -257,10 +257,77 @@ def read_headers(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], st
 
 
 def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
-    """Ledger of a packed checkpoint, read from its safetensors header(s) alone."""
+    """Ledger of a packed checkpoint, read from its safetensors header(s) alone, after checking
+    them against the model the checkpoint describes (:func:`validate_checkpoint`)."""
     qc = read_quant_config(path)
-    specs = {k: (shape, dtype) for k, (shape, dtype, _) in read_headers(path).items()}
+    headers = read_headers(path)
+    specs = {k: (shape, dtype) for k, (shape, dtype, _) in headers.items()}
+    validate_checkpoint(path, qc, specs)
     return ledger_from_specs(specs, qc.get("modules", {}))
+
+
+_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
+    """The model a checkpoint describes, with no weights: the architecture on the meta device and
+    each quantized linear replaced by its method's ``empty_module`` (also on the meta device)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..api import prepare_empty
+
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path))
+    except Exception as e:
+        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {str(e).splitlines()[0]}")
+    hf_config.quantization_config = None
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    prepare_empty(model, qc)
+    return model
+
+
+def _check_tensors(path: Path, shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Every tensor in the file is one the model has, with the shape the model expects."""
+    expected = dict(model.state_dict())
+    unexpected = sorted(set(shapes) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"'{path}' holds tensor '{unexpected[0]}' that the model does not have")
+    for k, shape in shapes.items():
+        if tuple(expected[k].shape) != tuple(shape):
+            raise CheckpointError(f"'{path}': tensor '{k}' has shape {list(shape)}, "
+                                  f"model expects {list(expected[k].shape)}")
+
+
+def validate_checkpoint(path: str | os.PathLike, qc: dict | None = None,
+                        specs: dict[str, tuple[tuple[int, ...], str]] | None = None) -> None:
+    """Check a checkpoint from its headers alone, as :func:`load_checkpoint` checks the tensors it
+    reads: no tensor the model lacks, every shape the one the method's ``empty_module`` expects,
+    no tensor missing; and the ``modules`` shapes in ``quantization_config`` those of the model."""
+    path = Path(path)
+    if qc is None:
+        qc = read_quant_config(path)
+    if specs is None:
+        specs = {k: (shape, dtype) for k, (shape, dtype, _) in read_headers(path).items()}
+    dtype = next((_TORCH_DTYPES[d] for k, (_, d) in specs.items() if d in _TORCH_DTYPES and "embed" in k), None) \
+        or next((_TORCH_DTYPES[d] for _, d in specs.values() if d in _TORCH_DTYPES), torch.float32)
+    try:
+        model = _empty_packed_model(path, qc, dtype)
+    except OneBitError as e:
+        raise CheckpointError(f"'{path}': {e}")
+    _check_tensors(path, {k: shape for k, (shape, _) in specs.items()}, model)
+    # what loading must fill: every parameter / buffer left on the meta device (tied ones once)
+    model.tie_weights()
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.device.type == "meta" and n not in specs:
+            raise CheckpointError(f"'{path}' is missing tensor '{n}'")
+    for name, shape in qc["modules"].items():
+        m = model.get_submodule(name)
+        want = [getattr(m, "out_features", None), getattr(m, "in_features", None)]
+        if None not in want and (not isinstance(shape, (list, tuple)) or list(shape) != want):
+            raise CheckpointError(f"'{path}': quantization_config gives module '{name}' the shape {shape}, "
+                                  f"the model's is {want}")
 
 
 def load_state_dict_file(file: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
@@ -276,34 +343,15 @@ def load_state_dict_file(file: str | os.PathLike, device: str = "cpu") -> dict[s
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
     """Rebuild the packed model from a checkpoint directory (safetensors only, no code run)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..api import prepare_empty
-
     path = Path(path)
     qc = read_quant_config(path)
     sd = {}
     for f in weight_files(path):
         sd.update(load_state_dict_file(f, device))
-    try:
-        hf_config = AutoConfig.from_pretrained(str(path))
-    except Exception as e:
-        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {str(e).splitlines()[0]}")
-    hf_config.quantization_config = None
     dtype = next((t.dtype for k, t in sd.items() if t.is_floating_point() and "embed" in k), None) \
         or next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    prepare_empty(model, qc)
-    expected = dict(model.state_dict())
-    unexpected = sorted(set(sd) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"'{path}' holds tensor '{unexpected[0]}' that the model does not have")
-    for k, t in sd.items():
-        if tuple(expected[k].shape) != tuple(t.shape):
-            raise CheckpointError(f"'{path}': tensor '{k}' has shape {list(t.shape)}, "
-                                  f"model expects {list(expected[k].shape)}")
+    model = _empty_packed_model(path, qc, dtype)
+    _check_tensors(path, {k: tuple(t.shape) for k, t in sd.items()}, model)
     model.load_state_dict(sd, strict=False, assign=True)
     model.tie_weights()
     missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers())
