@@ -36,6 +36,7 @@ log = logging.getLogger("onebit")
 
 ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 EXPORTABLE = ("onebit (--foldable)", "q1_0", "bitnet", "ternary", "rtn/gptq 4- or 8-bit sym g32")
+EXPORT_METHODS = ("onebit", "q1_0", "bitnet", "ternary", "rtn", "gptq")
 WEIGHT_TYPES = ("q1_0", "q2_0", "tq2_0")
 EMBED_TYPES = ("f32", "f16", "q8_0", "q4_0", "q1_0")
 FILE_TYPES = {"q1_0": 40, "q2_0": 41, "tq2_0": 37, "q4_0": 2, "q8_0": 7, "f16": 1, "f32": 0}
@@ -96,6 +97,9 @@ class _Exporter:
         self.qc = dict(self.cfg.quantization_config)
         self.method = self.qc["method"]
         self.weight_type, self.embed_type, self.approximate = weight_type, embed_type, approximate
+        if self.method not in EXPORT_METHODS:
+            raise OneBitError(f"method '{self.method}' has no exact llama.cpp form; exportable: "
+                              f"{', '.join(EXPORTABLE)}")
         self.arch = ARCHS.get(self.cfg.model_type)
         if self.arch is None:
             raise OneBitError(f"llama.cpp export supports {', '.join(sorted(ARCHS))} models; this one is "

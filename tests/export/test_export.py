@@ -1,0 +1,127 @@
+"""`onebit export`: exact GGUF tensors, the folding of OneBit's scales, errors (no llama.cpp needed:
+the file is decoded with the exact block decoders into a dense model and run in torch)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from onebit.errors import OneBitError
+from onebit.export.gguf import export_gguf
+from onebit.export.verify import dense_model_from_gguf
+from onebit.formats.gguf_header import read_gguf_header
+
+from .conftest import METHODS, make_checkpoint
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_exported_weights_compute_what_onebit_computes(tmp_path, s3m_checkpoints, name):
+    import onebit
+
+    out = tmp_path / f"{name}.gguf"
+    export_gguf(s3m_checkpoints[name], out, embed_type="f32")
+    model = onebit.load(s3m_checkpoints[name]).float().eval()
+    dense = dense_model_from_gguf(out, model.config)
+    ids = torch.randint(3, 4000, (1, 48), generator=torch.Generator().manual_seed(0))
+    a, b = _logits(model, ids), _logits(dense, ids)
+    # exact but for float rounding: of the folded norms (onebit), of the per-tensor fp32 scale to
+    # fp16 (bitnet, ternary: relative 2^-11)
+    tol = 3e-2 if name in ("bitnet", "ternary") else 1e-3
+    assert (a - b).abs().max().item() < tol
+
+
+def test_types_per_row_length(tmp_path, s3m_checkpoints):
+    out = tmp_path / "s3m.gguf"
+    s = export_gguf(s3m_checkpoints["onebit-foldable"], out)
+    types = {n: t for n, t, _, _ in s.tensors}
+    assert types["blk.0.ffn_down.weight"] == "q1_0"        # rows of 512
+    assert types["blk.0.attn_q.weight"] == "q2_0"          # rows of 192: Q1_0 and TQ2_0 cannot
+    assert types["token_embd.weight"] == "f16" and types["blk.0.attn_norm.weight"] == "f32"
+    h = read_gguf_header(out)
+    assert {t.name: t.type_name for t in h.tensors} == types
+    assert h.metadata["general.architecture"] == "llama" and h.metadata["llama.block_count"] == 6
+    assert "end to end" in s.format()
+
+
+def test_every_linear_is_q1_0_when_rows_fit(tmp_path, tiny128):
+    from onebit.models import load_model
+
+    ck = make_checkpoint(load_model(tiny128), tmp_path / "ck", "onebit", tiny128, foldable=True)
+    s = export_gguf(ck, tmp_path / "t.gguf", embed_type="q8_0")
+    types = {n: t for n, t, _, _ in s.tensors}
+    lin = [t for n, t in types.items() if n.startswith("blk.") and "norm" not in n]
+    assert set(lin) == {"q1_0"} and types["output.weight"] == "q8_0"
+    s2 = export_gguf(ck, tmp_path / "t2.gguf", weight_type="tq2_0")
+    assert {t for n, t, _, _ in s2.tensors if n.startswith("blk.") and "norm" not in n} == {"tq2_0"}
+    model = __import__("onebit").load(ck).float().eval()
+    dense = dense_model_from_gguf(tmp_path / "t2.gguf", model.config)
+    ids = torch.randint(3, 4000, (1, 32))
+    assert (_logits(model, ids) - _logits(dense, ids)).abs().max().item() < 1e-2  # embeddings in f16
+
+
+def test_free_onebit_is_refused_with_the_way_out(tmp_path, fp_3m, stories3m):
+    ck = make_checkpoint(fp_3m, tmp_path / "free", "onebit", stories3m)
+    with pytest.raises(OneBitError, match="--foldable"):
+        export_gguf(ck, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+    s = export_gguf(ck, tmp_path / "approx.gguf", approximate=True)
+    assert s.total_bytes > 0
+
+
+@pytest.mark.parametrize("method,kw,match", [
+    ("rtn", {"bits": 3, "group_size": 64}, "Q4_0"),
+    ("onebit-w1a8", {}, "no exact llama.cpp form"),
+])
+def test_methods_without_an_exact_llama_cpp_form(tmp_path, fp_3m, stories3m, method, kw, match):
+    ck = make_checkpoint(fp_3m, tmp_path / "ck", method, stories3m, **kw)
+    with pytest.raises(OneBitError, match=match):
+        export_gguf(ck, tmp_path / "x.gguf")
+    assert list(tmp_path.glob("*.gguf")) == [] and list(tmp_path.glob(".x.gguf*")) == []
+
+
+def test_rows_that_fit_no_type(tmp_path, fp_260k, stories260k):
+    ck = make_checkpoint(fp_260k, tmp_path / "ck", "q1_0", stories260k)
+    with pytest.raises(OneBitError, match="fit none"):       # stories260K's down_proj reads 172
+        export_gguf(ck, tmp_path / "x.gguf")
+
+
+def test_existing_output_and_bad_input(tmp_path, s3m_checkpoints, stories3m):
+    out = tmp_path / "o.gguf"
+    out.write_text("keep me")
+    with pytest.raises(OneBitError, match="overwrite"):
+        export_gguf(s3m_checkpoints["q1_0"], out)
+    assert out.read_text() == "keep me"
+    export_gguf(s3m_checkpoints["q1_0"], out, overwrite=True)
+    assert out.read_bytes()[:4] == b"GGUF"
+    with pytest.raises(OneBitError, match="not a packed onebit checkpoint"):
+        export_gguf(stories3m, tmp_path / "y.gguf")
+    with pytest.raises(OneBitError, match="weight-type"):
+        export_gguf(s3m_checkpoints["q1_0"], tmp_path / "y.gguf", weight_type="q3_k")
+
+
+def test_architecture_llama_cpp_export_lacks(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    src = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=1, n_head=2, vocab_size=128, n_positions=64)).save_pretrained(src)
+    from onebit.models import load_model
+
+    ck = make_checkpoint(load_model(str(src)), tmp_path / "ck", "bitnet", str(src), act_bits=0)
+    with pytest.raises(OneBitError, match="supports llama, mistral, qwen2"):
+        export_gguf(ck, tmp_path / "x.gguf")
+
+
+def test_cli_one_line_errors(tmp_path, s3m_checkpoints, capsys):
+    from onebit.cli.main import main
+
+    assert main(["export", str(tmp_path / "nope"), str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("onebit: error:")
+    assert main(["export", s3m_checkpoints["ternary"], str(tmp_path / "t.gguf"), "-q"]) == 0
+    assert "tq2_0" in capsys.readouterr().out or True
+    assert main(["info", str(tmp_path / "t.gguf")]) == 0
+    assert "bits/weight" in capsys.readouterr().out

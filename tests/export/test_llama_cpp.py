@@ -1,0 +1,84 @@
+"""Exported files in llama.cpp itself (llama-cpp-python, the `llamacpp` extra): they load with no
+patch, and llama.cpp's logits agree with onebit's on real text.  In CI the extra is required."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from onebit.export.gguf import export_gguf
+
+from .conftest import METHODS, make_checkpoint
+
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    import llama_cpp  # noqa: F401  (CI installs onebit[llamacpp]: a missing build is a failure)
+else:
+    llama_cpp = pytest.importorskip("llama_cpp")
+
+
+def agreement(ckpt: str, gguf_path, ids: list[int]) -> tuple[float, float]:
+    """(mean KL(onebit ‖ llama.cpp) per token, top-1 agreement) on ``ids``."""
+    import onebit
+    from llama_cpp import Llama
+
+    model = onebit.load(ckpt).float().eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].float()
+    llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=max(64, len(ids)), n_threads=2,
+                verbose=False)
+    try:
+        llm.eval(ids)
+        got = torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
+    finally:
+        llm.close()
+    lp, lq = torch.log_softmax(ref, -1), torch.log_softmax(got, -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+    top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    return kl, top1
+
+
+@pytest.fixture(scope="module")
+def story_ids(stories3m, data_dir):
+    from onebit.models import load_tokenizer
+
+    text = (data_dir / "tinystories" / "tinystories_val_sample.txt").read_text()[:4000]
+    return [1] + load_tokenizer(stories3m)(text).input_ids[1:128]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_llama_cpp_runs_the_export_and_agrees(tmp_path, s3m_checkpoints, story_ids, name):
+    out = tmp_path / f"{name}.gguf"
+    export_gguf(s3m_checkpoints[name], out)
+    kl, top1 = agreement(s3m_checkpoints[name], out, story_ids)
+    # an SVID-initialised student has flat logits, where llama.cpp's 8-bit activations flip
+    # near-ties; bench/gguf_agreement.py measures trained models against the issue's targets
+    assert kl < 0.01 and top1 > 0.85, (kl, top1)
+
+
+def test_q1_0_everywhere_on_a_128_multiple_llama(tmp_path, tiny128):
+    from onebit.models import load_model
+
+    ck = make_checkpoint(load_model(tiny128), tmp_path / "ck", "onebit", tiny128, foldable=True)
+    out = tmp_path / "t.gguf"
+    s = export_gguf(ck, out, embed_type="f32")
+    assert {t for n, t, _, _ in s.tensors if n.startswith("blk.") and "norm" not in n} == {"q1_0"}
+    ids = [1] + [int(i) for i in np.random.default_rng(0).integers(3, 4000, 63)]
+    kl, top1 = agreement(ck, out, ids)
+    assert kl < 0.01 and top1 > 0.85, (kl, top1)
+
+
+def test_the_tokenizer_round_trips(tmp_path, s3m_checkpoints, stories3m):
+    from llama_cpp import Llama
+
+    from onebit.models import load_tokenizer
+
+    out = tmp_path / "tok.gguf"
+    export_gguf(s3m_checkpoints["q1_0"], out)
+    llm = Llama(model_path=str(out), vocab_only=True, verbose=False)
+    try:
+        text = "Once upon a time, there was a little girl named Lily. She loved to play outside!"
+        assert llm.tokenize(text.encode(), add_bos=True) == load_tokenizer(stories3m)(text).input_ids
+    finally:
+        llm.close()
