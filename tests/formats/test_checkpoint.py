@@ -191,3 +191,48 @@ def test_ledger_refuses_wrong_module_shapes_in_config(packed_dir, tmp_path):
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="down_proj"):
         checkpoint_ledger(bad)
+
+
+_KILLED_WRITER = r"""
+import sys, time
+import safetensors.torch as st
+import onebit
+from onebit.models import load_model
+
+real = st.save_file
+
+def slow(*a, **k):
+    real(*a, **k)
+    print("writing", flush=True)
+    time.sleep(600)
+
+st.save_file = slow
+q = onebit.quantize(load_model(sys.argv[1]), onebit.OneBitConfig(), progress=False)
+onebit.save(q, sys.argv[2])
+"""
+
+
+def test_kill_during_write_then_rerun_leaves_no_temporaries(packed_dir, stories260k, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    q, _ = packed_dir
+    out = tmp_path / "out"
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, stories260k, str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.kill()
+        p.wait()
+    left = [x.name for x in tmp_path.iterdir()]
+    assert not out.exists() and len(left) == 1 and left[0].startswith(".out.tmp-"), left
+    # a temporary of a process still running is left alone
+    live = tmp_path / f".out.tmp-{os.getpid()}-abcdefgh"
+    live.mkdir()
+    onebit.save(q, out)
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["out", live.name])
+    assert onebit.checkpoint_ledger(out).total_bits > 0

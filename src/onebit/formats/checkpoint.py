@@ -13,11 +13,13 @@ Layout of ``OUT/``::
     tokenizer files         copied from the source model
 
 Writes go to a temporary sibling directory that is renamed into place at the
-end, so ``OUT`` is either complete or absent.  Reading uses safetensors only
+end, so ``OUT`` is either complete or absent; the temporary's name holds the writer's pid, and
+the next write of the same ``OUT`` removes those whose process is gone (a kill mid-write).  Reading uses safetensors only
 (no pickle): nothing in a checkpoint is ever executed.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -70,15 +72,51 @@ def prepare_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(out: str | os.PathLike) -> list[Path]:
+    """Remove the ``.OUT.tmp-PID-*`` / ``.OUT.old-PID`` directories beside ``out`` left by a
+    write whose process is gone (killed mid-write); those of a live process are left alone."""
+    out = Path(out)
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        prefix = f".{out.name}.{kind}-"
+        for p in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            pid = p.name[len(prefix):].split("-", 1)[0]
+            if not pid.isdigit() or _pid_alive(int(pid)) or not p.is_dir() or p.is_symlink():
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
+                removed.append(p)
+                log.info("removed %s, left by an interrupted write", p)
+    return removed
+
+
 class atomic_dir:
-    """Context manager: yields a temp dir beside ``out``; renames it to ``out`` on success."""
+    """Context manager: yields a temp dir beside ``out`` (``.OUT.tmp-PID-XXXX``, after removing
+    those of earlier writes whose process is gone); renames it to ``out`` on success."""
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False):
         self.out = prepare_output_dir(out, overwrite)
         self.overwrite = overwrite
 
     def __enter__(self) -> Path:
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        remove_stale_temporaries(self.out)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-{os.getpid()}-", dir=self.out.parent))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
