@@ -3,12 +3,15 @@
 ``torch.utils.cpp_extension.load`` compiles the source once (about 30-60 s with gcc, needs a C++
 compiler and ninja) into a cache directory and reloads it in later processes:
 ``$ONEBIT_KERNEL_CACHE``, else ``$TORCH_EXTENSIONS_DIR/onebit``, else ``~/.cache/onebit/torch_extensions``
-(one sub-directory per torch/Python version; a changed source rebuilds).  If the build fails
+(one sub-directory per torch/Python version and SHA-256 of the source and compiler flags, so
+checkouts with the same source share one build and different sources never rebuild each other's;
+the source is built from a copy inside that directory, so every checkout's build command is the same).  If the build fails
 (no compiler, no ninja, ...) :func:`load` logs one warning naming the cause and returns ``None``,
 and the ops keep using the pure-torch reference.  ``ONEBIT_KERNEL=reference`` skips the build.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -26,15 +29,36 @@ _lock = threading.Lock()
 _state: dict = {"module": None, "error": None, "tried": False}
 
 
-def cache_dir() -> Path:
+#: compiler flags.  -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in the ATen
+#: headers, so without it the kernels run single-threaded.  libgomp.so.1 resolves to the copy torch
+#: has already loaded (same soname), so there is one OpenMP runtime and torch's thread count.
+CFLAGS = ["-O3", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+NAME = "onebit_cpu"
+
+
+def _base_dir() -> Path:
     if os.environ.get("ONEBIT_KERNEL_CACHE"):
-        base = Path(os.environ["ONEBIT_KERNEL_CACHE"])
-    elif os.environ.get("TORCH_EXTENSIONS_DIR"):
-        base = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "onebit"
-    else:
-        base = Path.home() / ".cache" / "onebit" / "torch_extensions"
-    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}"
-    return base / tag
+        return Path(os.environ["ONEBIT_KERNEL_CACHE"])
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "onebit"
+    return Path.home() / ".cache" / "onebit" / "torch_extensions"
+
+
+def build_key() -> str:
+    """SHA-256 (first 16 hex digits) of the C++ source, the flags and the compiler."""
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(repr((CFLAGS, LDFLAGS, os.environ.get("CXX", ""))).encode())
+    return h.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{build_key()}"
+    return _base_dir() / tag
+
+
+def _built(d: Path) -> bool:
+    return any(d.glob(f"{NAME}*.so")) or any(d.glob(f"{NAME}*.pyd"))
 
 
 def _build():
@@ -42,14 +66,16 @@ def _build():
 
     d = cache_dir()
     d.mkdir(parents=True, exist_ok=True)
-    log.info("building the CPU kernels in %s (first use only, ~30-60 s)", d)
-    return cpp_extension.load(
-        name="onebit_cpu", sources=[str(SOURCE)], build_directory=str(d),
-        # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in the ATen headers, so
-        # without it the kernels run single-threaded.  libgomp.so.1 resolves to the copy torch has
-        # already loaded (same soname), so there is one OpenMP runtime and torch's thread count.
-        extra_cflags=["-O3", "-fno-math-errno", "-fopenmp"], extra_ldflags=["-fopenmp"],
-        verbose=False)
+    src = d / SOURCE.name  # the build reads this copy: the same path for every checkout
+    code = SOURCE.read_bytes()
+    if not src.is_file() or src.read_bytes() != code:
+        tmp = d / f".{SOURCE.name}.{os.getpid()}"
+        tmp.write_bytes(code)
+        os.replace(tmp, src)
+    if not _built(d):
+        log.info("building the CPU kernels in %s (first use only, ~30-60 s)", d)
+    return cpp_extension.load(name=NAME, sources=[str(src)], build_directory=str(d),
+                              extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False)
 
 
 def load():
