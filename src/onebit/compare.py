@@ -39,6 +39,7 @@ import torch
 
 from .config import QuantConfig
 from .errors import OneBitError
+from .fileio import chmod_umask
 
 log = logging.getLogger("onebit")
 
@@ -290,6 +291,7 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "") -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        chmod_umask(tmp)  # mkstemp makes it 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)

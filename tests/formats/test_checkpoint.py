@@ -236,3 +236,18 @@ def test_kill_during_write_then_rerun_leaves_no_temporaries(packed_dir, stories2
     onebit.save(q, out)
     assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["out", live.name])
     assert onebit.checkpoint_ledger(out).total_bits > 0
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_written_with_the_umask_mode(packed_dir, tmp_path, umask):
+    import os
+
+    q, _ = packed_dir
+    old = os.umask(umask)
+    try:
+        onebit.save(q, tmp_path / "out")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~umask, modes
+    assert set(modes.values()) == {0o666 & ~umask}, modes

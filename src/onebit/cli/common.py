@@ -40,9 +40,9 @@ def add_dtype_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
 
 
 def _umask_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    from ..fileio import umask_mode
+
+    return umask_mode()
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import OneBitError
+from ..fileio import chmod_umask
 
 log = logging.getLogger("onebit")
 
@@ -80,6 +81,7 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
     os.close(fd)
     try:
         save_file({"input_ids": ids}, tmp, metadata={k: str(v) for k, v in key.items()})
+        chmod_umask(tmp)  # mkstemp and save_file make it 0600
         os.replace(tmp, file)
     finally:
         if os.path.exists(tmp):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, OneBitError
+from ..fileio import chmod_umask
 from . import dist
 from .data import batch_indices
 from .losses import KD_KINDS, distill_loss
@@ -206,6 +207,7 @@ class Trainer:
         os.close(fd)
         try:
             torch.save(state, tmp)
+            chmod_umask(tmp)  # mkstemp makes it 0600
             os.replace(tmp, self.state_file)
         finally:
             if os.path.exists(tmp):

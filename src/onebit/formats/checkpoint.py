@@ -152,15 +152,15 @@ def copy_tokenizer_files(src: str | os.PathLike | None, dst: Path, tokenizer=Non
 def save_checkpoint(model: nn.Module, out: str | os.PathLike, tokenizer=None,
                     source: str | os.PathLike | None = None, overwrite: bool = False) -> Ledger:
     """Write ``model`` (already quantized) as a packed checkpoint; return its ledger."""
-    from safetensors.torch import save_file
+    from ..fileio import save_safetensors
 
     qc = getattr(model.config, "quantization_config", None)
     if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
         raise OneBitError("model is not quantized by onebit (no quantization_config); run quantize() first")
     sd = unique_state_dict(model)
     with atomic_dir(out, overwrite) as tmp:
-        save_file(sd, str(tmp / WEIGHTS_NAME),
-                  metadata={"format": "pt", "onebit_format_version": str(qc["format_version"])})
+        save_safetensors(sd, tmp / WEIGHTS_NAME,
+                         metadata={"format": "pt", "onebit_format_version": str(qc["format_version"])})
         cfg = model.config.to_dict()
         cfg["quantization_config"] = qc
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
