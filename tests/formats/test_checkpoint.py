@@ -251,3 +251,10 @@ def test_files_written_with_the_umask_mode(packed_dir, tmp_path, umask):
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
     assert modes["model.safetensors"] == 0o666 & ~umask, modes
     assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_existing_output_error_names_the_python_argument(packed_dir):
+    q, out = packed_dir
+    with pytest.raises(OneBitError, match=r"overwrite=True") as e:
+        onebit.save(q, out)
+    assert "--overwrite" in str(e.value)  # the CLI's name too: one message serves both callers

@@ -65,7 +65,7 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def prepare_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not overwrite:
-        raise OneBitError(f"output '{out}' already exists; pass --overwrite to replace it")
+        raise OneBitError(f"output '{out}' already exists; pass --overwrite (overwrite=True in Python) to replace it")
     if out.exists() and not out.is_dir():
         raise OneBitError(f"output '{out}' exists and is not a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
