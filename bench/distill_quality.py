@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--min-lr-ratio", type=float, default=0.05)
     p.add_argument("--layernorm", action="store_true")
+    p.add_argument("--method", default="onebit", help="onebit (default) or another trainable method, e.g. q1_0")
+    p.add_argument("--foldable", action="store_true",
+                   help="onebit: the tied form `onebit export` writes as llama.cpp's Q1_0 exactly")
     p.add_argument("--train-norms", action="store_true", help="also train the RMSNorm weights (frozen by default)")
     p.add_argument("--polish", type=float, default=0.0, metavar="FRAC",
                    help="fraction of the steps given to a second stage: latents reset to sign(W)|h g^T| "
@@ -173,7 +176,13 @@ def main(argv=None) -> int:
     t_data = time.perf_counter() - t0
     print(f"teacher data: {a.samples} x {a.seqlen} tokens in {t_data:.0f}s (cached for later runs)", flush=True)
 
-    student, qc = student_from_teacher(teacher, OneBitConfig(layernorm=a.layernorm))
+    if a.method == "onebit":
+        qcfg = OneBitConfig(layernorm=a.layernorm, foldable=a.foldable)
+    else:
+        from onebit.registry import get_handler_cls
+
+        qcfg = get_handler_cls(a.method).config_cls()
+    student, qc = student_from_teacher(teacher, qcfg)
     names = freeze(student, qc["modules"], train_norms=a.train_norms)
     steps = a.steps or fit_steps(a, teacher, student, data, names, eval_ids,
                                  a.minutes * 60 - (time.perf_counter() - t_begin))

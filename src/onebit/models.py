@@ -83,6 +83,11 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise OneBitError(f"cannot load GGUF model '{spec}': {first}")
+        from .formats.gguf_header import read_gguf_header
+
+        pre = read_gguf_header(src[0] / src[1]).metadata.get("tokenizer.ggml.pre")
+        if isinstance(pre, str):  # kept in config.json, so `onebit export` writes the same one back
+            model.config.onebit_gguf_tokenizer_pre = pre
         return model.to(device).eval()
     if p.is_dir():
         read_config(p)  # clear error for a broken config.json

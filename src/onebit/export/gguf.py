@@ -303,7 +303,8 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
     try:
         writer = gguf.GGUFWriter(str(tmp), ex.arch)
         ex.metadata(writer, ckpt.name)
-        add_tokenizer(writer, ckpt, model.config.vocab_size)
+        add_tokenizer(writer, ckpt, model.config.vocab_size,
+                      pre=getattr(model.config, "onebit_gguf_tokenizer_pre", None))
         summary = ExportSummary(str(out), notes=ex.notes)
         for gname, arr, shape, typ in ex.tensors:
             if shape is None:

@@ -21,7 +21,7 @@ from ..errors import OneBitError
 GPT2_REGEX = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)"
 #: split regexes of tokenizer.json → llama.cpp's pre-tokenizer name
 PRE_TOKENIZERS = {
-    GPT2_REGEX: "gpt2",
+    GPT2_REGEX: "gpt-2",
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "llama-bpe",
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
@@ -52,8 +52,11 @@ def bpe_pre_name(tok_json: dict) -> str:
                       "and SmolLM byte-level BPE and SentencePiece tokenizers")
 
 
-def add_tokenizer(writer, path: str | Path, vocab_size: int) -> str:
-    """Write the tokenizer found in ``path`` into ``writer``; return its kind ('llama' or 'gpt2')."""
+def add_tokenizer(writer, path: str | Path, vocab_size: int, pre: str | None = None) -> str:
+    """Write the tokenizer found in ``path`` into ``writer``; return its kind ('llama' or 'gpt2').
+
+    ``pre``: llama.cpp's pre-tokenizer name when known (a model read from a GGUF file keeps its
+    own, e.g. 'smollm'); otherwise it is chosen from the tokenizer's split regex."""
     import gguf
 
     path = Path(path)
@@ -83,7 +86,7 @@ def add_tokenizer(writer, path: str | Path, vocab_size: int) -> str:
         scores = None
         kind = "gpt2"
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(bpe_pre_name(tj))
+        writer.add_tokenizer_pre(pre or bpe_pre_name(tj))
     else:
         raise OneBitError(f"'{path}' has no tokenizer (tokenizer.model or tokenizer.json); "
                           "export needs one to write a runnable GGUF")
