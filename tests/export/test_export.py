@@ -97,8 +97,12 @@ def test_existing_output_and_bad_input(tmp_path, s3m_checkpoints, stories3m):
     assert out.read_text() == "keep me"
     export_gguf(s3m_checkpoints["q1_0"], out, overwrite=True)
     assert out.read_bytes()[:4] == b"GGUF"
-    with pytest.raises(OneBitError, match="not a packed onebit checkpoint"):
-        export_gguf(stories3m, tmp_path / "y.gguf")
+    s = export_gguf(stories3m, tmp_path / "fp.gguf")            # unquantized: F16 linears
+    assert {t for n, t, _, _ in s.tensors if n.startswith("blk.") and "norm" not in n} == {"f16"}
+    with pytest.raises(OneBitError, match="does not exist"):
+        export_gguf(tmp_path / "nope", tmp_path / "y.gguf")
+    with pytest.raises(OneBitError, match="already a GGUF"):
+        export_gguf(tmp_path / "fp.gguf", tmp_path / "y.gguf")
     with pytest.raises(OneBitError, match="weight-type"):
         export_gguf(s3m_checkpoints["q1_0"], tmp_path / "y.gguf", weight_type="q3_k")
 

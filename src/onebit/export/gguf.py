@@ -36,7 +36,7 @@ log = logging.getLogger("onebit")
 
 ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 EXPORTABLE = ("onebit (--foldable)", "q1_0", "bitnet", "ternary", "rtn/gptq 4- or 8-bit sym g32")
-EXPORT_METHODS = ("onebit", "q1_0", "bitnet", "ternary", "rtn", "gptq")
+EXPORT_METHODS = ("onebit", "q1_0", "bitnet", "ternary", "rtn", "gptq", "none")
 WEIGHT_TYPES = ("q1_0", "q2_0", "tq2_0")
 EMBED_TYPES = ("f32", "f16", "q8_0", "q4_0", "q1_0")
 FILE_TYPES = {"q1_0": 40, "q2_0": 41, "tq2_0": 37, "q4_0": 2, "q8_0": 7, "f16": 1, "f32": 0}
@@ -94,8 +94,8 @@ def qk_permutation(rows: int, heads: int) -> np.ndarray:
 class _Exporter:
     def __init__(self, model, weight_type: str, embed_type: str, approximate: bool):
         self.model, self.cfg = model, model.config
-        self.qc = dict(self.cfg.quantization_config)
-        self.method = self.qc["method"]
+        self.qc = dict(getattr(self.cfg, "quantization_config", None) or {})
+        self.method = self.qc.get("method", "none")   # "none": an unquantized model, linears in F16
         self.weight_type, self.embed_type, self.approximate = weight_type, embed_type, approximate
         if self.method not in EXPORT_METHODS:
             raise OneBitError(f"method '{self.method}' has no exact llama.cpp form; exportable: "
@@ -277,7 +277,8 @@ class _Exporter:
 
 def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_type: str = "q1_0",
                 embed_type: str = "f16", overwrite: bool = False, approximate: bool = False) -> ExportSummary:
-    """Write ``checkpoint`` (a packed onebit checkpoint) to ``out`` as a GGUF llama.cpp runs."""
+    """Write ``checkpoint`` (a packed onebit checkpoint; an unquantized Hugging Face directory
+    gives F16 linears) to ``out`` as a GGUF llama.cpp runs."""
     import gguf
 
     from ..formats.checkpoint import is_packed_checkpoint, load_checkpoint
@@ -287,15 +288,23 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
         raise OneBitError(f"unknown --weight-type '{weight_type}'; choose one of {', '.join(WEIGHT_TYPES)}")
     if embed_type not in EMBED_TYPES:
         raise OneBitError(f"unknown --embed-type '{embed_type}'; choose one of {', '.join(EMBED_TYPES)}")
+    from ..models import check_model_spec, gguf_source, load_model
+
     ckpt, out = Path(checkpoint).expanduser(), Path(out).expanduser()
-    if not ckpt.is_dir() or not is_packed_checkpoint(ckpt):
-        raise OneBitError(f"'{checkpoint}' is not a packed onebit checkpoint (make one with "
-                          "`onebit quantize` or `onebit distill`)")
+    if not ckpt.exists():
+        raise OneBitError(f"checkpoint '{checkpoint}' does not exist")
+    check_model_spec(str(ckpt))
     if out.exists() and not overwrite:
         raise OneBitError(f"output '{out}' exists; pass --overwrite (overwrite=True) to replace it")
     if out.exists() and out.is_dir():
         raise OneBitError(f"output '{out}' is a directory")
-    model = load_checkpoint(ckpt)
+    packed = ckpt.is_dir() and is_packed_checkpoint(ckpt)
+    # an unquantized model (HF directory or GGUF) exports too, its linears in F16: the baseline
+    model = load_checkpoint(ckpt) if packed else load_model(str(ckpt), dtype=torch.float32)
+    tok_dir = ckpt if ckpt.is_dir() else None
+    if not packed and gguf_source(str(ckpt)) is not None:
+        raise OneBitError(f"'{checkpoint}' is already a GGUF file; quantize it first "
+                          "(`onebit quantize` / `onebit distill`), then export the checkpoint")
     ex = _Exporter(model, weight_type, embed_type, approximate)
     ex.build()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,7 +312,7 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
     try:
         writer = gguf.GGUFWriter(str(tmp), ex.arch)
         ex.metadata(writer, ckpt.name)
-        add_tokenizer(writer, ckpt, model.config.vocab_size,
+        add_tokenizer(writer, tok_dir, model.config.vocab_size,
                       pre=getattr(model.config, "onebit_gguf_tokenizer_pre", None))
         summary = ExportSummary(str(out), notes=ex.notes)
         for gname, arr, shape, typ in ex.tensors:
