@@ -24,15 +24,24 @@ EPILOG = """examples:
 """
 
 
+class OneBitArgumentParser(argparse.ArgumentParser):
+    """Argument errors as one line, ``onebit: error: <message>``, exit 2 (not the whole usage).
+    Subparsers are made by ``type(parent)``, so every subcommand and sub-subcommand has it."""
+
+    def error(self, message: str):
+        msg = " ".join(message.split())
+        self.exit(2, f"onebit: error: {msg} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    p = argparse.ArgumentParser(
+    p = OneBitArgumentParser(
         prog="onebit", description="Compress a Hugging Face causal LM to about one bit per weight "
         "(OneBit, BitNet, RTN, GPTQ), evaluate it honestly and run it packed.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"onebit {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneBitArgumentParser)
     sub.required = True
     for name in SUBCOMMANDS:
         mod = importlib.import_module(f"onebit.cli.{name.replace('-', '_')}")
