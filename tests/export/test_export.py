@@ -36,15 +36,32 @@ def test_exported_weights_compute_what_onebit_computes(tmp_path, s3m_checkpoints
 
 def test_types_per_row_length(tmp_path, s3m_checkpoints):
     out = tmp_path / "s3m.gguf"
-    s = export_gguf(s3m_checkpoints["onebit-foldable"], out)
-    types = {n: t for n, t, _, _ in s.tensors}
+    s = export_gguf(s3m_checkpoints["onebit-foldable"], out, pad="off")
+    types = {n: t for n, t, *_ in s.tensors}
     assert types["blk.0.ffn_down.weight"] == "q1_0"        # rows of 512
     assert types["blk.0.attn_q.weight"] == "q2_0"          # rows of 192: Q1_0 and TQ2_0 cannot
     assert types["token_embd.weight"] == "f16" and types["blk.0.attn_norm.weight"] == "f32"
     h = read_gguf_header(out)
     assert {t.name: t.type_name for t in h.tensors} == types
     assert h.metadata["general.architecture"] == "llama" and h.metadata["llama.block_count"] == 6
+    assert h.metadata["llama.embedding_length"] == 192
     assert "end to end" in s.format()
+
+
+def test_padding_the_hidden_size_puts_its_rows_in_q1_0(tmp_path, s3m_checkpoints):
+    out = tmp_path / "pad.gguf"
+    s = export_gguf(s3m_checkpoints["onebit-foldable"], out)      # auto: 192 -> 256
+    types = {n: t for n, t, *_ in s.tensors}
+    assert types["blk.0.attn_q.weight"] == "q1_0" and types["blk.0.ffn_up.weight"] == "q1_0"
+    assert types["blk.0.attn_output.weight"] == "q2_0"            # reads the 192 attention channels
+    h = read_gguf_header(out)
+    assert h.metadata["llama.embedding_length"] == 256
+    assert h.metadata["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5 * 192 / 256)
+    assert any("padded" in n for n in s.notes)
+    unpadded = export_gguf(s3m_checkpoints["onebit-foldable"], tmp_path / "np.gguf", pad="off")
+    lin = lambda n: n.startswith("blk.") and "norm" not in n  # noqa: E731
+    assert s.bits_per_weight(lin) < unpadded.bits_per_weight(lin)   # counted per original weight
+    assert s.weights() == unpadded.weights()
 
 
 def test_every_linear_is_q1_0_when_rows_fit(tmp_path, tiny128):
@@ -52,11 +69,11 @@ def test_every_linear_is_q1_0_when_rows_fit(tmp_path, tiny128):
 
     ck = make_checkpoint(load_model(tiny128), tmp_path / "ck", "onebit", tiny128, foldable=True)
     s = export_gguf(ck, tmp_path / "t.gguf", embed_type="q8_0")
-    types = {n: t for n, t, _, _ in s.tensors}
+    types = {n: t for n, t, *_ in s.tensors}
     lin = [t for n, t in types.items() if n.startswith("blk.") and "norm" not in n]
     assert set(lin) == {"q1_0"} and types["output.weight"] == "q8_0"
     s2 = export_gguf(ck, tmp_path / "t2.gguf", weight_type="tq2_0")
-    assert {t for n, t, _, _ in s2.tensors if n.startswith("blk.") and "norm" not in n} == {"tq2_0"}
+    assert {t for n, t, *_ in s2.tensors if n.startswith("blk.") and "norm" not in n} == {"tq2_0"}
     model = __import__("onebit").load(ck).float().eval()
     dense = dense_model_from_gguf(tmp_path / "t2.gguf", model.config)
     ids = torch.randint(3, 4000, (1, 32))
@@ -98,7 +115,7 @@ def test_existing_output_and_bad_input(tmp_path, s3m_checkpoints, stories3m):
     export_gguf(s3m_checkpoints["q1_0"], out, overwrite=True)
     assert out.read_bytes()[:4] == b"GGUF"
     s = export_gguf(stories3m, tmp_path / "fp.gguf")            # unquantized: F16 linears
-    assert {t for n, t, _, _ in s.tensors if n.startswith("blk.") and "norm" not in n} == {"f16"}
+    assert {t for n, t, *_ in s.tensors if n.startswith("blk.") and "norm" not in n} == {"f16"}
     with pytest.raises(OneBitError, match="does not exist"):
         export_gguf(tmp_path / "nope", tmp_path / "y.gguf")
     with pytest.raises(OneBitError, match="already a GGUF"):

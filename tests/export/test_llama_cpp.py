@@ -63,7 +63,7 @@ def test_q1_0_everywhere_on_a_128_multiple_llama(tmp_path, tiny128):
     ck = make_checkpoint(load_model(tiny128), tmp_path / "ck", "onebit", tiny128, foldable=True)
     out = tmp_path / "t.gguf"
     s = export_gguf(ck, out, embed_type="f32")
-    assert {t for n, t, _, _ in s.tensors if n.startswith("blk.") and "norm" not in n} == {"q1_0"}
+    assert {t for n, t, *_ in s.tensors if n.startswith("blk.") and "norm" not in n} == {"q1_0"}
     ids = [1] + [int(i) for i in np.random.default_rng(0).integers(3, 4000, 63)]
     kl, top1 = agreement(ck, out, ids)
     assert kl < 0.01 and top1 > 0.85, (kl, top1)

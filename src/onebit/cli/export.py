@@ -1,6 +1,8 @@
 """``onebit export CHECKPOINT OUT.gguf``: write a packed checkpoint as a GGUF for llama.cpp."""
 from __future__ import annotations
 
+import argparse
+
 
 def register(sub) -> None:
     from .main import add_common
@@ -19,6 +21,10 @@ def register(sub) -> None:
                    "cannot hold go to the next type that holds them exactly)")
     p.add_argument("--embed-type", default="f16", choices=["f32", "f16", "q8_0", "q4_0", "q1_0"],
                    help="type of the token embedding (and of an untied output head) (default: %(default)s)")
+    p.add_argument("--pad", action=argparse.BooleanOptionalAction, default=None,
+                   help="pad the hidden size with zero channels to a multiple of 128 so its rows fit Q1_0 "
+                   "(exact; default: on for 1-bit methods when the hidden size needs it, e.g. SmolLM2's "
+                   "576 -> 640)")
     p.add_argument("--approximate", action="store_true",
                    help="OneBit without --foldable ties: fold the mean input scale (not exact; measure "
                    "it with bench/gguf_agreement.py)")
@@ -32,6 +38,7 @@ def run(args) -> int:
     from ..export.gguf import export_gguf
 
     s = export_gguf(args.checkpoint, args.out, weight_type=args.weight_type, embed_type=args.embed_type,
-                    overwrite=args.overwrite, approximate=args.approximate)
+                    overwrite=args.overwrite, approximate=args.approximate,
+                    pad={None: "auto", True: "on", False: "off"}[args.pad])
     print(s.format(per_tensor=args.tensors))
     return 0

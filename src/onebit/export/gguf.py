@@ -36,6 +36,7 @@ log = logging.getLogger("onebit")
 
 ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 EXPORTABLE = ("onebit (--foldable)", "q1_0", "bitnet", "ternary", "rtn/gptq 4- or 8-bit sym g32")
+SIGN_METHODS = ("onebit", "q1_0", "bitnet")
 EXPORT_METHODS = ("onebit", "q1_0", "bitnet", "ternary", "rtn", "gptq", "none")
 WEIGHT_TYPES = ("q1_0", "q2_0", "tq2_0")
 EMBED_TYPES = ("f32", "f16", "q8_0", "q4_0", "q1_0")
@@ -48,7 +49,8 @@ LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_att
 @dataclass
 class ExportSummary:
     path: str
-    tensors: list[tuple[str, str, tuple[int, ...], int]] = field(default_factory=list)  # name, type, shape, bytes
+    #: name, type, stored shape, bytes, weights of the original model it holds (fewer when padded)
+    tensors: list[tuple[str, str, tuple[int, ...], int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -56,7 +58,8 @@ class ExportSummary:
         return sum(t[3] for t in self.tensors)
 
     def weights(self, pred=lambda name: True) -> int:
-        return sum(int(np.prod(t[2])) for t in self.tensors if pred(t[0]))
+        """Weights of the original model (bits per weight count padding as overhead)."""
+        return sum(t[4] for t in self.tensors if pred(t[0]))
 
     def bits_per_weight(self, pred=lambda name: True) -> float:
         n = self.weights(pred)
@@ -64,20 +67,21 @@ class ExportSummary:
 
     def format(self, per_tensor: bool = False) -> str:
         by_type: dict[str, list[int]] = {}
-        for _, t, shape, nbytes in self.tensors:
+        for _, t, shape, nbytes, _ in self.tensors:
             e = by_type.setdefault(t, [0, 0, 0])
             e[0] += 1
             e[1] += int(np.prod(shape))
             e[2] += nbytes
         lines = [f"{self.path}: {len(self.tensors)} tensors, {self.total_bytes / 2**20:.2f} MiB of tensor data"]
         if per_tensor:
-            lines += [f"  {n:32s} {t:6s} {'x'.join(map(str, s)):>12s} {b:>12,d} B" for n, t, s, b in self.tensors]
+            lines += [f"  {n:32s} {t:6s} {'x'.join(map(str, s)):>12s} {b:>12,d} B" for n, t, s, b, _ in self.tensors]
         for t, (n, w, b) in sorted(by_type.items()):
             lines.append(f"  {t:6s} {n:4d} tensors {w:>13,d} weights {b * 8 / w:7.4f} bits/weight")
         lin = self.bits_per_weight(lambda n: n.startswith("blk.") and n.endswith(".weight")
                                    and "norm" not in n)
         lines.append(f"  linears of the blocks: {lin:.4f} bits/weight; end to end (embeddings, head and "
-                     f"norms included): {self.bits_per_weight():.4f} bits/weight")
+                     f"norms included): {self.bits_per_weight():.4f} bits/weight (per weight of the "
+                     "original model)")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -92,7 +96,7 @@ def qk_permutation(rows: int, heads: int) -> np.ndarray:
 
 
 class _Exporter:
-    def __init__(self, model, weight_type: str, embed_type: str, approximate: bool):
+    def __init__(self, model, weight_type: str, embed_type: str, approximate: bool, pad: str = "auto"):
         self.model, self.cfg = model, model.config
         self.qc = dict(getattr(self.cfg, "quantization_config", None) or {})
         self.method = self.qc.get("method", "none")   # "none": an unquantized model, linears in F16
@@ -107,9 +111,56 @@ class _Exporter:
         rope = getattr(self.cfg, "rope_parameters", None) or getattr(self.cfg, "rope_scaling", None) or {}
         if rope.get("rope_type", "default") != "default":
             raise OneBitError(f"export of models with rope type '{rope.get('rope_type')}' is not supported yet")
-        self.tensors: list[tuple[str, np.ndarray, tuple[int, int] | None, str]] = []
+        self.tensors: list[tuple[str, np.ndarray, tuple[int, int] | None, str, int]] = []
         self.notes: list[str] = []
         self.types_used: dict[str, int] = {}
+        d = self.cfg.hidden_size
+        want = pad == "on" or (pad == "auto" and weight_type == "q1_0" and self.method in SIGN_METHODS)
+        self.hidden = -(-d // 128) * 128 if want and d % 128 else d
+        if self.hidden != d:
+            self.notes.append(f"hidden size {d} padded with {self.hidden - d} zero channels to {self.hidden} "
+                              "(rows of 128 for Q1_0; exact: norms rescaled, rms eps scaled by "
+                              f"{d}/{self.hidden}); --no-pad keeps {d} and uses Q2_0 for those rows")
+
+    # ---------------------------------------------------------------- padding
+    def _role(self, gname: str) -> str | None:
+        kind = gname.split(".")[-2] if gname.startswith("blk.") else gname.split(".")[0]
+        if kind in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up", "output", "token_embd"):
+            return "cols"
+        if kind in ("attn_output", "ffn_down"):
+            return "rows"
+        if kind in ("attn_norm", "ffn_norm", "output_norm"):
+            return "norm"
+        return None
+
+    def _pad_dense(self, gname: str, a: np.ndarray) -> np.ndarray:
+        extra, role = self.hidden - self.cfg.hidden_size, self._role(gname)
+        if not extra or role is None:
+            return a
+        if role == "norm":
+            return np.concatenate([a * np.sqrt(self.cfg.hidden_size / self.hidden), np.zeros(extra, a.dtype)])
+        if gname.endswith(".bias"):
+            return np.concatenate([a, np.zeros(extra, a.dtype)]) if role == "rows" else a
+        if role == "cols":
+            return np.concatenate([a, np.zeros((a.shape[0], extra), a.dtype)], axis=1)
+        return np.concatenate([a, np.zeros((extra, a.shape[1]), a.dtype)], axis=0)
+
+    def _pad_codes(self, gname: str, c: W.Codes) -> W.Codes:
+        extra, role = self.hidden - self.cfg.hidden_size, self._role(gname)
+        if not extra or role not in ("cols", "rows"):
+            return c
+        rows, cols = c.values.shape
+        if role == "rows":           # outputs into the padded channels: zero scale, so exactly 0
+            v = np.concatenate([c.values, np.ones((extra, cols), np.int8)])
+            sc = np.concatenate([c.scales, np.zeros((extra, c.scales.shape[1]), np.float32)])
+            return W.Codes(v, sc, c.block, c.kind)
+        # inputs from the padded channels are exactly 0: any code works there
+        v = np.concatenate([c.values, np.ones((rows, extra), np.int8)], axis=1)
+        block = self.hidden if c.block >= cols else c.block
+        nb = -(-self.hidden // block)
+        sc = c.scales if c.scales.shape[1] >= nb else np.concatenate(
+            [c.scales, np.zeros((rows, nb - c.scales.shape[1]), np.float32)], axis=1)
+        return W.Codes(v, sc, block, c.kind)
 
     # ----------------------------------------------------------------- pieces
     def module(self, name: str):
@@ -117,20 +168,24 @@ class _Exporter:
 
     def add_dense(self, gname: str, t: torch.Tensor, typ: str) -> None:
         a = _np(t)
+        n = a.size
+        a = self._pad_dense(gname, a)
         if a.ndim == 1 or typ == "f32":
-            self.tensors.append((gname, a.astype(np.float32), None, "f32"))
+            self.tensors.append((gname, a.astype(np.float32), None, "f32", n))
         elif typ == "f16":
-            self.tensors.append((gname, a.astype(np.float16), None, "f16"))
+            self.tensors.append((gname, a.astype(np.float16), None, "f16", n))
         else:
             if not gb.fits(typ, a.shape[1]):
                 raise OneBitError(f"--embed-type {typ} needs rows of a multiple of {gb.TYPES[typ][1]} "
                                   f"weights; '{gname}' has {a.shape[1]} (choose f16 or q8_0)")
-            self.tensors.append((gname, gb.quantize_dense(a, typ), a.shape, typ))
+            self.tensors.append((gname, gb.quantize_dense(a, typ), a.shape, typ, n))
 
     def add_codes(self, gname: str, codes: W.Codes) -> None:
+        n = codes.values.size
+        codes = self._pad_codes(gname, codes)
         raw, typ = W.encode(codes, self.weight_type)
         self.types_used[typ] = self.types_used.get(typ, 0) + 1
-        self.tensors.append((gname, raw, codes.shape, typ))
+        self.tensors.append((gname, raw, codes.shape, typ, n))
 
     def codes(self, name: str, h=None) -> W.Codes | None:
         from ..nn.bitnet_linear import BinaryLinear, TernaryLinear
@@ -256,7 +311,7 @@ class _Exporter:
         hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         writer.add_name(name)
         writer.add_context_length(int(getattr(cfg, "max_position_embeddings", 2048)))
-        writer.add_embedding_length(cfg.hidden_size)
+        writer.add_embedding_length(self.hidden)
         writer.add_block_count(cfg.num_hidden_layers)
         writer.add_feed_forward_length(cfg.intermediate_size)
         writer.add_head_count(heads)
@@ -264,7 +319,7 @@ class _Exporter:
         writer.add_rope_dimension_count(hd)
         writer.add_key_length(hd)
         writer.add_value_length(hd)
-        writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+        writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps) * cfg.hidden_size / self.hidden)
         theta = getattr(cfg, "rope_theta", None)
         if theta is None:
             theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
@@ -276,7 +331,8 @@ class _Exporter:
 
 
 def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_type: str = "q1_0",
-                embed_type: str = "f16", overwrite: bool = False, approximate: bool = False) -> ExportSummary:
+                embed_type: str = "f16", overwrite: bool = False, approximate: bool = False,
+                pad: str = "auto") -> ExportSummary:
     """Write ``checkpoint`` (a packed onebit checkpoint; an unquantized Hugging Face directory
     gives F16 linears) to ``out`` as a GGUF llama.cpp runs."""
     import gguf
@@ -305,7 +361,9 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
     if not packed and gguf_source(str(ckpt)) is not None:
         raise OneBitError(f"'{checkpoint}' is already a GGUF file; quantize it first "
                           "(`onebit quantize` / `onebit distill`), then export the checkpoint")
-    ex = _Exporter(model, weight_type, embed_type, approximate)
+    if pad not in ("auto", "on", "off"):
+        raise OneBitError(f"pad must be auto, on or off, got '{pad}'")
+    ex = _Exporter(model, weight_type, embed_type, approximate, pad)
     ex.build()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -315,7 +373,7 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
         add_tokenizer(writer, tok_dir, model.config.vocab_size,
                       pre=getattr(model.config, "onebit_gguf_tokenizer_pre", None))
         summary = ExportSummary(str(out), notes=ex.notes)
-        for gname, arr, shape, typ in ex.tensors:
+        for gname, arr, shape, typ, n_orig in ex.tensors:
             if shape is None:
                 writer.add_tensor(gname, arr)
                 shp = arr.shape
@@ -323,7 +381,7 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
                 writer.add_tensor(gname, np.ascontiguousarray(arr).view(np.int8), raw_shape=shape,
                                   raw_dtype=gb.TYPES[typ][0])
                 shp = shape
-            summary.tensors.append((gname, typ, tuple(shp), int(arr.nbytes)))
+            summary.tensors.append((gname, typ, tuple(shp), int(arr.nbytes), int(n_orig)))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=False)

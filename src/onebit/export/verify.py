@@ -48,9 +48,20 @@ def dense_from_gguf(path: str | Path, config) -> dict[str, torch.Tensor]:
 
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
-    arch = read_gguf_header(path).metadata.get("general.architecture")
+    meta = read_gguf_header(path).metadata
+    arch = meta.get("general.architecture")
+    d = config.hidden_size
+    dp = int(meta.get(f"{arch}.embedding_length", d))
     sd = {}
     for name, a in read_tensors(path).items():
+        if dp != d:     # undo the zero-channel padding of the hidden size (see export.gguf)
+            kind = name.split(".")[-2] if name.startswith("blk.") else name.split(".")[0]
+            if kind.endswith("norm"):
+                a = a[:d] * np.sqrt(dp / d)
+            elif kind in ("attn_output", "ffn_down"):
+                a = a[:d]
+            elif a.ndim == 2:
+                a = a[:, :d]
         t = torch.from_numpy(np.ascontiguousarray(a))
         if name == "token_embd.weight":
             sd["model.embed_tokens.weight"] = t
