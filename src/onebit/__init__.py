@@ -6,6 +6,7 @@ Public API::
     model = onebit.quantize(model, onebit.OneBitConfig(init="svd"))
     onebit.save(model, "out/", tokenizer=tok)
     model = onebit.load("out/")
+    onebit.export_gguf("out/", "out/model.gguf")    # for llama.cpp (needs --foldable OneBit)
 """
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from .errors import CheckpointError, OneBitError
 from .formats.checkpoint import checkpoint_ledger, load_checkpoint as load, save_checkpoint as save
 from .methods.onebit import OneBitConfig
 from .registry import available_methods, get_handler, register_method
+
+
+def export_gguf(checkpoint, out, **kwargs):
+    """Write a packed checkpoint as a GGUF file llama.cpp runs (see ``onebit.export.gguf``)."""
+    from .export.gguf import export_gguf as _export
+
+    return _export(checkpoint, out, **kwargs)
 
 try:  # AutoModelForCausalLM.from_pretrained(packed_dir) / save_pretrained (transformers 5.x)
     from .integrations import hf as _hf
@@ -29,5 +37,5 @@ __version__ = "0.1.0"
 __all__ = [
     "quantize", "load", "save", "checkpoint_ledger", "find_linears", "QuantConfig", "OneBitConfig",
     "OneBitError", "CheckpointError", "register_method", "available_methods", "get_handler",
-    "FORMAT_VERSION", "__version__",
+    "FORMAT_VERSION", "__version__", "export_gguf",
 ]
