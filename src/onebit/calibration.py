@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from .progress import Progress as tqdm
 
 from .errors import OneBitError
 

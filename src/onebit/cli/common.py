@@ -31,7 +31,8 @@ def setup_logging(verbosity: int) -> None:
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
-    return not getattr(args, "quiet", False) and sys.stderr.isatty() or getattr(args, "progress", False)
+    """Bars on a terminal, plain lines elsewhere (``main`` sets which); none with ``-q``."""
+    return not getattr(args, "quiet", False) or getattr(args, "progress", False)
 
 
 def add_dtype_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:

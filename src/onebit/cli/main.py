@@ -54,15 +54,19 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("--progress", action="store_true",
-                   help="show progress bars even when stderr is not a terminal")
+                   help="tqdm progress bars even when stderr is not a terminal (there, by default: "
+                   "a plain progress line at most every 30 s)")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..progress import set_plain_lines
     from .common import setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
+    # stderr not a terminal (CI logs, | tee): progress as a plain line every 30 s, not silence
+    prev = set_plain_lines(not sys.stderr.isatty() and not getattr(args, "progress", False))
     try:
         rc = args.func(args)
     except OneBitError as e:
@@ -74,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, permission denied, ...: outputs are atomic, nothing half-written
         print(f"onebit: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    finally:
+        set_plain_lines(**prev)
     return int(rc or 0)
 
 

@@ -322,7 +322,7 @@ class Trainer:
 
     def train(self, stop_at: int | None = None, time_limit: float | None = None) -> list[dict]:
         """Train to ``cfg.steps`` (or stop after step ``stop_at`` / ``time_limit`` seconds, saving)."""
-        from tqdm.auto import tqdm
+        from ..progress import Progress as tqdm
 
         c = self.cfg
         end = min(c.steps, stop_at) if stop_at is not None else c.steps

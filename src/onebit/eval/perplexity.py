@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..progress import Progress as tqdm
 
 from ..errors import OneBitError
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..progress import Progress as tqdm
 
 from ..errors import OneBitError
 from .tasks import NORM_TASKS, PAPER_TASKS, Doc

@@ -207,7 +207,7 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
                     dtype: torch.dtype | None = None, overwrite: bool = False,
                     progress: bool = True) -> Ledger:
     """Quantize the checkpoint in ``src`` to ``out`` one tensor at a time; return the ledger."""
-    from tqdm.auto import tqdm
+    from ..progress import Progress as tqdm
 
     from ..api import _is_conv1d
     from ..registry import get_handler

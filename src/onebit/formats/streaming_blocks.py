@@ -70,7 +70,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                            dtype: torch.dtype | None = None, overwrite: bool = False,
                            progress: bool = True, batch_size: int = 8) -> Ledger:
     """GPTQ-style quantization of the checkpoint in ``src``, block by block; return the ledger."""
-    from tqdm.auto import tqdm
+    from ..progress import Progress as tqdm
 
     from ..api import as_linear, set_submodule
     from ..calibration import file_samples

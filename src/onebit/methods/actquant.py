@@ -160,7 +160,7 @@ def calibrate_static_scales(model: nn.Module, modules: dict[str, nn.Module], cal
     Activation quantization is off while observing, so every layer sees the float activations
     of the (weight-quantized) model.
     """
-    from tqdm.auto import tqdm
+    from ..progress import Progress as tqdm
 
     observers = {n: make_observer(config.act_observer, config.act_percentile) for n in modules}
     hooks, saved_bits = [], {}

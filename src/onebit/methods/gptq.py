@@ -149,7 +149,7 @@ class GPTQHandler(UniformHandler):
     def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
                        progress: bool = True, calib_ids: torch.Tensor | None = None, tokenizer=None,
                        batch_size: int = 8, **kwargs) -> dict[str, nn.Module]:
-        from tqdm.auto import tqdm
+        from ..progress import Progress as tqdm
 
         for name, lin in targets:
             self.check_layer(name, lin)
