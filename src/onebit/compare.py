@@ -45,6 +45,9 @@ log = logging.getLogger("onebit")
 
 BASELINE_NAMES = ("fp", "fp16", "fp32", "teacher")
 DEFAULT_METHODS = "onebit,onebit-w1a8,bitnet,ternary,rtn-w2-g64,gptq-w2-g64,rtn-w3-g64,gptq-w3-g64,rtn-w4,gptq-w4"
+#: perplexity / KL windows per dataset that ``onebit compare`` scores unless told ``--full``: enough
+#: to rank methods, and an answer in minutes rather than an hour (WikiText-2 has ~600 windows of 512)
+DEFAULT_MAX_WINDOWS = 40
 MODIFIERS = "w<bits>, g<group>, tensor, sym, asym, mse, a<act-bits>, actorder, static"
 
 

@@ -48,7 +48,7 @@ def test_spec_parser(spec, check):
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("awq-w4", "valid methods: bitnet, gptq, onebit, onebit-w1a8, rtn, ternary"),
+    ("awq-w4", "valid methods: bitnet, gptq, onebit, onebit-w1a8, q1_0, rtn, ternary"),
     ("rtn-w9", "choose one of 2, 3, 4, 5, 6, 7, 8"),
     ("rtn-w4-q7", "unknown modifier 'q7'; valid modifiers"),
     ("bitnet-w4", "does not apply"),
@@ -80,3 +80,37 @@ def test_compare_with_distill_budget_and_kl(stories260k, data_dir, monkeypatch):
     assert [r.method for r in rows] == ["fp", "rtn-w2-g32"]
     assert rows[0].extra["kl_to_teacher"] == 0.0 and rows[1].extra["kl_to_teacher"] > 0
     assert rows[1].extra["zeroshot_avg"] is None          # opt-in (--zeroshot-limit)
+
+
+def _fake_run_compare(seen):
+    from onebit.compare import Row
+
+    def fake(model, methods, datasets, seqlen=None, max_windows=None, *a, **k):
+        seen["max_windows"] = max_windows
+        return [Row(lbl, 32.0 if c is None else 4.2, 1.0, 0.0, {d: 5.0 for d in datasets},
+                    {"kl_to_teacher": 0.0, "zeroshot_avg": None}) for lbl, c in methods]
+    return fake
+
+
+def test_compare_default_answers_in_minutes(stories260k, tmp_path, capsys, monkeypatch):
+    """By default a bounded number of windows per perplexity set, said in the output; --full: all."""
+    from onebit import compare as C
+
+    seen = {}
+    monkeypatch.setattr(C, "run_compare", _fake_run_compare(seen))
+    out = tmp_path / "cmp"
+    assert main(["compare", stories260k, "--methods", "fp,rtn-w4", "--out", str(out), "-q"]) == 0
+    assert seen["max_windows"] == C.DEFAULT_MAX_WINDOWS
+    so = capsys.readouterr().out
+    note = f"at most {C.DEFAULT_MAX_WINDOWS} windows per dataset"
+    assert note in so and "--full" in so
+    assert note in (out / "compare.md").read_text()
+    assert main(["compare", stories260k, "--methods", "fp,rtn-w4", "--out", str(out), "--full", "-q"]) == 0
+    assert seen["max_windows"] is None
+    assert "all windows" in (out / "compare.md").read_text()
+    assert main(["compare", stories260k, "--methods", "fp", "--out", str(out), "--max-windows", "7", "-q"]) == 0
+    assert seen["max_windows"] == 7
+    capsys.readouterr()
+    assert main(["compare", stories260k, "--out", str(out), "--full", "--max-windows", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--full" in err[0] and "--max-windows" in err[0]

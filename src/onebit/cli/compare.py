@@ -10,7 +10,7 @@ log = logging.getLogger("onebit")
 
 
 def register(sub) -> None:
-    from ..compare import DEFAULT_METHODS, MODIFIERS
+    from ..compare import DEFAULT_MAX_WINDOWS, DEFAULT_METHODS, MODIFIERS
     from .main import add_common
 
     p = sub.add_parser(
@@ -20,7 +20,8 @@ def register(sub) -> None:
         "directory, and report one row per method: bits per weight of the quantized linears (bit "
         "ledger: codes, scales, zero points), size of the checkpoint on disk, perplexity per dataset, "
         "quantization time, mean KL(teacher || method) per token on the first dataset, and (with "
-        "--zeroshot-limit) the average accuracy on the six zero-shot tasks.  Writes OUT/compare.md, OUT/compare.csv and OUT/ppl_vs_bits.png.",
+        "--zeroshot-limit) the average accuracy on the six zero-shot tasks.  By default at most "
+        f"{DEFAULT_MAX_WINDOWS} perplexity windows per dataset (said in the report); --full scores them all.  Writes OUT/compare.md, OUT/compare.csv and OUT/ppl_vs_bits.png.",
         epilog="method specs: fp (baseline), onebit, onebit-w1a8, bitnet, ternary, rtn-..., gptq-...\n"
         f"  modifiers: {MODIFIERS}\n"
         "  e.g. rtn-w4 (4-bit per channel), rtn-w2-g64 (groups of 64), rtn-w4-asym (zero point),\n"
@@ -34,7 +35,12 @@ def register(sub) -> None:
     p.add_argument("--data", default="wikitext2", help="comma-separated datasets: wikitext2, c4, "
                    "tinystories or a text FILE (default: %(default)s)")
     p.add_argument("--seqlen", type=int, default=None, help="perplexity window (default: model context)")
-    p.add_argument("--max-windows", type=int, default=None, help="windows per dataset (default: all)")
+    p.add_argument("--max-windows", type=int, default=None, metavar="N",
+                   help=f"perplexity (and KL) windows per dataset (default: {DEFAULT_MAX_WINDOWS}, "
+                   "an answer in minutes; --full for all)")
+    p.add_argument("--full", action="store_true",
+                   help="score every window of every dataset (the published-number setting; slow: "
+                   "all of WikiText-2 for every method can take an hour)")
     p.add_argument("--calib-samples", type=int, default=128,
                    help="teacher-generated calibration sequences, shared by all methods (default: 128)")
     p.add_argument("--calib-seqlen", type=int, default=256, help="tokens per calibration sequence (256)")
@@ -61,6 +67,14 @@ def run(args) -> int:
         raise OneBitError("--data is empty")
     if args.max_windows is not None and args.max_windows < 1:
         raise OneBitError(f"--max-windows must be at least 1, got {args.max_windows}")
+    if args.full and args.max_windows is not None:
+        raise OneBitError("--full scores every window; do not also give --max-windows")
+    max_windows = None if args.full else args.max_windows or C.DEFAULT_MAX_WINDOWS
+    scope = ("perplexity and KL: all windows of each dataset (--full)" if args.full else
+             f"perplexity and KL: at most {max_windows} windows per dataset"
+             + ("" if args.max_windows else " (the default; --full scores the whole sets)"))
+    zs = (f"zero-shot: {args.zeroshot_limit} items per task" if args.zeroshot_limit
+          else "zero-shot: not scored (--zeroshot-limit N)")
     if args.zeroshot_limit < 0:
         raise OneBitError(f"--zeroshot-limit must be >= 0, got {args.zeroshot_limit}")
     if args.distill < 0:
@@ -75,15 +89,17 @@ def run(args) -> int:
         log.info("%s: %.3f bits/weight, %s", r.method, r.bits_per_weight,
                  ", ".join(f"ppl {d} {v:.3f}" for d, v in r.ppl.items()))
 
-    rows = C.run_compare(args.model, methods, datasets, args.seqlen, args.max_windows, args.calib_samples,
+    log.info("%s; %s", scope, zs)
+    rows = C.run_compare(args.model, methods, datasets, args.seqlen, max_windows, args.calib_samples,
                          args.calib_seqlen, args.distill, args.zeroshot_limit, progress_enabled(args), on_row)
     md = C.to_markdown(rows)
-    note = (f"\nModel: {args.model}; data: {', '.join(datasets)}; max windows: {args.max_windows or 'all'}; "
+    note = (f"\nModel: {args.model}; data: {', '.join(datasets)}; {scope}; {zs}; "
             f"calibration: {args.calib_samples} teacher samples x {args.calib_seqlen} tokens"
             + (f"; distilled {args.distill} steps" if args.distill else "") + ".\n")
     write_text_atomic(out / "compare.md", md + note)
     write_text_atomic(out / "compare.csv", C.to_csv(rows))
     C.plot(rows, out / "ppl_vs_bits.png", title=f"{Path(args.model).name}: perplexity vs bits per weight")
     sys.stdout.write(md)
+    print(f"{scope}; {zs}")
     print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'ppl_vs_bits.png'}")
     return 0
