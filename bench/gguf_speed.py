@@ -116,6 +116,26 @@ def step_bytes_gguf(path: Path) -> int:
     return sum(t.n_bytes or 0 for t in h.tensors if t.name != "token_embd.weight")
 
 
+def prepare(args, work: Path, files: dict, ckpt: Path) -> None:
+    import onebit
+    from onebit.export.gguf import export_gguf
+    from onebit.models import load_model
+
+    fp_dir = build_fp(args.layers, work / "fp")
+    export_gguf(fp_dir, files["llama.cpp F16"], overwrite=True)
+    for name, ft in LLAMA_FTYPES.items():
+        llama_quantize(files["llama.cpp F16"], files[f"llama.cpp {name.upper()}"], ft, args.pure)
+    fp = load_model(str(fp_dir), dtype=torch.float32)
+    onebit.quantize(fp, onebit.OneBitConfig(foldable=True), progress=False)
+    onebit.save(fp, str(ckpt), source=str(fp_dir), overwrite=True)
+    del fp
+    gc.collect()
+    export_gguf(ckpt, files["onebit → llama.cpp Q1_0"], embed_type=args.embed_type, overwrite=True)
+    if args.tq2:
+        export_gguf(ckpt, files["onebit → llama.cpp TQ2_0"], weight_type="tq2_0", embed_type=args.embed_type,
+                    overwrite=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=22)
@@ -130,45 +150,34 @@ def main() -> int:
                     help="onebit export's embedding and head type (default q4_0, as llama.cpp's Q4_0 "
                     "file stores its embedding; llama.cpp keeps the head in Q6_K)")
     ap.add_argument("--workdir", default=None, help="keep the files here (default: a temporary dir)")
+    ap.add_argument("--prepare-only", action="store_true", help="write the files to --workdir and stop")
+    ap.add_argument("--reuse", action="store_true", help="use the files already in --workdir")
     args = ap.parse_args()
-    import onebit
-    from onebit.export.gguf import export_gguf
+    from onebit.formats.gguf_header import read_gguf_header
 
     threads = [int(t) for t in args.threads.split(",")]
     print(machine())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gguf_speed_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    fp_dir = build_fp(args.layers, work / "fp")
     files = {"llama.cpp F16": work / "f16.gguf"}
-    export_gguf(fp_dir, files["llama.cpp F16"], overwrite=True)
-    for name, ft in LLAMA_FTYPES.items():
-        files[f"llama.cpp {name.upper()}"] = work / f"{name}.gguf"
-        llama_quantize(files["llama.cpp F16"], files[f"llama.cpp {name.upper()}"], ft, args.pure)
-    from onebit.models import load_model
-
-    fp = load_model(str(fp_dir), dtype=torch.float32)
-    onebit.quantize(fp, onebit.OneBitConfig(foldable=True), progress=False)
-    ckpt = work / "onebit-foldable"
-    onebit.save(fp, str(ckpt), source=str(fp_dir), overwrite=True)
-    del fp
-    gc.collect()
+    files.update({f"llama.cpp {n.upper()}": work / f"{n}.gguf" for n in LLAMA_FTYPES})
     files["onebit → llama.cpp Q1_0"] = work / "onebit-q1_0.gguf"
-    export_gguf(ckpt, files["onebit → llama.cpp Q1_0"], embed_type=args.embed_type, overwrite=True)
     if args.tq2:
         files["onebit → llama.cpp TQ2_0"] = work / "onebit-tq2_0.gguf"
-        export_gguf(ckpt, files["onebit → llama.cpp TQ2_0"], weight_type="tq2_0", embed_type=args.embed_type,
-                    overwrite=True)
-    from onebit.formats.gguf_header import read_gguf_header
-
-    for name, f in files.items():
-        h = read_gguf_header(f)
-        kinds = {t.name.split(".")[0] if not t.name.startswith("blk.") else "blocks": set() for t in h.tensors}
-        for t in h.tensors:
-            if "norm" not in t.name:
-                kinds[t.name.split(".")[0] if not t.name.startswith("blk.") else "blocks"].add(t.type_name)
-        print(f"{name:32s} " + ", ".join(f"{k}: {'/'.join(sorted(v))}" for k, v in kinds.items() if v))
+    ckpt = work / "onebit-foldable"
+    if not args.reuse:
+        prepare(args, work, files, ckpt)
     print(f"prepared {len(files)} GGUF files in {time.perf_counter() - t0:.0f}s ({work})", flush=True)
+    for name, f in files.items():
+        kinds: dict[str, set] = {}
+        for t in read_gguf_header(f).tensors:
+            if "norm" not in t.name:
+                kinds.setdefault("blocks" if t.name.startswith("blk.") else t.name.split(".")[0], set()).add(
+                    t.type_name)
+        print(f"  {name:32s} " + ", ".join(f"{k}: {'/'.join(sorted(v))}" for k, v in kinds.items()))
+    if args.prepare_only:
+        return 0
 
     runners = {name: LlamaCpp(p) for name, p in files.items()}
     if not args.no_onebit_runtime:

@@ -102,5 +102,13 @@ def add_tokenizer(writer, path: str | Path, vocab_size: int, pre: str | None = N
     if scores is not None:
         writer.add_token_scores(list(scores))
     writer.add_token_types([int(t) for t in types])
-    gguf.SpecialVocab(path, load_merges=(kind == "gpt2"), n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+    import logging
+
+    quiet = logging.getLogger("gguf.vocab")   # it warns about template details llama.cpp does not use
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        gguf.SpecialVocab(path, load_merges=(kind == "gpt2"), n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
+    finally:
+        quiet.setLevel(level)
     return kind
