@@ -6,70 +6,23 @@ an embedding.  Embeddings and norms are never ``nn.Linear`` and stay as they
 are.  The swap is in place; the returned model is the same object with
 ``model.config.quantization_config`` set, which is what the checkpoint
 writer saves.
+
+The module surgery (``find_linears``, ``as_linear``, ``set_submodule``, ``prepare_empty``) lives in
+:mod:`onebit.surgery`; it is re-exported here.
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
 import time
-from typing import Iterable
 
-import torch
 from torch import nn
 
 from .config import QuantConfig
 from .errors import OneBitError
 from .registry import get_handler
+from .surgery import _is_conv1d, _matches, as_linear, find_linears, prepare_empty, set_submodule  # noqa: F401
 
 log = logging.getLogger("onebit")
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    for p in patterns:
-        if name == p or name.endswith("." + p) or fnmatch.fnmatch(name, p):
-            return True
-    return False
-
-
-def _is_conv1d(mod: nn.Module) -> bool:
-    """transformers' ``Conv1D`` (GPT-2): a linear whose weight is stored ``[in, out]``."""
-    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and hasattr(mod, "nx")
-
-
-def as_linear(mod: nn.Module) -> nn.Linear | None:
-    """``mod`` as an ``nn.Linear`` (or None): Linear as is; ``Conv1D`` as a Linear whose weight
-    is a view ``Conv1D.weight.T`` (no copy), so every method handler works on it unchanged."""
-    if type(mod) is nn.Linear:
-        return mod
-    if not _is_conv1d(mod):
-        return None
-    lin = nn.Linear(mod.nx, mod.nf, bias=mod.bias is not None, device="meta")
-    lin.weight = nn.Parameter(mod.weight.detach().T, requires_grad=False)
-    if mod.bias is not None:
-        lin.bias = nn.Parameter(mod.bias.detach(), requires_grad=False)
-    return lin
-
-
-def find_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[tuple[str, nn.Linear]]:
-    """The ``(name, module)`` pairs ``quantize`` would replace, in model order
-    (``Conv1D`` layers come as Linear views, see :func:`as_linear`)."""
-    embeds = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
-    embed_ids = {id(w) for w in embeds}
-    embed_ptrs = {w.data_ptr() for w in embeds if w.device.type != "meta"}
-    out = []
-    for name, mod in model.named_modules():
-        lin = as_linear(mod)
-        if lin is None or _matches(name, skip) or id(mod.weight) in embed_ids \
-                or (mod.weight.device.type != "meta" and mod.weight.data_ptr() in embed_ptrs):
-            continue
-        out.append((name, lin))
-    return out
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def quantize(model: nn.Module, config: QuantConfig, progress: bool = True, **kwargs) -> nn.Module:
@@ -93,28 +46,4 @@ def quantize(model: nn.Module, config: QuantConfig, progress: bool = True, **kwa
     qc = config.to_dict()
     qc["modules"] = modules
     model.config.quantization_config = qc
-    return model
-
-
-@torch.no_grad()
-def prepare_empty(model: nn.Module, qconfig: dict) -> nn.Module:
-    """Swap the linears named in a checkpoint's ``quantization_config`` for empty packed modules."""
-    from .registry import config_from_dict
-
-    config = config_from_dict(qconfig)
-    handler = get_handler(config)
-    modules = qconfig.get("modules")
-    if not isinstance(modules, dict) or not modules:
-        raise OneBitError("quantization_config lists no quantized modules")
-    for name in modules:
-        try:
-            lin = model.get_submodule(name)
-        except AttributeError:
-            raise OneBitError(f"quantization_config names module '{name}', which the model does not have")
-        lin = as_linear(lin)
-        if lin is None:
-            raise OneBitError(f"quantization_config names '{name}', which is not a linear layer")
-        dtype = lin.weight.dtype
-        new = handler.empty_module(name, lin.in_features, lin.out_features, lin.bias is not None, dtype)
-        set_submodule(model, name, new)
     return model

@@ -1,7 +1,7 @@
 """The student: the teacher with its linears in a method's trainable (fake-quant) form.
 
 * :func:`student_from_teacher` — a copy of the teacher whose every linear that
-  ``api.find_linears`` returns is replaced by ``handler.train_module(name,
+  ``surgery.find_linears`` returns is replaced by ``handler.train_module(name,
   linear)``: any registered method with a trainable form (OneBit, BitNet,
   ternary, RTN as QAT, ...) trains through the same code.
 * :func:`student_from_checkpoint` — a packed checkpoint whose modules are
@@ -19,10 +19,10 @@ import inspect
 import torch
 from torch import nn
 
-from ..api import find_linears, set_submodule
 from ..config import QuantConfig, parse_dtype
 from ..errors import OneBitError
 from ..registry import get_handler
+from ..surgery import find_linears, set_submodule
 
 #: config fields that must agree between teacher and student
 ARCH_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..config import QUANT_METHOD, check_format_version
 from ..errors import CheckpointError, OneBitError
+from ..surgery import prepare_empty
 from .ledger import Ledger, ledger_from_specs
 
 log = logging.getLogger("onebit")
@@ -312,8 +313,6 @@ def _empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
     each quantized linear replaced by its method's ``empty_module`` (also on the meta device)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..api import prepare_empty
 
     try:
         hf_config = AutoConfig.from_pretrained(str(path))

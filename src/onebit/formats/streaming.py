@@ -37,6 +37,7 @@ from torch import nn
 
 from ..config import QuantConfig, dtype_name
 from ..errors import CheckpointError, OneBitError
+from ..surgery import _is_conv1d, find_linears
 from .checkpoint import (INDEX_NAME, WEIGHTS_NAME, atomic_dir, copy_tokenizer_files, read_config,
                          read_safetensors_header, weight_files)
 from .ledger import Ledger, ledger_from_specs
@@ -169,8 +170,6 @@ def plan_tensors(src: Path, readers: dict, model: nn.Module, config: QuantConfig
     """``(targets, where)``: the linears to quantize (``name -> module``) and, for every model
     tensor to write, ``model name -> (file, checkpoint name)`` (tied copies left out).
     Shapes are checked against the model's config; a missing linear weight is an error."""
-    from ..api import find_linears
-
     targets = {name: lin for name, lin in find_linears(model, config.skip)}
     if not targets:
         raise OneBitError(f"'{src}': model has no linear layers to quantize (after skipping "
@@ -209,7 +208,6 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
     """Quantize the checkpoint in ``src`` to ``out`` one tensor at a time; return the ledger."""
     from ..progress import Progress as tqdm
 
-    from ..api import _is_conv1d
     from ..registry import get_handler
 
     config.validate()

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..config import QuantConfig
 from ..errors import OneBitError
+from ..surgery import as_linear, set_submodule
 from .checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from .ledger import Ledger, ledger_from_specs
 from .streaming import SafetensorsReader, SafetensorsWriter, finish_output, plan_tensors
@@ -72,7 +73,6 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
     """GPTQ-style quantization of the checkpoint in ``src``, block by block; return the ledger."""
     from ..progress import Progress as tqdm
 
-    from ..api import as_linear, set_submodule
     from ..calibration import file_samples
     from ..methods.sequential import block_hessians, capture_block_inputs, find_blocks, run_block
     from ..models import context_length, load_tokenizer

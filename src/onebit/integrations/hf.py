@@ -13,7 +13,7 @@ transformers is patched).  Then::
 How it works: transformers builds the model skeleton on the meta device, then
 calls the quantizer's ``_process_model_before_weight_loading``, which swaps the
 linears named in ``quantization_config["modules"]`` for the method's empty
-packed modules (:func:`onebit.api.prepare_empty`, i.e. the registry's
+packed modules (:func:`onebit.surgery.prepare_empty`, i.e. the registry's
 ``empty_module``), after checking every weights file's safetensors header
 against those modules (so a truncated file, a header that lies or a missing
 packed tensor is a one-line :class:`~onebit.errors.CheckpointError`, not a
@@ -160,7 +160,7 @@ def register() -> None:
                 raise OneBitError("onebit checkpoints cannot be offloaded to disk")
 
         def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
-            from ..api import prepare_empty
+            from ..surgery import prepare_empty
 
             qc = self.quantization_config.to_dict()
             prepare_empty(model, qc)

@@ -17,9 +17,9 @@ import logging
 import torch
 from torch import nn
 
-from ..api import set_submodule
 from ..errors import OneBitError
 from ..registry import MethodHandler
+from ..surgery import set_submodule
 from .actquant import ActQuantConfig, calibrate_static_scales
 
 log = logging.getLogger("onebit")

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..api import set_submodule
-from ..errors import OneBitError
 from ..config import parse_dtype
+from ..errors import OneBitError
 from ..nn.quant_linear import QuantLinearTrain
 from ..registry import register_method
+from ..surgery import set_submodule
 from .actquant import calibrate_static_scales
 from .common import calibration_ids
 from .quant import check_group_size, find_qparams, num_groups

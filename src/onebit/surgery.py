@@ -1,0 +1,93 @@
+"""Module surgery: which linears a method replaces, and the one helper that swaps a module in.
+
+* :func:`find_linears` / :func:`as_linear`: every ``nn.Linear`` (and transformers' GPT-2
+  ``Conv1D``, as a Linear view) whose name ``skip`` does not match and whose weight is not shared
+  with an embedding;
+* :func:`set_submodule`: replace the module at a dotted name (every swap in onebit goes through it);
+* :func:`prepare_empty`: swap the linears a checkpoint's ``quantization_config`` names for the
+  method's empty packed modules (the first step of loading a checkpoint).
+
+It depends on the registry only (never on the methods, the formats or the models), so every other
+part of onebit can use it.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .errors import OneBitError
+from .registry import config_from_dict, get_handler
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    for p in patterns:
+        if name == p or name.endswith("." + p) or fnmatch.fnmatch(name, p):
+            return True
+    return False
+
+
+def _is_conv1d(mod: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear whose weight is stored ``[in, out]``."""
+    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and hasattr(mod, "nx")
+
+
+def as_linear(mod: nn.Module) -> nn.Linear | None:
+    """``mod`` as an ``nn.Linear`` (or None): Linear as is; ``Conv1D`` as a Linear whose weight
+    is a view ``Conv1D.weight.T`` (no copy), so every method handler works on it unchanged."""
+    if type(mod) is nn.Linear:
+        return mod
+    if not _is_conv1d(mod):
+        return None
+    lin = nn.Linear(mod.nx, mod.nf, bias=mod.bias is not None, device="meta")
+    lin.weight = nn.Parameter(mod.weight.detach().T, requires_grad=False)
+    if mod.bias is not None:
+        lin.bias = nn.Parameter(mod.bias.detach(), requires_grad=False)
+    return lin
+
+
+def find_linears(model: nn.Module, skip: Iterable[str] = ("lm_head",)) -> list[tuple[str, nn.Linear]]:
+    """The ``(name, module)`` pairs ``quantize`` would replace, in model order
+    (``Conv1D`` layers come as Linear views, see :func:`as_linear`)."""
+    embeds = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    embed_ids = {id(w) for w in embeds}
+    embed_ptrs = {w.data_ptr() for w in embeds if w.device.type != "meta"}
+    out = []
+    for name, mod in model.named_modules():
+        lin = as_linear(mod)
+        if lin is None or _matches(name, skip) or id(mod.weight) in embed_ids \
+                or (mod.weight.device.type != "meta" and mod.weight.data_ptr() in embed_ptrs):
+            continue
+        out.append((name, lin))
+    return out
+
+
+def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted ``name`` of ``model`` (replacing what is there)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def prepare_empty(model: nn.Module, qconfig: dict) -> nn.Module:
+    """Swap the linears named in a checkpoint's ``quantization_config`` for empty packed modules."""
+    config = config_from_dict(qconfig)
+    handler = get_handler(config)
+    modules = qconfig.get("modules")
+    if not isinstance(modules, dict) or not modules:
+        raise OneBitError("quantization_config lists no quantized modules")
+    for name in modules:
+        try:
+            lin = model.get_submodule(name)
+        except AttributeError:
+            raise OneBitError(f"quantization_config names module '{name}', which the model does not have")
+        lin = as_linear(lin)
+        if lin is None:
+            raise OneBitError(f"quantization_config names '{name}', which is not a linear layer")
+        dtype = lin.weight.dtype
+        new = handler.empty_module(name, lin.in_features, lin.out_features, lin.bias is not None, dtype)
+        set_submodule(model, name, new)
+    return model
