@@ -10,6 +10,7 @@ Public API::
 """
 from __future__ import annotations
 
+from . import methods  # noqa: F401  (registers the built-in methods; the registry imports none)
 from .api import find_linears, quantize
 from .config import FORMAT_VERSION, QuantConfig
 from .errors import CheckpointError, OneBitError

@@ -9,6 +9,10 @@ The handler turns one ``nn.Linear`` into its quantized module (and knows the
 module class used to rebuild a model from a checkpoint).  Methods never touch
 the packing format or the kernels directly; those live in ``formats`` and
 ``kernels``.
+
+The registry imports no method: the built-in ones (``onebit.methods``) register themselves when
+the ``onebit`` package is imported, which happens before any ``onebit.<module>`` import; a method
+defined elsewhere registers the same way, with :func:`register_method`.
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from typing import Callable, Type
 import torch
 from torch import nn
 
-from .config import QuantConfig
-from .errors import OneBitError
+from .config import QuantConfig, check_format_version
+from .errors import CheckpointError, OneBitError
 
 _REGISTRY: dict[str, "Type[MethodHandler]"] = {}
 
@@ -94,17 +98,11 @@ def register_method(config_cls: Type[QuantConfig]) -> Callable[[type], type]:
     return deco
 
 
-def _ensure_builtin_methods() -> None:
-    from . import methods  # noqa: F401  (imports register the built-in methods)
-
-
 def available_methods() -> list[str]:
-    _ensure_builtin_methods()
     return sorted(_REGISTRY)
 
 
 def get_handler_cls(name: str) -> "Type[MethodHandler]":
-    _ensure_builtin_methods()
     if name not in _REGISTRY:
         raise OneBitError(f"unknown method '{name}'; valid methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -116,9 +114,6 @@ def get_handler(config: QuantConfig) -> MethodHandler:
 
 def config_from_dict(d: dict) -> QuantConfig:
     """Rebuild a method's config from a checkpoint's ``quantization_config``."""
-    from .config import check_format_version
-    from .errors import CheckpointError
-
     if not isinstance(d, dict):
         raise CheckpointError("quantization_config is not a JSON object")
     check_format_version(d.get("format_version"))
