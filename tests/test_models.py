@@ -1,7 +1,7 @@
-"""models.shared_dir: where the real models and data are found."""
+"""shared_dir (onebit.paths, re-exported by models): where the real models and data are found."""
 from __future__ import annotations
 
-from onebit import models
+from onebit import models, paths
 from onebit.eval.data import load_text
 from onebit.models import resolve_demo_model, shared_dir
 
@@ -26,6 +26,6 @@ def test_shared_dir_env_first(shared, tmp_path, monkeypatch):
 def test_shared_dir_absent(tmp_path, monkeypatch):
     monkeypatch.delenv("ONEBIT_SHARED", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(models, "_repo_shared", lambda: tmp_path / "nowhere")
+    monkeypatch.setattr(paths, "_repo_shared", lambda: tmp_path / "nowhere")
     assert shared_dir() is None
     assert resolve_demo_model() == models.DEMO_HUB_MODEL

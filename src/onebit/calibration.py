@@ -17,6 +17,7 @@ import torch
 from .progress import Progress as tqdm
 
 from .errors import OneBitError
+from .eval.data import is_evaluation_file
 
 
 def _cache_kw(model) -> str:
@@ -86,8 +87,6 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
 
 def read_training_text(path: str) -> str:
     """Text of a user's training file (.txt or .jsonl with a 'text' field); refuses eval files."""
-    from .eval.data import is_evaluation_file
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise OneBitError(f"training file '{path}' does not exist")

@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import OneBitError
 from .formats.checkpoint import is_packed_checkpoint, load_checkpoint, read_config
+from .paths import _repo_shared, shared_dir  # noqa: F401  (they lived here)
 
 log = logging.getLogger("onebit")
 
@@ -124,23 +125,6 @@ def load_tokenizer(spec: str):
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OneBitError(f"cannot load a tokenizer for '{spec}': {first}")
-
-
-def _repo_shared() -> Path:
-    """``shared`` beside the repository this package sits in (``<repo>/src/onebit/models.py``)."""
-    return Path(__file__).resolve().parents[2].parent / "shared"
-
-
-def shared_dir() -> Path | None:
-    """The real models and data: ``$ONEBIT_SHARED``, then ``../shared`` beside the working
-    directory, then ``shared`` beside the repository; ``None`` where none exists."""
-    env = os.environ.get("ONEBIT_SHARED")
-    cands = [Path(env).expanduser()] if env else []
-    cands += [Path.cwd() / ".." / "shared", _repo_shared()]
-    for c in cands:
-        if (c / "models").is_dir() or (c / "data").is_dir():
-            return c.resolve()
-    return None
 
 
 def resolve_demo_model(explicit: str | None = None) -> str:

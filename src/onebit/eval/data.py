@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import OneBitError
-from ..models import shared_dir
+from ..paths import shared_dir
 
 EVAL_FILES = {
     "wikitext2": "wikitext2/wiki.test.raw",

@@ -17,7 +17,9 @@ import logging
 import torch
 from torch import nn
 
+from ..calibration import file_samples, teacher_samples
 from ..errors import OneBitError
+from ..models import context_length, load_tokenizer
 from ..registry import MethodHandler
 from ..surgery import set_submodule
 from .actquant import ActQuantConfig, calibrate_static_scales
@@ -27,9 +29,6 @@ log = logging.getLogger("onebit")
 
 def calibration_ids(model: nn.Module, config: ActQuantConfig, calib_ids: torch.Tensor | None = None,
                     tokenizer=None, progress: bool = False) -> torch.Tensor:
-    from ..calibration import file_samples, teacher_samples
-    from ..models import context_length
-
     if calib_ids is not None:
         return calib_ids
     seqlen = min(config.calib_seqlen, context_length(model))
@@ -38,8 +37,6 @@ def calibration_ids(model: nn.Module, config: ActQuantConfig, calib_ids: torch.T
             src = getattr(model.config, "_name_or_path", None)
             if not src:
                 raise OneBitError("--calib-file needs the model's tokenizer; pass tokenizer= to quantize()")
-            from ..models import load_tokenizer
-
             tokenizer = load_tokenizer(src)
         return file_samples(tokenizer, config.calib_file, config.calib_samples, seqlen, config.calib_seed)
     log.info("generating %d calibration samples of %d tokens with the teacher", config.calib_samples, seqlen)
