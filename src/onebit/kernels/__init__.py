@@ -7,6 +7,15 @@ try:  # fast backends (C++ CPU built lazily on first call, Triton on CUDA); refe
     from .dispatch import register_backends as _register_backends
 
     _register_backends()
+    try:  # the Triton backend registers itself with dispatch (which never imports it)
+        from . import triton as _triton
+
+        _triton.register()
+    except Exception as _e:  # a broken triton install must not break the package
+        import logging as _logging
+
+        _logging.getLogger("onebit.kernels").warning(
+            "Triton kernels not registered (%s: %s)", type(_e).__name__, _e)
 except Exception as _e:  # pragma: no cover - the reference must keep working
     import logging as _logging
 

@@ -1,13 +1,15 @@
 """Backend selection for the packed ops.
 
 The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` default to the pure-torch
-reference (kernels/reference.py).  :func:`register_backends` adds device kernels with
-``torch.library.register_kernel``:
+reference (kernels/reference.py).  Device kernels are added with ``torch.library.register_kernel``
+through :func:`register_backend`:
 
-* ``cpu``: the C++ kernels (kernels/cpu), JIT-built on the first call; if the build fails the
-  same registered function calls the reference (one logged warning).
-* ``cuda``: the Triton kernels (kernels/triton), registered only when triton imports and CUDA
-  is available.
+* ``cpu``: the C++ kernels (kernels/cpu), JIT-built on the first call, registered by
+  :func:`register_backends`; if the build fails the same registered function calls the reference
+  (one logged warning).
+* ``cuda``: the Triton kernels (kernels/triton), which register themselves
+  (``onebit.kernels.triton.register``, called by ``import onebit.kernels``) only when triton
+  imports and CUDA is available.  This module never imports a backend other than the C++ one.
 
 Environment (read on every call, so benchmarks and tests can switch):
 
@@ -107,19 +109,18 @@ def backend(device: str | torch.device = "cpu") -> str:
     return _registered[dev]
 
 
+def register_backend(device: str, name: str, binary_linear, ternary_linear) -> None:
+    """Make ``binary_linear`` / ``ternary_linear`` (the ops' signatures) the ``device`` kernels of
+    the packed ops, reported as backend ``name`` (idempotent: a device keeps its first backend)."""
+    if device in _registered:
+        return
+    torch.library.register_kernel("onebit::binary_linear", device, binary_linear)
+    torch.library.register_kernel("onebit::ternary_linear", device, ternary_linear)
+    _registered[device] = name
+
+
 def register_backends() -> dict[str, str]:
-    """Register the device kernels (idempotent); returns {device: backend}."""
-    if "cpu" not in _registered:
-        torch.library.register_kernel("onebit::binary_linear", "cpu", binary_linear_cpu)
-        torch.library.register_kernel("onebit::ternary_linear", "cpu", ternary_linear_cpu)
-        _registered["cpu"] = "cpu"
-    if "cuda" not in _registered:
-        try:
-            from .triton import available, binary_linear_triton, ternary_linear_triton
-            if available() and torch.cuda.is_available():
-                torch.library.register_kernel("onebit::binary_linear", "cuda", binary_linear_triton)
-                torch.library.register_kernel("onebit::ternary_linear", "cuda", ternary_linear_triton)
-                _registered["cuda"] = "triton"
-        except Exception as e:  # a broken triton install must not break the package
-            log.warning("Triton kernels not registered (%s: %s)", type(e).__name__, e)
+    """Register the C++ CPU kernels (idempotent); returns {device: backend} of every backend
+    registered so far (``cuda`` too once the Triton backend has registered itself)."""
+    register_backend("cpu", "cpu", binary_linear_cpu, ternary_linear_cpu)
     return dict(_registered)
