@@ -1,0 +1,203 @@
+"""The package's import graph has no cycles; and a method defined outside the package plugs in.
+
+Every import counts, those inside functions too (a function-level import that closes a cycle is
+still a cycle: it only moves the failure to run time).  ``from X import name`` points at module
+``X.name`` when there is one, else at ``X``.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import onebit
+from onebit import registry
+from onebit.config import QuantConfig, parse_dtype
+from onebit.registry import MethodHandler
+
+SRC = Path(onebit.__file__).resolve().parent
+
+
+# --------------------------------------------------------------------------- the import graph
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """``module -> modules of the same package it imports`` for the package directory ``root``."""
+    mods = {}
+    for f in sorted(root.rglob("*.py")):
+        parts = list(f.relative_to(root.parent).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+
+    def resolve(name: str) -> str | None:  # the module a dotted name lives in
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {m: set() for m in mods}
+    for m, f in mods.items():
+        package = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package[:len(package) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            for t in targets:
+                r = resolve(t) if t.split(".")[0] == root.name else None
+                if r is not None and r != m:
+                    graph[m].add(r)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (``[a, b, ..., a]``) per strongly connected group of modules."""
+    reach = {}
+    for m in graph:  # every module reachable from m
+        seen, todo = set(), list(graph[m])
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo.extend(graph[n])
+        reach[m] = seen
+    out, done = [], set()
+    for m in sorted(graph):
+        if m in done or m not in reach[m]:
+            continue
+        group = {n for n in reach[m] if m in reach[n]}
+        done |= group
+        prev, frontier = {m: None}, [m]  # shortest path m -> ... -> m inside the group
+        while m not in [n for f in frontier for n in graph[f]]:
+            nxt = []
+            for f in frontier:
+                for n in sorted(graph[f] & group):
+                    if n not in prev:
+                        prev[n] = f
+                        nxt.append(n)
+            frontier = nxt
+        path, cur = [m], next(f for f in frontier if m in graph[f])
+        while cur is not None:
+            path.append(cur)
+            cur = prev[cur]
+        out.append(path[::-1])
+    return out
+
+
+def test_no_import_cycles():
+    graph = import_graph(SRC)
+    assert "onebit.registry" in graph and "onebit.kernels.dispatch" in graph
+    found = cycles(graph)
+    assert not found, "import cycles in src/onebit:\n" + "\n".join(" -> ".join(c) for c in found)
+
+
+def test_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .a import f\n")
+    (pkg / "a.py").write_text("import os\nfrom .sub import b\n\ndef f():\n    return b\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def g():\n    from ..c import h\n    return h\n")
+    (pkg / "c.py").write_text("from pkg.a import f as h\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg"] == {"pkg.a"}
+    assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
+    (pkg / "c.py").write_text("h = 1\n")
+    assert cycles(import_graph(pkg)) == []
+
+
+# --------------------------------------------------------------------------- a method from outside
+@dataclass
+class RowSignConfig(QuantConfig):
+    """Signs of the weight times one scale per row (the row's mean |w|)."""
+
+    method = "test-row-sign"
+
+    scale_dtype: str = "float16"
+
+
+class RowSignLinear(nn.Module):
+    """Packed form: sign bits (8 per byte, little-endian within the byte) and per-row scales."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, scale_dtype: torch.dtype,
+                 dtype: torch.dtype = torch.float32, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("bits", torch.empty(out_features, (in_features + 7) // 8, dtype=torch.uint8,
+                                                 device=device))
+        self.register_buffer("scale", torch.empty(out_features, dtype=scale_dtype, device=device))
+        self.register_buffer("bias", torch.empty(out_features, dtype=dtype, device=device) if bias else None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, lin: nn.Linear, scale_dtype: torch.dtype) -> "RowSignLinear":
+        w = lin.weight.detach()
+        m = cls(lin.in_features, lin.out_features, lin.bias is not None, scale_dtype, w.dtype)
+        pos = F.pad((w >= 0).to(torch.uint8), (0, -w.shape[1] % 8)).view(w.shape[0], -1, 8)
+        m.bits.copy_((pos << torch.arange(8, dtype=torch.uint8)).sum(-1, dtype=torch.uint8))
+        m.scale.copy_(w.abs().mean(dim=1))
+        if lin.bias is not None:
+            m.bias.copy_(lin.bias.detach())
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bits = (self.bits.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=x.device)) & 1
+        signs = bits.view(self.out_features, -1)[:, :self.in_features].to(x.dtype) * 2 - 1
+        return F.linear(x, signs * self.scale.to(x.dtype)[:, None], self.bias)
+
+
+class RowSignHandler(MethodHandler):
+    config: RowSignConfig
+
+    def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
+        return RowSignLinear.from_linear(linear, parse_dtype(self.config.scale_dtype))
+
+    def empty_module(self, name, in_features, out_features, bias, dtype) -> nn.Module:
+        return RowSignLinear(in_features, out_features, bias, parse_dtype(self.config.scale_dtype), dtype,
+                             device="meta")
+
+
+@pytest.fixture
+def row_sign(monkeypatch):
+    """The method registered for one test (the registry as it was afterwards)."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_method(RowSignConfig)(RowSignHandler)
+    return RowSignConfig
+
+
+def test_method_defined_outside_the_package_round_trips(row_sign, fp_260k, tmp_path):
+    import copy
+
+    assert "test-row-sign" in onebit.available_methods()
+    model = onebit.quantize(copy.deepcopy(fp_260k), row_sign(), progress=False)
+    packed = dict(model.named_modules())
+    names = list(model.config.quantization_config["modules"])
+    assert names and all(isinstance(packed[n], RowSignLinear) for n in names)
+    assert not any(type(m) is nn.Linear and n != "lm_head" for n, m in packed.items())
+
+    onebit.save(model, tmp_path / "ckpt")
+    loaded = onebit.load(tmp_path / "ckpt")
+    assert loaded.config.quantization_config["method"] == "test-row-sign"
+    mods = dict(loaded.named_modules())
+    assert all(isinstance(mods[n], RowSignLinear) for n in names)
+    ids = torch.randint(0, fp_260k.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        want, got = model(ids).logits, loaded(ids).logits
+        assert not torch.equal(want, fp_260k(ids).logits)  # it did quantize
+    assert torch.equal(got, want)
+    from onebit.integrations import hf
+
+    if hf._registered:  # transformers' from_pretrained finds the handler the same way
+        from transformers import AutoModelForCausalLM
+
+        with torch.no_grad():
+            assert torch.equal(AutoModelForCausalLM.from_pretrained(str(tmp_path / "ckpt"))(ids).logits, want)
+    ledger = onebit.checkpoint_ledger(tmp_path / "ckpt")
+    assert set(ledger.modules) == set(names)
