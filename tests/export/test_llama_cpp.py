@@ -82,3 +82,24 @@ def test_the_tokenizer_round_trips(tmp_path, s3m_checkpoints, stories3m):
         assert llm.tokenize(text.encode(), add_bos=True) == load_tokenizer(stories3m)(text).input_ids
     finally:
         llm.close()
+
+
+def test_a_model_read_from_gguf_keeps_its_tokenizer(tmp_path, stories3m, data_dir):
+    """GGUF in → quantize → export: the SentencePiece tokenizer survives the trip through
+    transformers' tokenizer.json (its scores rebuilt from the merge ranks)."""
+    from llama_cpp import Llama
+
+    from onebit.cli.main import main
+    from onebit.models import load_tokenizer
+
+    export_gguf(stories3m, tmp_path / "fp.gguf")
+    assert main(["quantize", str(tmp_path / "fp.gguf"), str(tmp_path / "ck"), "--method", "q1_0", "-q"]) == 0
+    export_gguf(tmp_path / "ck", tmp_path / "q.gguf")
+    llm = Llama(model_path=str(tmp_path / "q.gguf"), vocab_only=True, verbose=False)
+    tok = load_tokenizer(stories3m)
+    try:
+        lines = [ln for ln in (data_dir / "tinystories" / "tinystories_val_sample.txt").read_text()[:8000]
+                 .splitlines() if ln.strip()]
+        assert lines and all(llm.tokenize(ln.encode(), add_bos=True) == tok(ln).input_ids for ln in lines)
+    finally:
+        llm.close()

@@ -52,6 +52,30 @@ def bpe_pre_name(tok_json: dict) -> str:
                       "and SmolLM byte-level BPE and SentencePiece tokenizers")
 
 
+def spm_scores_from_merges(tok_json: dict, tokens) -> list[float]:
+    """SentencePiece scores for a SentencePiece-style BPE saved as tokenizer.json.
+
+    llama.cpp's SentencePiece tokenizer merges the adjacent pair whose result has the highest
+    score; the BPE merge list is in that priority order, so a merged token scores minus the rank
+    of its first merge.  Pieces no merge makes (characters, bytes, specials) score 0, except
+    multi-character pieces no merge reaches, which come last.
+    """
+    rank: dict[str, int] = {}
+    for i, m in enumerate(tok_json.get("model", {}).get("merges", [])):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, i)
+    out = []
+    for t in tokens:
+        text = t.decode("utf-8", errors="replace") if isinstance(t, bytes) else t
+        if text in rank:
+            out.append(-float(rank[text]))
+        elif len(text) <= 1 or text.startswith("<"):
+            out.append(0.0)
+        else:
+            out.append(-1e9)
+    return out
+
+
 def add_tokenizer(writer, path: str | Path, vocab_size: int, pre: str | None = None) -> str:
     """Write the tokenizer found in ``path`` into ``writer``; return its kind ('llama' or 'gpt2').
 
@@ -66,11 +90,24 @@ def add_tokenizer(writer, path: str | Path, vocab_size: int, pre: str | None = N
         kind = "llama"
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
+    elif (path / "tokenizer.json").is_file() and json.loads(
+            (path / "tokenizer.json").read_text(encoding="utf-8")).get("model", {}).get("byte_fallback"):
+        # SentencePiece-style BPE saved as tokenizer.json only (e.g. a Llama read from a GGUF file)
+        try:
+            vocab = gguf.LlamaHfVocab(path)
+        except (FileNotFoundError, TypeError, ValueError) as e:
+            raise OneBitError(f"'{path}': cannot convert tokenizer.json for llama.cpp ({e})")
+        tokens, _, types = zip(*vocab.all_tokens())
+        scores = spm_scores_from_merges(json.loads((path / "tokenizer.json").read_text(encoding="utf-8")),
+                                        tokens)
+        kind = "llama"
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
     elif (path / "tokenizer.json").is_file():
         tj = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))
         model = tj.get("model", {})
-        if model.get("type") != "BPE" or model.get("byte_fallback"):
-            raise OneBitError(f"'{path}': tokenizer.json is not a byte-level BPE and there is no "
+        if model.get("type") != "BPE":
+            raise OneBitError(f"'{path}': tokenizer.json is not a BPE tokenizer and there is no "
                               "tokenizer.model; export cannot write this tokenizer")
         vocab = dict(model["vocab"])
         special = {}
