@@ -103,3 +103,41 @@ def test_a_model_read_from_gguf_keeps_its_tokenizer(tmp_path, stories3m, data_di
         assert lines and all(llm.tokenize(ln.encode(), add_bos=True) == tok(ln).input_ids for ln in lines)
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_other_architectures(tmp_path, stories3m, arch):
+    """Qwen2 (q/k/v biases, NEOX RoPE: no q/k permutation) and Mistral (written as llama)."""
+    import shutil
+
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from onebit.export.verify import dense_model_from_gguf
+    from onebit.models import load_model
+
+    C, M = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}[arch]
+    torch.manual_seed(0)
+    cfg = C(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=4096, max_position_embeddings=512, tie_word_embeddings=False,
+            bos_token_id=1, eos_token_id=2)
+    model = M(cfg)
+    with torch.no_grad():                    # weights with spread, so the logits are not flat
+        for n, p in model.named_parameters():
+            if p.dim() == 2 or n.endswith(".bias"):
+                p.normal_(0, 0.08 if p.dim() == 2 else 0.5)
+    src = tmp_path / arch
+    model.save_pretrained(src)
+    for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(f"{stories3m}/{f}", src / f)
+    ck = make_checkpoint(load_model(str(src)), tmp_path / "ck", "onebit", str(src), foldable=True)
+    out = tmp_path / f"{arch}.gguf"
+    export_gguf(ck, out, embed_type="f32")
+    import onebit
+
+    m = onebit.load(ck).float().eval()
+    ids = [1] + [int(i) for i in np.random.default_rng(0).integers(3, 4000, 63)]
+    with torch.no_grad():
+        dense = dense_model_from_gguf(out, m.config)
+        assert (dense(torch.tensor([ids])).logits - m(torch.tensor([ids])).logits).abs().max() < 1e-3
+    kl, top1 = agreement(ck, out, ids)
+    assert kl < 0.01 and top1 > 0.9, (kl, top1)

@@ -267,10 +267,7 @@ class _Exporter:
             mod = self.module(name)
             h = None
             if scale_h.get(name) is not None:
-                h = mod.h.detach().float() * scale_h[name]
-                if getattr(mod, "bias", None) is not None:
-                    raise OneBitError(f"'{name}' has a bias; folding o_proj/down_proj scales into it is "
-                                      "not supported yet")
+                h = mod.h.detach().float() * scale_h[name]   # the reader's g, folded in
             c = self.codes(name, h)
             perm = None
             if self.arch == "llama" and hf in ("self_attn.q_proj", "self_attn.k_proj"):
@@ -283,6 +280,8 @@ class _Exporter:
             bias = getattr(mod, "bias", None)
             if bias is not None:
                 b = bias.detach().float()
+                if scale_h.get(name) is not None:
+                    b = b * scale_h[name]
                 self.add_dense(f"blk.{i}.{gg}.bias", b[perm] if perm is not None else b, "f32")
 
     def build(self) -> None:
