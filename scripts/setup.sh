@@ -20,6 +20,6 @@ if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
   echo "setup: building llama-cpp-python (llama.cpp) from source, a few minutes" >&2
   amx="-mno-amx-int8 -mno-amx-tile -mno-amx-bf16"
   CMAKE_ARGS="-DCMAKE_C_FLAGS='$amx' -DCMAKE_CXX_FLAGS='$amx'" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
-    .venv/bin/python -m pip install -q -e ".[llamacpp]"
+    .venv/bin/python -m pip install -q --no-cache-dir -e ".[llamacpp]"  # no cached wheel: it may have AMX
   echo "$want" > $stamp
 fi

@@ -50,7 +50,7 @@ def test_types_per_row_length(tmp_path, s3m_checkpoints):
 
 def test_padding_the_hidden_size_puts_its_rows_in_q1_0(tmp_path, s3m_checkpoints):
     out = tmp_path / "pad.gguf"
-    s = export_gguf(s3m_checkpoints["onebit-foldable"], out)      # auto: 192 -> 256
+    s = export_gguf(s3m_checkpoints["onebit-foldable"], out, pad="on")      # 192 -> 256
     types = {n: t for n, t, *_ in s.tensors}
     assert types["blk.0.attn_q.weight"] == "q1_0" and types["blk.0.ffn_up.weight"] == "q1_0"
     assert types["blk.0.attn_output.weight"] == "q2_0"            # reads the 192 attention channels
@@ -62,6 +62,8 @@ def test_padding_the_hidden_size_puts_its_rows_in_q1_0(tmp_path, s3m_checkpoints
     lin = lambda n: n.startswith("blk.") and "norm" not in n  # noqa: E731
     assert s.bits_per_weight(lin) < unpadded.bits_per_weight(lin)   # counted per original weight
     assert s.weights() == unpadded.weights()
+    auto = export_gguf(s3m_checkpoints["onebit-foldable"], tmp_path / "auto.gguf")
+    assert auto.total_bytes == min(s.total_bytes, unpadded.total_bytes)   # stories3M: no padding pays
 
 
 def test_every_linear_is_q1_0_when_rows_fit(tmp_path, tiny128):

@@ -23,7 +23,7 @@ def register(sub) -> None:
                    help="type of the token embedding (and of an untied output head) (default: %(default)s)")
     p.add_argument("--pad", action=argparse.BooleanOptionalAction, default=None,
                    help="pad the hidden size with zero channels to a multiple of 128 so its rows fit Q1_0 "
-                   "(exact; default: on for 1-bit methods when the hidden size needs it, e.g. SmolLM2's "
+                   "(exact; default: for 1-bit methods when it makes the file smaller, e.g. SmolLM2's "
                    "576 -> 640)")
     p.add_argument("--approximate", action="store_true",
                    help="OneBit without --foldable ties: fold the mean input scale (not exact; measure "

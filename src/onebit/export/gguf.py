@@ -364,6 +364,14 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
         raise OneBitError(f"pad must be auto, on or off, got '{pad}'")
     ex = _Exporter(model, weight_type, embed_type, approximate, pad)
     ex.build()
+    if pad == "auto" and ex.hidden != model.config.hidden_size:   # keep the padding only if it pays
+        alt = _Exporter(model, weight_type, embed_type, approximate, "off")
+        alt.build()
+        size = lambda e: sum(int(t[1].nbytes) for t in e.tensors)  # noqa: E731
+        if size(alt) <= size(ex):
+            alt.notes.append(f"hidden size not padded: padding to {ex.hidden} would make the file larger "
+                             f"({size(ex) / 2**20:.2f} vs {size(alt) / 2**20:.2f} MiB); --pad forces it")
+            ex = alt
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
