@@ -52,3 +52,13 @@ def test_quantize_save_load_round_trip(tmp_path, fp_260k, stories260k):
 def test_bad_group_size_is_refused():
     with pytest.raises(OneBitError, match="group-size"):
         Q1Config(group_size=12).validate()
+
+
+def test_the_trainer_does_not_compile_a_q1_0_student(fp_260k):
+    from onebit.distill.student import student_from_teacher
+    from onebit.distill.trainer import compile_safe
+    from onebit.methods.onebit import OneBitConfig
+
+    q1, _ = student_from_teacher(fp_260k, Q1Config())
+    ob, _ = student_from_teacher(fp_260k, OneBitConfig())
+    assert not compile_safe(q1) and compile_safe(ob)
