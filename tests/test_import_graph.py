@@ -167,6 +167,7 @@ class RowSignHandler(MethodHandler):
 @pytest.fixture
 def row_sign(monkeypatch):
     """The method registered for one test (the registry as it was afterwards)."""
+    registry.available_methods()  # the built-ins are in the copy (they load on the first lookup)
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     registry.register_method(RowSignConfig)(RowSignHandler)
     return RowSignConfig
@@ -201,3 +202,34 @@ def test_method_defined_outside_the_package_round_trips(row_sign, fp_260k, tmp_p
             assert torch.equal(AutoModelForCausalLM.from_pretrained(str(tmp_path / "ckpt"))(ids).logits, want)
     ledger = onebit.checkpoint_ledger(tmp_path / "ckpt")
     assert set(ledger.modules) == set(names)
+
+
+# --------------------------------------------------------------------------- import onebit is cheap
+def _fresh(code: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+def test_import_onebit_and_the_cli_parser_import_no_torch():
+    """``onebit --help`` answers at once: neither ``import onebit`` nor building the parser imports
+    torch or transformers (the subcommand that runs does)."""
+    out = _fresh("import sys, onebit; from onebit.cli.main import build_parser; build_parser(); "
+                 "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    assert out.strip() == "[]"
+
+
+def test_lazy_api_names_resolve_and_builtins_register_on_first_lookup():
+    out = _fresh("import onebit\nfrom onebit import OneBitConfig, quantize\n"
+                 "from onebit.registry import get_handler_cls\n"
+                 "print(get_handler_cls('rtn').__name__, 'onebit' in onebit.available_methods(), "
+                 "OneBitConfig.method, callable(quantize), sorted(set(onebit.__all__) - set(dir(onebit))))")
+    assert out.split() == ["RTNHandler", "True", "onebit", "True", "[]"]
+
+
+def test_transformers_integration_registers_when_transformers_is_imported_after_onebit():
+    out = _fresh("import onebit, sys; assert 'transformers' not in sys.modules\n"
+                 "import transformers\nfrom onebit.integrations import hf\n"
+                 "print(hf._registered == (hf.transformers_major() == hf.SUPPORTED_MAJOR))")
+    assert out.strip() == "True"

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from .config import QuantConfig
 from .errors import OneBitError
 from .fileio import chmod_umask
@@ -113,10 +111,8 @@ def parse_methods(specs: str) -> list[tuple[str, QuantConfig | None]]:
 # ------------------------------------------------------------------- extra metric hooks
 def _kl_hook(teacher, student, tokenizer, ids_by_data, settings) -> float | None:
     """Mean KL(teacher ‖ student) per token on the first dataset (``onebit.eval.kld``)."""
-    try:
-        from .eval.kld import kl_divergence
-    except ImportError:  # the evaluation module is optional here
-        return None
+    from .eval.kld import kl_divergence
+
     if student is teacher:
         return 0.0
     ids = next(iter(ids_by_data.values()))
@@ -128,11 +124,9 @@ def _zeroshot_hook(teacher, student, tokenizer, ids_by_data, settings) -> float 
     ``zeroshot_limit`` > 0 items per task (it is the slow column)."""
     if not settings.get("zeroshot_limit"):
         return None
-    try:
-        from .eval.tasks import PAPER_TASKS
-        from .eval.zeroshot import evaluate, paper_average
-    except ImportError:
-        return None
+    from .eval.tasks import PAPER_TASKS
+    from .eval.zeroshot import evaluate, paper_average
+
     res = evaluate(student, tokenizer, list(PAPER_TASKS), limit=settings["zeroshot_limit"])
     return paper_average(res)
 
@@ -153,12 +147,10 @@ class Row:
 
 
 def _distill(teacher, cfg: QuantConfig, steps: int, data: torch.Tensor, progress: bool):
-    """Distil the method's trainable form for ``steps`` steps (issue #3's trainer)."""
-    try:
-        from .distill.student import freeze, pack_student, student_from_teacher
-        from .distill.trainer import TrainConfig, Trainer
-    except ImportError:
-        raise OneBitError("--distill needs onebit.distill (the distillation issue), which is not installed")
+    """Distil the method's trainable form for ``steps`` steps (``onebit.distill``'s trainer)."""
+    from .distill.student import freeze, pack_student, student_from_teacher
+    from .distill.trainer import TrainConfig, Trainer
+
     student, qc = student_from_teacher(teacher, cfg)
     trainable = freeze(student, qc["modules"])
     Trainer(teacher, student, data, TrainConfig(steps=steps, batch_size=min(8, data.shape[0])),
@@ -170,6 +162,8 @@ def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], 
                 seqlen: int | None = None, max_windows: int | None = None, calib_samples: int = 128,
                 calib_seqlen: int = 256, distill: int = 0, zeroshot_limit: int = 0, progress: bool = False,
                 on_row: Callable[[Row], None] | None = None) -> list[Row]:
+    import torch  # here, not at the top: the CLI parser imports this module for its defaults
+
     from .api import quantize
     from .calibration import teacher_samples
     from .eval.data import C4_WINDOWS, load_text

@@ -84,5 +84,12 @@ def parse_dtype(name: str | None):
     return table[name]
 
 
+#: choices of the method config fields (torch-free, so the CLI parser can offer them cheaply)
+CLIP_MODES = ("minmax", "mse")
+ACT_MODES = ("dynamic", "static")
+OBSERVERS = ("minmax", "ema", "percentile")
+ACT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)
+
+
 def dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")

@@ -10,12 +10,14 @@ module class used to rebuild a model from a checkpoint).  Methods never touch
 the packing format or the kernels directly; those live in ``formats`` and
 ``kernels``.
 
-The registry imports no method: the built-in ones (``onebit.methods``) register themselves when
-the ``onebit`` package is imported, which happens before any ``onebit.<module>`` import; a method
-defined elsewhere registers the same way, with :func:`register_method`.
+The registry imports no method module: the built-in ones (``onebit.methods``) register themselves
+when that package is imported, which the first lookup here (or registration) does by name, like an
+entry point (so ``import onebit`` stays cheap); a method defined elsewhere registers the same way,
+with :func:`register_method`.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Type
 
 import torch
@@ -25,6 +27,16 @@ from .config import QuantConfig, check_format_version
 from .errors import CheckpointError, OneBitError
 
 _REGISTRY: dict[str, "Type[MethodHandler]"] = {}
+_BUILTINS_LOADED = False
+
+
+def _load_builtins() -> None:
+    """Import ``onebit.methods`` once (its modules call :func:`register_method`).  By name, not an
+    import statement: plugin discovery, not a dependency of the registry on the methods."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
+        importlib.import_module("onebit.methods")
 
 
 class MethodHandler:
@@ -88,6 +100,7 @@ def register_method(config_cls: Type[QuantConfig]) -> Callable[[type], type]:
     """Class decorator: register a handler for ``config_cls.method``."""
 
     def deco(handler_cls: type) -> type:
+        _load_builtins()  # a built-in name taken by a plugin first is still an error
         name = config_cls.method
         if name in _REGISTRY and _REGISTRY[name] is not handler_cls:
             raise RuntimeError(f"method '{name}' registered twice")
@@ -99,10 +112,12 @@ def register_method(config_cls: Type[QuantConfig]) -> Callable[[type], type]:
 
 
 def available_methods() -> list[str]:
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def get_handler_cls(name: str) -> "Type[MethodHandler]":
+    _load_builtins()
     if name not in _REGISTRY:
         raise OneBitError(f"unknown method '{name}'; valid methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -48,8 +48,7 @@ def register(sub) -> None:
 
 def add_method_args(p) -> None:
     """Flags of the rtn/gptq/bitnet/ternary/onebit-w1a8 methods (names match config fields)."""
-    from ..methods.actquant import ACT_BITS, ACT_MODES, OBSERVERS
-    from ..methods.quant import CLIP_MODES
+    from ..config import ACT_BITS, ACT_MODES, CLIP_MODES, OBSERVERS  # torch-free: --help stays fast
 
     g = p.add_argument_group("rtn / gptq", "uniform n-bit weights (see README 'Methods and comparison')")
     g.add_argument("--bits", type=int, default=None, help="weight bits, 2-8 (default 4)")

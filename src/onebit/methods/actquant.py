@@ -28,12 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import QuantConfig
+from ..config import ACT_BITS, ACT_MODES, OBSERVERS, QuantConfig  # noqa: F401  (choices re-exported)
 from ..errors import OneBitError
-
-ACT_MODES = ("dynamic", "static")
-OBSERVERS = ("minmax", "ema", "percentile")
-ACT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)
 
 
 @dataclass

@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import torch
 
+from ..config import CLIP_MODES  # noqa: F401  (re-exported)
+
 RTN_BITS = (2, 3, 4, 5, 6, 7, 8)
-CLIP_MODES = ("minmax", "mse")
 #: smallest scale kept (fp16's smallest normal number), so no scale rounds to 0
 MIN_SCALE = 6.2e-5
 
