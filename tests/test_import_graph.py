@@ -2,7 +2,8 @@
 
 Every import counts, those inside functions too (a function-level import that closes a cycle is
 still a cycle: it only moves the failure to run time).  ``from X import name`` points at module
-``X.name`` when there is one, else at ``X``.
+``X.name`` when there is one, else at ``X``; importing ``a.b.c`` also runs the packages ``a.b``'s and
+``a``'s ``__init__``, so it points at those too (except packages the importer is inside of).
 """
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                 r = resolve(t) if t.split(".")[0] == root.name else None
                 if r is not None and r != m:
                     graph[m].add(r)
+                    parts = r.split(".")
+                    graph[m].update(p for p in (".".join(parts[:i]) for i in range(2, len(parts)))
+                                    if p in mods and p != m and not m.startswith(p + "."))
     return graph
 
 
@@ -107,7 +111,7 @@ def test_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
     (pkg / "sub" / "b.py").write_text("def g():\n    from ..c import h\n    return h\n")
     (pkg / "c.py").write_text("from pkg.a import f as h\n")
     graph = import_graph(pkg)
-    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg"] == {"pkg.a"}
+    assert graph["pkg.a"] == {"pkg.sub.b", "pkg.sub"} and graph["pkg"] == {"pkg.a"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
     (pkg / "c.py").write_text("h = 1\n")
     assert cycles(import_graph(pkg)) == []
@@ -233,3 +237,27 @@ def test_transformers_integration_registers_when_transformers_is_imported_after_
                  "import transformers\nfrom onebit.integrations import hf\n"
                  "print(hf._registered == (hf.transformers_major() == hf.SUPPORTED_MAJOR))")
     assert out.strip() == "True"
+
+
+def test_cycle_finder_sees_the_package_init_an_import_runs(tmp_path):
+    """``nn/x.py`` importing ``methods/svid.py`` runs ``methods/__init__.py``: if that imports
+    ``methods/m.py``, which imports ``nn/x.py``, importing ``nn`` first fails half-initialised."""
+    pkg = tmp_path / "pkg"
+    for d in ("nn", "methods"):
+        (pkg / d).mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nn" / "__init__.py").write_text("")
+    (pkg / "nn" / "x.py").write_text("from ..methods.svid import f\n")
+    (pkg / "methods" / "__init__.py").write_text("from . import m\n")
+    (pkg / "methods" / "svid.py").write_text("f = 1\n")
+    (pkg / "methods" / "m.py").write_text("from ..nn.x import f\n")
+    assert cycles(import_graph(pkg)) == [["pkg.methods", "pkg.methods.m", "pkg.nn.x", "pkg.methods"]]
+    (pkg / "methods" / "__init__.py").write_text("")
+    assert cycles(import_graph(pkg)) == []
+
+
+def test_every_module_that_registers_a_method_is_a_builtin():
+    from onebit import methods
+
+    registering = {f.stem for f in (SRC / "methods").glob("*.py") if "@register_method" in f.read_text()}
+    assert registering and registering <= set(methods.BUILTIN_MODULES)

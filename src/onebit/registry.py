@@ -11,8 +11,7 @@ the packing format or the kernels directly; those live in ``formats`` and
 ``kernels``.
 
 The registry imports no method module: the built-in ones (``onebit.methods``) register themselves
-when that package is imported, which the first lookup here (or registration) does by name, like an
-entry point (so ``import onebit`` stays cheap); a method defined elsewhere registers the same way,
+when imported, which the first lookup here (or registration) does by name, like an entry point (so ``import onebit`` stays cheap); a method defined elsewhere registers the same way,
 with :func:`register_method`.
 """
 from __future__ import annotations
@@ -31,12 +30,12 @@ _BUILTINS_LOADED = False
 
 
 def _load_builtins() -> None:
-    """Import ``onebit.methods`` once (its modules call :func:`register_method`).  By name, not an
-    import statement: plugin discovery, not a dependency of the registry on the methods."""
+    """Import the built-in method modules once (each calls :func:`register_method`).  By name, not
+    an import statement: plugin discovery, not a dependency of the registry on the methods."""
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        importlib.import_module("onebit.methods")
+        importlib.import_module("onebit.methods").load_builtins()
 
 
 class MethodHandler:

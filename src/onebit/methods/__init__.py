@@ -1,6 +1,18 @@
 """Quantization methods: one module per method (config + math + handler).
 
-Importing this package registers every built-in method.
+Importing this package imports no method: :func:`load_builtins` does, and the registry calls it on
+its first lookup (so ``onebit.methods.svid`` and the other math modules import without the methods
+that build ``onebit.nn`` modules from them).
 """
-from . import onebit  # noqa: F401
-from . import bitnet, gptq, q1, rtn  # noqa: F401,E401  (rtn, gptq, bitnet, ternary, onebit-w1a8, q1_0)
+from __future__ import annotations
+
+import importlib
+
+#: the modules that register the built-in methods (rtn, gptq, bitnet, ternary, onebit, onebit-w1a8, q1_0)
+BUILTIN_MODULES = ("onebit", "bitnet", "gptq", "q1", "rtn")
+
+
+def load_builtins() -> None:
+    """Import every built-in method module (each registers itself with :mod:`onebit.registry`)."""
+    for name in BUILTIN_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
