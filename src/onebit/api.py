@@ -7,6 +7,10 @@ are.  The swap is in place; the returned model is the same object with
 ``model.config.quantization_config`` set, which is what the checkpoint
 writer saves.
 
+``embed=`` also quantizes the token embedding (and the head: tied to it, or on its own when
+untied) with :class:`onebit.embeddings.EmbedQuantConfig` — a setting apart from the linear
+method's config, recorded in ``quantization_config["embed"]``.
+
 The module surgery (``find_linears``, ``as_linear``, ``set_submodule``, ``prepare_empty``) lives in
 :mod:`onebit.surgery`; it is re-exported here.
 """
@@ -18,6 +22,7 @@ import time
 from torch import nn
 
 from .config import QuantConfig
+from .embeddings import EmbedQuantConfig, quantize_embeddings  # noqa: F401
 from .errors import OneBitError
 from .registry import get_handler
 from .surgery import _is_conv1d, _matches, as_linear, find_linears, prepare_empty, set_submodule  # noqa: F401
@@ -25,12 +30,16 @@ from .surgery import _is_conv1d, _matches, as_linear, find_linears, prepare_empt
 log = logging.getLogger("onebit")
 
 
-def quantize(model: nn.Module, config: QuantConfig, progress: bool = True, **kwargs) -> nn.Module:
+def quantize(model: nn.Module, config: QuantConfig, progress: bool = True,
+             embed: EmbedQuantConfig | str | None = None, **kwargs) -> nn.Module:
     """Quantize ``model`` in place with ``config``'s method and return it.
 
-    Extra keyword arguments go to the method handler (e.g. calibration data
-    for methods that need it).
+    ``embed``: how to store the token embedding and the head (an :class:`EmbedQuantConfig` or
+    its kind, e.g. ``"int4"``; default: keep them in the model dtype).  Extra keyword arguments
+    go to the method handler (e.g. calibration data for methods that need it).
     """
+    embed = EmbedQuantConfig.coerce(embed)
+    embed.validate()
     config.validate()
     handler = get_handler(config)
     targets = find_linears(model, config.skip)
@@ -46,4 +55,5 @@ def quantize(model: nn.Module, config: QuantConfig, progress: bool = True, **kwa
     qc = config.to_dict()
     qc["modules"] = modules
     model.config.quantization_config = qc
+    quantize_embeddings(model, embed)   # after the linears: a head tied to the embedding stays out of them
     return model

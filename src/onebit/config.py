@@ -14,9 +14,15 @@ from typing import Any, ClassVar
 
 from .errors import CheckpointError, OneBitError
 
-#: Version of the packed checkpoint layout written by this code.  Bump it when
-#: the tensor names, bit order or meaning of a field change.
-FORMAT_VERSION = 1
+#: Newest packed checkpoint layout this code reads and writes.  Bump it when the tensor names,
+#: bit order or meaning of a field change.  A checkpoint carries the oldest version that describes
+#: it: 1 (linears packed; embeddings, norms and head in the model dtype), or 2 when it also holds
+#: quantized embeddings / head (``quantization_config["embed"]``, see ``onebit.embeddings``), so
+#: onebit versions that cannot read those refuse them with a clear message.
+FORMAT_VERSION = 2
+
+#: the version of a checkpoint without quantized embeddings
+BASE_FORMAT_VERSION = 1
 
 #: The ``quant_method`` value written to ``config.json`` (transformers' key).
 QUANT_METHOD = "onebit"
@@ -41,7 +47,7 @@ class QuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        return {"quant_method": QUANT_METHOD, "format_version": FORMAT_VERSION,
+        return {"quant_method": QUANT_METHOD, "format_version": BASE_FORMAT_VERSION,
                 "method": self.method, **d}
 
     @classmethod
@@ -49,7 +55,7 @@ class QuantConfig:
         d = dict(d)
         version = d.pop("format_version", None)
         check_format_version(version)
-        for k in ("quant_method", "method", "modules"):
+        for k in ("quant_method", "method", "modules", "embed"):
             d.pop(k, None)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

@@ -8,7 +8,11 @@ Layout of ``OUT/``::
     model.safetensors       every tensor once (tied weights stored once);
                             per OneBit linear: <name>.weight_packed (uint8,
                             [out, ceil(in/8)], bit order in formats.packing),
-                            <name>.g [in], <name>.h [out] (fp16 by default)
+                            <name>.g [in], <name>.h [out] (fp16 by default);
+                            quantized embeddings / untied head (format
+                            version 2, ``quantization_config["embed"]``):
+                            <name>.weight_packed (uint8 codes) + <name>.scales
+                            (fp16 per group), see onebit.embeddings
     generation_config.json  copied when the model has one
     tokenizer files         copied from the source model
 
@@ -32,6 +36,7 @@ import torch
 from torch import nn
 
 from ..config import QUANT_METHOD, check_format_version
+from ..embeddings import embed_dtype_names, prepare_empty_embeddings
 from ..errors import CheckpointError, OneBitError
 from ..surgery import prepare_empty
 from .ledger import Ledger, ledger_from_specs
@@ -175,7 +180,7 @@ def save_checkpoint(model: nn.Module, out: str | os.PathLike, tokenizer=None,
     from .ledger import ledger_from_state_dict
 
     log.info("wrote %s", out)
-    return ledger_from_state_dict(sd, qc["modules"])
+    return ledger_from_state_dict(sd, qc["modules"], qc.get("embed"))
 
 
 # --------------------------------------------------------------------------- reading
@@ -302,7 +307,7 @@ def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
     headers = read_headers(path)
     specs = {k: (shape, dtype) for k, (shape, dtype, _) in headers.items()}
     validate_checkpoint(path, qc, specs)
-    return ledger_from_specs(specs, qc.get("modules", {}))
+    return ledger_from_specs(specs, qc.get("modules", {}), qc.get("embed"))
 
 
 _TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
@@ -322,7 +327,16 @@ def _empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     prepare_empty(model, qc)
+    prepare_empty_embeddings(model, qc)
     return model
+
+
+def _model_dtype(items, qc: dict) -> torch.dtype:
+    """The model's float dtype from its tensors ``(name, dtype)``: an embedding's if it has one in a
+    float dtype, else the first float tensor's; quantized embeddings (fp16 scales) do not count."""
+    skip = embed_dtype_names(qc)
+    items = [(k, d) for k, d in items if d is not None and k.rpartition(".")[0] not in skip]
+    return next((d for k, d in items if "embed" in k), None) or next((d for _, d in items), torch.float32)
 
 
 def _check_tensors(path: Path, shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
@@ -347,8 +361,7 @@ def validate_checkpoint(path: str | os.PathLike, qc: dict | None = None,
         qc = read_quant_config(path)
     if specs is None:
         specs = {k: (shape, dtype) for k, (shape, dtype, _) in read_headers(path).items()}
-    dtype = next((_TORCH_DTYPES[d] for k, (_, d) in specs.items() if d in _TORCH_DTYPES and "embed" in k), None) \
-        or next((_TORCH_DTYPES[d] for _, d in specs.values() if d in _TORCH_DTYPES), torch.float32)
+    dtype = _model_dtype([(k, _TORCH_DTYPES.get(d)) for k, (_, d) in specs.items()], qc)
     try:
         model = _empty_packed_model(path, qc, dtype)
     except OneBitError as e:
@@ -385,8 +398,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
     sd = {}
     for f in weight_files(path):
         sd.update(load_state_dict_file(f, device))
-    dtype = next((t.dtype for k, t in sd.items() if t.is_floating_point() and "embed" in k), None) \
-        or next((t.dtype for t in sd.values() if t.is_floating_point()), torch.float32)
+    dtype = _model_dtype([(k, t.dtype if t.is_floating_point() else None) for k, t in sd.items()], qc)
     model = _empty_packed_model(path, qc, dtype)
     _check_tensors(path, {k: tuple(t.shape) for k, t in sd.items()}, model)
     model.load_state_dict(sd, strict=False, assign=True)

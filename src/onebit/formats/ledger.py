@@ -7,6 +7,13 @@ is the sum of all its tensors (packed bits, scales, zero points, bias), and
 replaced.  For a 4096×4096 OneBit layer: 4096·512·8 + 2·4096·16 = 16,908,288
 bits / 16,777,216 weights = 1.0078.
 
+Quantized embeddings / heads (``quantization_config["embed"]``, :mod:`onebit.embeddings`) are
+counted as ``embedding`` / ``head`` with their real bits (packed codes + fp16 scales); a tied head
+has no tensors of its own.  *Bits per weight end to end* divides every stored bit (norms, biases,
+embeddings and head included) by the parameters of the original model: ``out × in`` per
+quantized linear, ``rows × cols`` per quantized embedding (a tied head counted once, as stored),
+and the element count of every other tensor.
+
 The ledger is computed from the tensors as they are written, so its total
 equals the safetensors file size minus the header.
 """
@@ -49,6 +56,10 @@ class Ledger:
     entries: list[TensorEntry] = field(default_factory=list)
     #: quantized module name -> (out_features, in_features) of the original linear
     modules: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: quantized embedding / head module -> (rows, cols) of the original table (untied ones only)
+    embed_modules: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: the embedding quantization ("int4", ...), None when the embeddings keep the model dtype
+    embed_kind: str | None = None
 
     @property
     def total_bits(self) -> int:
@@ -69,6 +80,25 @@ class Ledger:
         n = self.original_linear_weights
         return self.bits_by_category()["quantized"] / n if n else float("nan")
 
+    @property
+    def original_weights(self) -> int:
+        """Parameters of the original model the stored tensors stand for (see the module doc)."""
+        n = self.original_linear_weights + sum(r * c for r, c in self.embed_modules.values())
+        for e in self.entries:
+            owner = e.module if e.module is not None else _owner(e.name, self.embed_modules)
+            if owner is None or e.name.endswith(".bias"):
+                k = 1
+                for d in e.shape:
+                    k *= int(d)
+                n += k
+        return n
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Bits per weight end to end: every stored bit over :attr:`original_weights`."""
+        n = self.original_weights
+        return self.total_bits / n if n else float("nan")
+
     def per_module(self) -> dict[str, tuple[int, float]]:
         """module -> (bits, bits per original weight)."""
         acc: dict[str, int] = {m: 0 for m in self.modules}
@@ -86,6 +116,9 @@ class Ledger:
             "quantized_modules": len(self.modules),
             "original_linear_weights": self.original_linear_weights,
             "bits_per_linear_weight": self.bits_per_linear_weight,
+            "embed_quant": self.embed_kind or "none",
+            "original_weights": self.original_weights,
+            "bits_per_weight_end_to_end": self.bits_per_weight,
         }
 
     def format(self, per_tensor: bool = False) -> str:
@@ -107,13 +140,25 @@ class Ledger:
         if n:
             lines.append(f"quantized linears: {len(self.modules)} layers, {n:,d} original weights, "
                          f"{cats['quantized']:,d} bits -> {self.bits_per_linear_weight:.4f} bits/weight")
+        m = self.original_weights
+        if m:
+            emb = self.embed_kind or "model dtype"
+            lines.append(f"end to end: {m:,d} weights of the original model, {total:,d} bits -> "
+                         f"{self.bits_per_weight:.4f} bits/weight (embeddings: {emb})")
         return "\n".join(lines)
 
 
-def categorize(name: str, quantized_modules) -> tuple[str, str | None]:
+def _owner(name: str, modules) -> str | None:
+    prefix = name.rpartition(".")[0]
+    return prefix if prefix in modules else None
+
+
+def categorize(name: str, quantized_modules, embed_roles: dict[str, str] | None = None) -> tuple[str, str | None]:
     prefix = name.rpartition(".")[0]
     if prefix in quantized_modules:
         return "quantized", prefix
+    if embed_roles and prefix in embed_roles:
+        return embed_roles[prefix], None
     low = name.lower()
     if "embed" in low or low.startswith(("wte", "wpe")) or ".wte." in low or ".wpe." in low:
         return "embedding", None
@@ -124,22 +169,37 @@ def categorize(name: str, quantized_modules) -> tuple[str, str | None]:
     return "other", None
 
 
+def _embed_parts(embed: dict | None) -> tuple[dict[str, str], dict[str, tuple[int, int]], str | None]:
+    """``(module -> role, untied module -> (rows, cols), kind)`` of a ``quantization_config["embed"]``."""
+    if not isinstance(embed, dict) or not isinstance(embed.get("modules"), dict):
+        return {}, {}, None
+    roles, shapes = {}, {}
+    for name, m in embed["modules"].items():
+        roles[name] = m.get("role", "embedding")
+        if m.get("tied_to") is None:
+            shapes[name] = tuple(m["shape"])
+    return roles, shapes, embed.get("kind")
+
+
 def ledger_from_specs(specs: dict[str, tuple[tuple[int, ...], str]],
-                      modules: dict[str, tuple[int, int]]) -> Ledger:
-    """Ledger from ``name -> (shape, dtype)`` (e.g. a safetensors header)."""
-    led = Ledger(modules={k: tuple(v) for k, v in modules.items()})
+                      modules: dict[str, tuple[int, int]], embed: dict | None = None) -> Ledger:
+    """Ledger from ``name -> (shape, dtype)`` (e.g. a safetensors header); ``embed`` is the
+    ``quantization_config["embed"]`` entry, if any."""
+    roles, shapes, kind = _embed_parts(embed)
+    led = Ledger(modules={k: tuple(v) for k, v in modules.items()}, embed_modules=shapes, embed_kind=kind)
     for name, (shape, dtype) in specs.items():
         n = 1
         for d in shape:
             n *= int(d)
-        cat, mod = categorize(name, led.modules)
+        cat, mod = categorize(name, led.modules, roles)
         led.entries.append(TensorEntry(name, tuple(shape), str(dtype).replace("torch.", ""),
                                        n * dtype_bits(dtype), cat, mod))
     return led
 
 
-def ledger_from_state_dict(sd: dict[str, torch.Tensor], modules: dict[str, tuple[int, int]]) -> Ledger:
-    return ledger_from_specs({k: (tuple(v.shape), v.dtype) for k, v in sd.items()}, modules)
+def ledger_from_state_dict(sd: dict[str, torch.Tensor], modules: dict[str, tuple[int, int]],
+                           embed: dict | None = None) -> Ledger:
+    return ledger_from_specs({k: (tuple(v.shape), v.dtype) for k, v in sd.items()}, modules, embed)
 
 
 def onebit_layer_bits(out_features: int, in_features: int, scale_bits: int = 16) -> int:

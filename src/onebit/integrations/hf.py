@@ -59,7 +59,8 @@ def check_transformers_version() -> None:
 def _quantized_linear_specs(model, qc: dict) -> dict[str, tuple[tuple[int, ...], Any]]:
     """``tensor name -> (shape, dtype)`` of every tensor the packed modules expect."""
     out = {}
-    for name in qc["modules"]:
+    embed = (qc.get("embed") or {}).get("modules") or {}
+    for name in list(qc["modules"]) + list(embed):
         mod = model.get_submodule(name)
         for k, t in mod.state_dict().items():
             out[f"{name}.{k}"] = (tuple(t.shape), t.dtype)
@@ -160,10 +161,12 @@ def register() -> None:
                 raise OneBitError("onebit checkpoints cannot be offloaded to disk")
 
         def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+            from ..embeddings import prepare_empty_embeddings
             from ..surgery import prepare_empty
 
             qc = self.quantization_config.to_dict()
             prepare_empty(model, qc)
+            prepare_empty_embeddings(model, qc)   # quantized embeddings / head (format version 2)
             _skip_parent_inits(model, qc["modules"])
             if checkpoint_files:
                 check_weight_files(list(checkpoint_files), _quantized_linear_specs(model, qc))
