@@ -53,7 +53,11 @@ def run(args) -> int:
         print(json.dumps({"quantization_config": {k: v for k, v in qc.items() if k != "modules"},
                           **ledger.summary()}, indent=2))
         return 0
-    settings = ", ".join(f"{k}={v}" for k, v in qc.items() if k not in ("modules", "quant_method"))
+    settings = ", ".join(f"{k}={v}" for k, v in qc.items() if k not in ("modules", "quant_method", "embed"))
     print(f"{args.checkpoint}: onebit checkpoint ({settings})")
+    if qc.get("embed"):
+        from ..embeddings import describe
+
+        print(describe(qc["embed"]))
     print(ledger.format(per_tensor=args.tensors))
     return 0

@@ -33,6 +33,7 @@ def register(sub) -> None:
                    help="OneBit: tie the input scales (one g for q/k/v, one for gate/up, o/down's in "
                    "v/up's h) so `onebit export` writes llama.cpp's Q1_0 exactly")
     add_method_args(p)
+    add_embed_args(p)
     p.add_argument("--skip", action="append", default=None, metavar="NAME",
                    help="module name (or glob) to keep in full precision; repeatable "
                    "(default: lm_head)")
@@ -82,6 +83,34 @@ def add_method_args(p) -> None:
                    "text; evaluation files are refused")
 
 
+def add_embed_args(p) -> None:
+    from ..embeddings import EMBED_KINDS
+
+    e = p.add_argument_group("embeddings", "the token embedding and the head (tied: one table for both)")
+    e.add_argument("--embed-quant", choices=EMBED_KINDS, default="none",
+                   help="none: model dtype (default); int8 / int4: groups with an fp16 scale (llama.cpp "
+                   "Q8_0 / Q4_0 rounding, 8.5 / 4.5 bits); int2: 2.5 bits (onebit only); q1: sign + "
+                   "mean |w| per block of 128 (Q1_0, 1.125 bits)")
+    e.add_argument("--embed-group", type=int, default=None, metavar="N",
+                   help="weights per scale along a row (default 32; q1: 128)")
+    e.add_argument("--embed-head", action=argparse.BooleanOptionalAction, default=True,
+                   help="also quantize an untied lm_head the same way (default: on; a tied head "
+                   "always uses the embedding's table)")
+
+
+def build_embed_config(args):
+    from ..embeddings import EmbedQuantConfig
+
+    if getattr(args, "embed_group", None) is not None and getattr(args, "embed_quant", "none") == "none":
+        from ..errors import OneBitError
+
+        raise OneBitError("--embed-group needs --embed-quant int8|int4|int2|q1")
+    cfg = EmbedQuantConfig(getattr(args, "embed_quant", "none"), getattr(args, "embed_group", None),
+                           getattr(args, "embed_head", True))
+    cfg.validate()
+    return cfg
+
+
 def build_config(args):
     """The method's config from CLI flags (methods may add flags of their own)."""
     from ..errors import OneBitError
@@ -115,11 +144,18 @@ def run(args) -> int:
     from .common import progress_enabled
 
     cfg = build_config(args)                       # bad method/flags fail before any loading
+    embed = build_embed_config(args)
     check_model_spec(args.model)
     prepare_output_dir(args.out, args.overwrite)   # OUT exists without --overwrite: fail early
     from ..formats.streaming import should_stream
 
-    if should_stream(args.model, cfg, getattr(args, "streaming", None)):
+    stream = should_stream(args.model, cfg, getattr(args, "streaming", None))
+    if stream and embed.kind != "none":
+        if getattr(args, "streaming", None):
+            raise OneBitError("--embed-quant is not supported with --streaming yet; pass --no-streaming")
+        log.warning("--embed-quant: quantizing in memory (the streaming path keeps embeddings as they are)")
+        stream = False
+    if stream:
         return run_streaming(args, cfg)
     t0 = time.perf_counter()
     model = load_model(args.model, dtype=parse_dtype(args.dtype))
@@ -133,13 +169,15 @@ def run(args) -> int:
     from ..registry import get_handler
 
     extra = {"tokenizer": tok} if get_handler(cfg).needs_calibration else {}
-    quantize(model, cfg, progress=progress_enabled(args), **extra)
+    quantize(model, cfg, progress=progress_enabled(args), embed=embed, **extra)
     tq = time.perf_counter() - t1
     ledger = save_checkpoint(model, args.out, tokenizer=tok, source=args.model, overwrite=args.overwrite)
     s = ledger.summary()
     print(f"quantized {args.model} with {cfg.method} in {tq:.1f}s -> {args.out}")
     print(f"{s['quantized_modules']} linear layers at {s['bits_per_linear_weight']:.4f} bits/weight; "
           f"checkpoint tensors {s['total_bytes'] / 2**20:.2f} MiB")
+    print(f"end to end (embeddings: {s['embed_quant']}): {s['bits_per_weight_end_to_end']:.4f} bits/weight "
+          f"over {s['original_weights']:,d} weights")
     return 0
 
 
