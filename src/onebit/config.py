@@ -95,6 +95,7 @@ CLIP_MODES = ("minmax", "mse")
 ACT_MODES = ("dynamic", "static")
 OBSERVERS = ("minmax", "ema", "percentile")
 ACT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)
+EMBED_KINDS = ("none", "int8", "int4", "int2", "q1")  # onebit.embeddings.EmbedQuantConfig.kind
 
 
 def dtype_name(dtype) -> str:

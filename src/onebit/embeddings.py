@@ -31,13 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import EMBED_KINDS  # noqa: F401  (re-exported)
 from .errors import CheckpointError, OneBitError
 
 log = logging.getLogger("onebit")
 
 #: the format version of a checkpoint holding quantized embeddings
 EMBED_FORMAT_VERSION = 2
-EMBED_KINDS = ("none", "int8", "int4", "int2", "q1")
 
 
 @dataclass

@@ -84,7 +84,7 @@ def add_method_args(p) -> None:
 
 
 def add_embed_args(p) -> None:
-    from ..embeddings import EMBED_KINDS
+    from ..config import EMBED_KINDS  # torch-free: --help stays fast
 
     e = p.add_argument_group("embeddings", "the token embedding and the head (tied: one table for both)")
     e.add_argument("--embed-quant", choices=EMBED_KINDS, default="none",
