@@ -175,7 +175,7 @@ def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], 
 
     teacher = load_model(model_spec)
     tok = load_tokenizer(model_spec)
-    seqlen = seqlen or context_length(teacher)
+    seqlen = seqlen if seqlen is not None else context_length(teacher)
     ids_by_data = {d: tokenize_text(tok, load_text(d)) for d in datasets}
     settings = {"seqlen": seqlen, "max_windows": max_windows, "zeroshot_limit": zeroshot_limit}
     calib = None
@@ -256,9 +256,17 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def plot(rows: list[Row], path: str | os.PathLike, title: str = "") -> None:
-    """PNG of perplexity vs bits per weight (log scales where the range is wide)."""
-    import matplotlib
+#: what ``onebit compare`` says when it cannot draw the plot
+NO_PLOT_NOTE = "{name} not written: matplotlib is not installed (pip install 'onebit[plot]')"
+
+
+def plot(rows: list[Row], path: str | os.PathLike, title: str = "") -> bool:
+    """PNG of perplexity vs bits per weight (log scales where the range is wide).  Returns False,
+    writing nothing, when matplotlib (the ``plot`` extra) is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -294,3 +302,4 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "") -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return True

@@ -114,3 +114,20 @@ def test_compare_default_answers_in_minutes(stories260k, tmp_path, capsys, monke
     assert main(["compare", stories260k, "--out", str(out), "--full", "--max-windows", "7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--full" in err[0] and "--max-windows" in err[0]
+
+
+def test_compare_without_matplotlib_writes_the_tables_and_says_how_to_get_the_plot(
+        stories260k, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from onebit import compare as C
+
+    monkeypatch.setattr(C, "run_compare", _fake_run_compare({}))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "cmp"
+    assert main(["compare", stories260k, "--methods", "fp,rtn-w4", "--out", str(out), "-q"]) == 0
+    assert (out / "compare.md").exists() and (out / "compare.csv").exists()
+    assert not (out / "ppl_vs_bits.png").exists()
+    cap = capsys.readouterr()
+    assert cap.err.strip() == ("onebit: note: " + C.NO_PLOT_NOTE.format(name=out / "ppl_vs_bits.png"))
+    assert "pip install 'onebit[plot]'" in cap.err and "ppl_vs_bits.png" not in cap.out

@@ -88,3 +88,25 @@ def test_harness_needs_or_runs_lm_eval(stories260k, capsys):
         return
     assert main(["eval", "harness", stories260k, "--tasks", "arc_easy", "--limit", "3"]) == 0
     assert "arc_easy: acc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cmd", [["eval", "ppl", "M"], ["eval", "kld", "T", "S"], ["eval", "all", "M", "--out", "o"],
+                                 ["compare", "M"]])
+@pytest.mark.parametrize("bad", ["0", "-5", "1", "x"])
+def test_seqlen_below_two_is_refused_before_loading(capsys, cmd, bad):
+    """--seqlen 0 is not a synonym for 'the model's context' (omit the flag for that): one line, exit 2."""
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--seqlen", bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("onebit: error: argument --seqlen:")
+    assert ("omit --seqlen" in err[0]) == (bad != "x")
+
+
+@pytest.mark.parametrize("cmd", [["ppl", "M"], ["zeroshot", "M"], ["kld", "T", "S"], ["harness", "M"],
+                                 ["all", "M", "--out", "o"]])
+def test_eval_computes_in_float32_by_default(cmd):
+    """An fp16 checkpoint is evaluated in fp32 on the CPU (fp16 math there is many times slower)."""
+    from onebit.cli.main import build_parser
+
+    assert build_parser().parse_args(["eval", *cmd]).dtype == "float32"
+    assert build_parser().parse_args(["eval", *cmd, "--dtype", "auto"]).dtype == "auto"

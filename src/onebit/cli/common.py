@@ -35,9 +35,27 @@ def progress_enabled(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) or getattr(args, "progress", False)
 
 
-def add_dtype_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+def add_dtype_arg(p: argparse.ArgumentParser, default: str = "auto", help: str | None = None) -> None:
     p.add_argument("--dtype", default=default, choices=["auto", "float32", "float16", "bfloat16"],
-                   help="dtype to load the model in (default: %(default)s = as stored)")
+                   help=help or "dtype to load the model in (default: %(default)s = as stored)")
+
+
+#: ``--dtype`` help of the commands that evaluate (their default is float32)
+EVAL_DTYPE_HELP = ("dtype to evaluate in (default: %(default)s: onebit evaluates on the CPU, where "
+                   "float16/bfloat16 math is many times slower; auto = as stored)")
+
+
+def seqlen_type(text: str) -> int:
+    """``--seqlen``: a window of at least 2 tokens.  Omitting the flag means the model's context
+    (capped at 2048); 0 or a negative number is an error, not a synonym for that."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens, got '{text}'")
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 tokens, got {v} (omit --seqlen for the "
+                                         "model's context, capped at 2048)")
+    return v
 
 
 def _umask_mode() -> int:

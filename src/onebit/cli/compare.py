@@ -11,6 +11,7 @@ log = logging.getLogger("onebit")
 
 def register(sub) -> None:
     from ..compare import DEFAULT_MAX_WINDOWS, DEFAULT_METHODS, MODIFIERS
+    from .common import seqlen_type
     from .main import add_common
 
     p = sub.add_parser(
@@ -34,7 +35,8 @@ def register(sub) -> None:
                    help="comma-separated method specs (default: %(default)s)")
     p.add_argument("--data", default="wikitext2", help="comma-separated datasets: wikitext2, c4, "
                    "tinystories or a text FILE (default: %(default)s)")
-    p.add_argument("--seqlen", type=int, default=None, help="perplexity window (default: model context)")
+    p.add_argument("--seqlen", type=seqlen_type, default=None,
+                   help="perplexity window in tokens, at least 2 (default: the model's context, capped at 2048)")
     p.add_argument("--max-windows", type=int, default=None, metavar="N",
                    help=f"perplexity (and KL) windows per dataset (default: {DEFAULT_MAX_WINDOWS}, "
                    "an answer in minutes; --full for all)")
@@ -50,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--distill", type=int, default=0, metavar="STEPS",
                    help="distil each method's trainable form for STEPS steps first (needs onebit.distill)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="where to write compare.md/.csv/.png (default: compare-<model name>)")
+                   help="where to write compare.md/.csv/.png (default: compare-<model name>; the PNG needs "
+                   "the plot extra, pip install 'onebit[plot]')")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -98,8 +101,13 @@ def run(args) -> int:
             + (f"; distilled {args.distill} steps" if args.distill else "") + ".\n")
     write_text_atomic(out / "compare.md", md + note)
     write_text_atomic(out / "compare.csv", C.to_csv(rows))
-    C.plot(rows, out / "ppl_vs_bits.png", title=f"{Path(args.model).name}: perplexity vs bits per weight")
+    png = out / "ppl_vs_bits.png"
+    wrote = [out / "compare.md", out / "compare.csv"]
+    if C.plot(rows, png, title=f"{Path(args.model).name}: perplexity vs bits per weight"):
+        wrote.append(png)
+    else:
+        print(f"onebit: note: {C.NO_PLOT_NOTE.format(name=png)}", file=sys.stderr)
     sys.stdout.write(md)
     print(f"{scope}; {zs}")
-    print(f"wrote {out / 'compare.md'}, {out / 'compare.csv'}, {out / 'ppl_vs_bits.png'}")
+    print(f"wrote {', '.join(map(str, wrote))}")
     return 0

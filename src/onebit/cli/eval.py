@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from .common import EVAL_DTYPE_HELP, add_dtype_arg, seqlen_type
+
 EVALS = ["ppl", "zeroshot", "kld", "harness", "all"]
 
 
@@ -19,7 +21,6 @@ def register(sub) -> None:
 
 
 def register_ppl(esub) -> None:
-    from .common import add_dtype_arg
     from .main import add_common
 
     p = esub.add_parser(
@@ -31,12 +32,12 @@ def register_ppl(esub) -> None:
     p.add_argument("model", metavar="MODEL_OR_CHECKPOINT")
     p.add_argument("--data", action="append", default=None,
                    help="wikitext2, c4, tinystories or a text file; repeatable (default: wikitext2)")
-    p.add_argument("--seqlen", type=int, default=None,
-                   help="window length (default: the model's context, capped at 2048)")
+    p.add_argument("--seqlen", type=seqlen_type, default=None,
+                   help="window length in tokens, at least 2 (default: the model's context, capped at 2048)")
     p.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
-    add_dtype_arg(p)
+    add_dtype_arg(p, "float32", EVAL_DTYPE_HELP)
     add_common(p)
     p.set_defaults(func=run_ppl)
 
@@ -54,7 +55,7 @@ def run_ppl(args) -> int:
         raise OneBitError(f"--batch-size must be at least 1, got {args.batch_size}")
     model = load_model(args.model, dtype=parse_dtype(args.dtype))
     tok = load_tokenizer(args.model)
-    seqlen = args.seqlen or context_length(model)
+    seqlen = args.seqlen if args.seqlen is not None else context_length(model)
     if seqlen > context_length(model, cap=1 << 30):
         raise OneBitError(f"--seqlen {seqlen} exceeds the model's context {context_length(model, 1 << 30)}")
     results = {}
@@ -98,6 +99,9 @@ def _task_files(args) -> dict:
 
 
 def _add_threads(p) -> None:
+    """``--threads`` for this command, unless the common flags already have one."""
+    if "--threads" in p._option_string_actions:
+        return
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; on a CPU busy with other jobs 1 can be much faster)")
 
@@ -118,7 +122,6 @@ def _load(spec, args):
 
 
 def register_zeroshot(esub) -> None:
-    from .common import add_dtype_arg
     from .main import add_common
 
     p = esub.add_parser(
@@ -136,9 +139,9 @@ def register_zeroshot(esub) -> None:
                    help="run every context+continuation whole instead of sharing the context's pass")
     p.add_argument("--samples", action="store_true", help="also write per-item predictions to --json")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
-    _add_threads(p)
-    add_dtype_arg(p)
+    add_dtype_arg(p, "float32", EVAL_DTYPE_HELP)
     add_common(p)
+    _add_threads(p)
     p.set_defaults(func=run_zeroshot)
 
 
@@ -174,8 +177,8 @@ def run_zeroshot(args) -> int:
 def _add_window_args(p, default_data="wikitext2") -> None:
     p.add_argument("--data", default=default_data,
                    help="wikitext2, c4, tinystories or a text file (default: %(default)s)")
-    p.add_argument("--seqlen", type=int, default=None,
-                   help="window length (default: the model's context, capped at 2048)")
+    p.add_argument("--seqlen", type=seqlen_type, default=None,
+                   help="window length in tokens, at least 2 (default: the model's context, capped at 2048)")
     p.add_argument("--max-windows", type=int, default=None, help="score at most this many windows")
 
 
@@ -185,14 +188,13 @@ def _seqlen(args, model) -> int:
 
     if args.max_windows is not None and args.max_windows < 1:
         raise OneBitError(f"--max-windows must be at least 1, got {args.max_windows}")
-    seqlen = args.seqlen or context_length(model)
+    seqlen = args.seqlen if args.seqlen is not None else context_length(model)
     if seqlen > context_length(model, cap=1 << 30):
         raise OneBitError(f"--seqlen {seqlen} exceeds the model's context {context_length(model, 1 << 30)}")
     return seqlen
 
 
 def register_kld(esub) -> None:
-    from .common import add_dtype_arg
     from .main import add_common
 
     p = esub.add_parser(
@@ -209,9 +211,9 @@ def register_kld(esub) -> None:
     p.add_argument("--second-half", action="store_true",
                    help="score only the second half of each window, as llama.cpp does")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
-    _add_threads(p)
-    add_dtype_arg(p)
+    add_dtype_arg(p, "float32", EVAL_DTYPE_HELP)
     add_common(p)
+    _add_threads(p)
     p.set_defaults(func=run_kld)
 
 
@@ -246,7 +248,6 @@ def run_kld(args) -> int:
 
 
 def register_harness(esub) -> None:
-    from .common import add_dtype_arg
     from .main import add_common
 
     p = esub.add_parser(
@@ -261,9 +262,9 @@ def register_harness(esub) -> None:
     p.add_argument("--hub-data", action="store_true",
                    help="let lm-eval download the data of our seven tasks too (default: local files)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write lm-eval's results as JSON")
-    _add_threads(p)
-    add_dtype_arg(p)
+    add_dtype_arg(p, "float32", EVAL_DTYPE_HELP)
     add_common(p)
+    _add_threads(p)
     p.set_defaults(func=run_harness_cmd)
 
 
@@ -293,7 +294,6 @@ def run_harness_cmd(args) -> int:
 
 
 def register_all(esub) -> None:
-    from .common import add_dtype_arg
     from .main import add_common
 
     p = esub.add_parser(
@@ -305,15 +305,16 @@ def register_all(esub) -> None:
     p.add_argument("--ppl-data", default="wikitext2",
                    help="comma-separated perplexity texts (default: %(default)s)")
     p.add_argument("--kld-data", default="wikitext2", help="text for KLD (default: %(default)s)")
-    p.add_argument("--seqlen", type=int, default=None, help="window length (default: model context, max 2048)")
+    p.add_argument("--seqlen", type=seqlen_type, default=None,
+                   help="window length in tokens, at least 2 (default: the model's context, capped at 2048)")
     p.add_argument("--max-windows", type=int, default=None, help="at most this many windows (ppl and KLD)")
     _add_task_args(p)
     p.add_argument("--batch-size", type=int, default=32, help="zero-shot continuations per forward")
     p.add_argument("--out", required=True, metavar="OUT",
                    help="write OUT.json and OUT.md (a trailing .json/.md is dropped)")
-    _add_threads(p)
-    add_dtype_arg(p)
+    add_dtype_arg(p, "float32", EVAL_DTYPE_HELP)
     add_common(p)
+    _add_threads(p)
     p.set_defaults(func=run_all_cmd)
 
 
