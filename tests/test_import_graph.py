@@ -25,8 +25,9 @@ SRC = Path(onebit.__file__).resolve().parent
 
 
 # --------------------------------------------------------------------------- the import graph
-def import_graph(root: Path) -> dict[str, set[str]]:
-    """``module -> modules of the same package it imports`` for the package directory ``root``."""
+def import_graph(root: Path, packages: bool = True) -> dict[str, set[str]]:
+    """``module -> modules of the same package it imports`` for the package directory ``root``;
+    ``packages``: also the parent packages whose ``__init__`` such an import runs."""
     mods = {}
     for f in sorted(root.rglob("*.py")):
         parts = list(f.relative_to(root.parent).with_suffix("").parts)
@@ -55,6 +56,8 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                 r = resolve(t) if t.split(".")[0] == root.name else None
                 if r is not None and r != m:
                     graph[m].add(r)
+                    if not packages:
+                        continue
                     parts = r.split(".")
                     graph[m].update(p for p in (".".join(parts[:i]) for i in range(2, len(parts)))
                                     if p in mods and p != m and not m.startswith(p + "."))
@@ -261,3 +264,77 @@ def test_every_module_that_registers_a_method_is_a_builtin():
 
     registering = {f.stem for f in (SRC / "methods").glob("*.py") if "@register_method" in f.read_text()}
     assert registering and registering <= set(methods.BUILTIN_MODULES)
+
+
+# --------------------------------------------------------------------------- the declared layers
+#: The layers of src/onebit, bottom to top: a module may import its own layer and those below, never
+#: one above.  A module belongs to the layer of its longest matching prefix.  This list is the one
+#: place the order is declared (docs/architecture.md explains it).
+LAYERS = [
+    ("base", ["onebit.errors", "onebit.config", "onebit.paths", "onebit.fileio", "onebit.progress"]),
+    ("data", ["onebit.eval.data", "onebit.calibration"]),   # text sets, calibration samples
+    ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant"]),
+    ("formats", ["onebit.formats"]),                         # packing, safetensors/GGUF I/O, ledger
+    ("kernels", ["onebit.kernels"]),
+    ("nn", ["onebit.nn", "onebit.methods.actquant"]),        # modules calling math and kernels
+    ("methods", ["onebit.registry", "onebit.methods", "onebit.embeddings"]),  # config + handler
+    ("surgery", ["onebit.surgery", "onebit.methods.sequential"]),  # find/swap modules, skeletons
+    ("pipelines", ["onebit.formats.streaming", "onebit.formats.streaming_blocks"]),  # quantize drivers
+    ("api", ["onebit.api", "onebit.models", "onebit.generate"]),
+    ("tools", ["onebit.eval", "onebit.distill", "onebit.export", "onebit.integrations", "onebit.compare"]),
+    ("cli", ["onebit.cli", "onebit"]),
+]
+
+#: Upward imports that exist today, each with why; the test fails on any other, and on an entry here
+#: that is gone (so the list only shrinks).  Imports inside functions count the same as module-level
+#: ones (a function-level import is still a dependency; it only hides it until run time).
+KNOWN_UPWARD = {
+    ("onebit.formats.checkpoint", "onebit.surgery"):
+        "load_checkpoint rebuilds a model (meta skeleton + swap): an api job still in formats",
+    ("onebit.formats.checkpoint", "onebit.embeddings"):
+        "load_checkpoint rebuilds quantized embeddings, same reason",
+    ("onebit.methods.common", "onebit.surgery"):
+        "the layer-wise driver (swap each linear) lives in the handler base class, not in a pipeline",
+    ("onebit.methods.common", "onebit.models"):
+        "calibration_ids loads the tokenizer and reads the context length: pipeline work in methods",
+    ("onebit.methods.gptq", "onebit.surgery"):
+        "GPTQ's sequential driver swaps modules itself",
+    ("onebit.methods.gptq", "onebit.methods.sequential"):
+        "GPTQ's sequential driver (block capture, Hessians) lives in the handler",
+    ("onebit.embeddings", "onebit.surgery"):
+        "quantize_embeddings swaps the embedding and head modules itself",
+    ("onebit.formats.streaming_blocks", "onebit.models"):
+        "the streaming GPTQ driver calls calibration_ids' helpers (tokenizer, context length)",
+}
+
+
+def layer_of(module: str) -> int:
+    best = max(((len(p), i) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+                if module == p or module.startswith(p + ".")), default=None)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    return {(m, t) for m, ts in graph.items() for t in ts if layer_of(m) < layer_of(t)}
+
+
+def test_no_upward_imports_between_the_declared_layers():
+    up = upward_imports(import_graph(SRC, packages=False))
+    new = sorted(up - set(KNOWN_UPWARD))
+    name = lambda m: LAYERS[layer_of(m)][0]  # noqa: E731
+    assert not new, "upward imports (module -> module it imports, layers in brackets):\n" + "\n".join(
+        f"{a} [{name(a)}] -> {b} [{name(b)}]" for a, b in new)
+    gone = sorted(set(KNOWN_UPWARD) - up)
+    assert not gone, f"no longer imported upward, drop from KNOWN_UPWARD: {gone}"
+
+
+def test_layer_check_sees_an_upward_import(tmp_path):
+    pkg = tmp_path / "onebit"
+    (pkg / "nn").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nn" / "__init__.py").write_text("")
+    (pkg / "errors.py").write_text("class OneBitError(Exception):\n    pass\n")
+    (pkg / "nn" / "x.py").write_text("from ..errors import OneBitError\n\ndef f():\n    from ..api import q\n")
+    (pkg / "api.py").write_text("from .nn.x import f\n")
+    assert upward_imports(import_graph(pkg, packages=False)) == {("onebit.nn.x", "onebit.api")}
