@@ -169,6 +169,9 @@ def save_checkpoint(model: nn.Module, out: str | os.PathLike, tokenizer=None,
                          metadata={"format": "pt", "onebit_format_version": str(qc["format_version"])})
         cfg = model.config.to_dict()
         cfg["quantization_config"] = qc
+        if cfg.get("dtype") is None:   # else transformers guesses it from the first float tensor (fp16 scales)
+            cfg["dtype"] = str(next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                                    torch.float32)).replace("torch.", "")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
         gen = getattr(model, "generation_config", None)
         if gen is not None:
