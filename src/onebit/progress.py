@@ -36,10 +36,6 @@ def set_plain_lines(plain: bool, interval: float | None = None) -> dict:
     return prev
 
 
-def plain_lines() -> bool:
-    return _state["plain"]
-
-
 def _interval() -> float:
     if _state["interval"] is not None:
         return float(_state["interval"])

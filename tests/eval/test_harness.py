@@ -10,10 +10,20 @@ import pytest
 if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):  # CI installs the lmeval extra
     pytest.importorskip("lm_eval")
 
-from onebit.eval.harness import hf_rows, run_harness, sample_predictions  # noqa: E402
+from onebit.eval.harness import hf_rows, run_harness  # noqa: E402
 from onebit.eval.zeroshot import evaluate  # noqa: E402
 
 LIMIT = 40
+
+
+def sample_predictions(samples: list[dict]) -> tuple[list[int], list[list[float]]]:
+    """(argmax prediction, log-likelihoods) per lm-eval sample of a multiple-choice task."""
+    preds, lls = [], []
+    for s in samples:
+        ll = [float(r[0]) for r in s["filtered_resps"]]
+        preds.append(max(range(len(ll)), key=lambda i: (ll[i], -i)))
+        lls.append(ll)
+    return preds, lls
 
 
 @pytest.fixture(scope="module")

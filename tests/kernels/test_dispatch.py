@@ -79,7 +79,7 @@ def test_build_failure_falls_back_to_reference(monkeypatch, caplog, saved_loader
         raise RuntimeError("simulated: no C++ compiler (c++: command not found)")
 
     monkeypatch.setattr(loader, "_build", no_compiler)
-    loader._reset_for_tests()
+    loader._state.update(module=None, error=None, tried=False)  # not built yet
     p, g, h = binary_layer(24, 172)
     tp, scale = ternary_layer(24, 172)
     x = make_x(3, 172, torch.float32)

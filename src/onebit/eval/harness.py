@@ -157,13 +157,3 @@ def run_harness(model, tokenizer, tasks: list[str], limit: int | None = None, ba
     results = {names.get(k, k): v for k, v in out["results"].items()}
     samples = {names.get(k, k): sorted(v, key=lambda s: s["doc_id"]) for k, v in out.get("samples", {}).items()}
     return {"results": results, "samples": samples}
-
-
-def sample_predictions(samples: list[dict]) -> tuple[list[int], list[list[float]]]:
-    """(argmax prediction, log-likelihoods) per lm-eval sample of a multiple-choice task."""
-    preds, lls = [], []
-    for s in samples:
-        ll = [float(r[0]) for r in s["filtered_resps"]]
-        preds.append(max(range(len(ll)), key=lambda i: (ll[i], -i)))
-        lls.append(ll)
-    return preds, lls

@@ -123,10 +123,6 @@ class SafetensorsWriter:
 
 
 # --------------------------------------------------------------------------- the plan
-def checkpoint_bytes(path: str | os.PathLike) -> int:
-    return sum(f.stat().st_size for f in weight_files(path) if f.is_file())
-
-
 def should_stream(model: str, config: QuantConfig, requested: bool | None) -> bool:
     """``--streaming`` as given; by default on for local safetensors checkpoints of at least
     :data:`AUTO_STREAM_BYTES` when the method needs no calibration."""

@@ -102,7 +102,3 @@ def loaded() -> bool:
 def build_error() -> str | None:
     """Why the build failed (``None`` if it did not fail or was not tried)."""
     return _state["error"]
-
-
-def _reset_for_tests(module=None, error=None, tried=False) -> None:
-    _state.update(module=module, error=error, tried=tried)
