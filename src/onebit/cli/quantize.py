@@ -26,7 +26,7 @@ def register(sub) -> None:
                    help="OneBit: SVID factorisation of |W| (default: %(default)s)")
     p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
                    help="OneBit: non-affine LayerNorm on each layer's output (default: off; "
-                   "see README for the measurement behind the default)")
+                   "docs/methods.md has the measurement behind the default)")
     p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
                    help="OneBit: storage dtype of the g/h value vectors (default: %(default)s)")
     p.add_argument("--foldable", action="store_true", default=None,
@@ -51,7 +51,7 @@ def add_method_args(p) -> None:
     """Flags of the rtn/gptq/bitnet/ternary/onebit-w1a8 methods (names match config fields)."""
     from ..config import ACT_BITS, ACT_MODES, CLIP_MODES, OBSERVERS  # torch-free: --help stays fast
 
-    g = p.add_argument_group("rtn / gptq", "uniform n-bit weights (see README 'Methods and comparison')")
+    g = p.add_argument_group("rtn / gptq", "uniform n-bit weights (see docs/methods.md)")
     g.add_argument("--bits", type=int, default=None, help="weight bits, 2-8 (default 4)")
     g.add_argument("--group-size", type=int, default=None, metavar="N",
                    help="N > 0: one scale per N input columns; 0: per output channel (default); "
