@@ -17,7 +17,6 @@ Targets (issue 16): mean KL ≤ 0.01 and top-1 ≥ 98%.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -36,13 +35,7 @@ MODELS = {
     "stories3m": (str(SHARED / "models/stories3M"), "tinystories"),
     "smollm2": (str(SHARED / "models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"), "wikitext2"),
 }
-METHODS = {
-    "onebit-foldable": ("onebit", {"foldable": True}),
-    "q1_0": ("q1_0", {}),
-    "bitnet": ("bitnet", {"act_bits": 0}),
-    "ternary": ("ternary", {"act_bits": 0}),
-    "rtn-w4g32": ("rtn", {"bits": 4, "group_size": 32}),
-}
+DEFAULT_METHODS = "onebit-foldable,q1_0,bitnet,ternary,rtn-w4g32"   # names of onebit.export.spec.PRESETS
 
 
 def kl_top1(p_logits: torch.Tensor, q_logits: torch.Tensor) -> tuple[float, float]:
@@ -85,6 +78,10 @@ def act8_hooks(model, gguf_types: dict[str, str]):
     head_t = gguf_types.get("output.weight", gguf_types.get("token_embd.weight"))
     if head_t == "f16":
         hooks.append(model.lm_head.register_forward_pre_hook(lambda m, a: (a[0].half().float(),)))
+    elif head_t == "q6_k":              # Q8_K activations: blocks of 256, fp32 scale
+        hooks.append(model.lm_head.register_forward_pre_hook(lambda m, a: (_round_act(a[0], 256, False),)))
+    elif head_t in ("q1_0", "q4_0", "q8_0"):
+        hooks.append(model.lm_head.register_forward_pre_hook(lambda m, a: (_round_act(a[0], 32, True),)))
     return hooks
 
 
@@ -105,23 +102,19 @@ def llama_cpp_logits(path: Path, windows: torch.Tensor, threads: int) -> list[to
 
 
 def run_one(model_name: str, method: str, ckpt: str | None, fp, spec: str, windows: torch.Tensor,
-            work: Path, threads: int) -> dict:
+            work: Path, threads: int, embed_type: str = "f16") -> dict:
     import onebit
-    from onebit.api import quantize
     from onebit.export.gguf import export_gguf
+    from onebit.export.spec import PRESETS, save_quantized
     from onebit.export.verify import dense_model_from_gguf
-    from onebit.formats.checkpoint import save_checkpoint
     from onebit.formats.gguf_header import read_gguf_header
-    from onebit.registry import get_handler_cls
 
     if ckpt is None:
-        name, kw = METHODS[method]
-        m = copy.deepcopy(fp)
-        quantize(m, get_handler_cls(name).config_cls(**kw), progress=False)
-        ckpt = str(work / f"{model_name}-{method}")
-        save_checkpoint(m, ckpt, source=spec, tokenizer=TOKENIZERS[model_name], overwrite=True)
+        name, kw = PRESETS[method]
+        ckpt = save_quantized(fp, work / f"{model_name}-{method}", name, spec, tokenizer=TOKENIZERS[model_name],
+                              overwrite=True, **kw)
     gguf_path = work / f"{model_name}-{method}.gguf"
-    summary = export_gguf(ckpt, gguf_path, overwrite=True)
+    summary = export_gguf(ckpt, gguf_path, overwrite=True, embed_type=embed_type)
     model = onebit.load(ckpt).float().eval()
     dense = dense_model_from_gguf(gguf_path, model.config)
     types = {t.name: t.type_name for t in read_gguf_header(gguf_path).tensors}
@@ -139,6 +132,7 @@ def run_one(model_name: str, method: str, ckpt: str | None, fp, spec: str, windo
     kl_sim, top1_sim = kl_top1(R, S)
     kl_rest, _ = kl_top1(S, L)
     return {"model": model_name, "method": method, "checkpoint": ckpt, "tokens": int(R.shape[0]),
+            "embed_type": types.get("token_embd.weight"),
             "linear_types": sorted({t for n, t in types.items() if n.startswith("blk.") and "norm" not in n}),
             "bits_end_to_end": round(summary.bits_per_weight(), 4),
             "kl": kl, "top1": top1, "kl_act8_sim": kl_sim, "top1_act8_sim": top1_sim, "kl_sim_vs_llama_cpp": kl_rest}
@@ -150,9 +144,11 @@ TOKENIZERS: dict = {}
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="stories3m,smollm2")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=DEFAULT_METHODS,
+                    help="comma-separated names of onebit.export.spec.PRESETS (default: %(default)s)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
                     help="use this trained checkpoint for METHOD (with a single --models)")
+    ap.add_argument("--embed-type", default="f16", help="onebit export --embed-type (default: %(default)s)")
     ap.add_argument("--windows", type=int, default=4, help="windows per model (default 4)")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
@@ -176,11 +172,12 @@ def main() -> int:
             w = make_windows(ids, args.seqlen, args.windows)
             for method in args.methods.split(","):
                 t0 = time.perf_counter()
-                r = run_one(mname, method, ckpts.get(method), fp, spec, w, Path(tmp), args.threads)
+                r = run_one(mname, method, ckpts.get(method), fp, spec, w, Path(tmp), args.threads,
+                            args.embed_type)
                 r["seconds"] = round(time.perf_counter() - t0, 1)
                 rows.append(r)
                 ok = "ok" if r["kl"] <= 0.01 and r["top1"] >= 0.98 else "MISS"
-                print(f"{mname:10s} {method:16s} {'/'.join(r['linear_types']):16s} "
+                print(f"{mname:10s} {method:16s} {'/'.join(r['linear_types']):16s} emb {r['embed_type']:5s} "
                       f"{r['bits_end_to_end']:6.3f} b/w  KL {r['kl']:.5f}  top-1 {r['top1']:.4f}  "
                       f"| act8 sim: KL {r['kl_act8_sim']:.5f} top-1 {r['top1_act8_sim']:.4f}  "
                       f"sim vs llama.cpp KL {r['kl_sim_vs_llama_cpp']:.5f}  [{ok}]", flush=True)

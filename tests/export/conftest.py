@@ -2,31 +2,13 @@
 dimensions are multiples of 128 (every linear fits Q1_0)."""
 from __future__ import annotations
 
-import copy
 import shutil
 
 import pytest
 import torch
 
-METHODS = {
-    "onebit-foldable": ("onebit", {"foldable": True}),
-    "q1_0": ("q1_0", {}),
-    "bitnet": ("bitnet", {"act_bits": 0}),
-    "ternary": ("ternary", {"act_bits": 0}),
-    "rtn-w4g32": ("rtn", {"bits": 4, "group_size": 32}),
-    "rtn-w8g32": ("rtn", {"bits": 8, "group_size": 32}),
-}
-
-
-def make_checkpoint(model, out, method: str, source: str, tokenizer=None, **kw):
-    from onebit.api import quantize
-    from onebit.formats.checkpoint import save_checkpoint
-    from onebit.registry import get_handler_cls
-
-    m = copy.deepcopy(model)
-    quantize(m, get_handler_cls(method).config_cls(**kw), progress=False)
-    save_checkpoint(m, out, source=source, tokenizer=tokenizer)
-    return str(out)
+from onebit.export.spec import PRESETS as METHODS  # noqa: F401  (the tests parametrize over it)
+from onebit.export.spec import save_quantized as make_checkpoint
 
 
 @pytest.fixture(scope="session")

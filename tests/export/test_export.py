@@ -148,3 +148,45 @@ def test_cli_one_line_errors(tmp_path, s3m_checkpoints, capsys):
     assert "tq2_0" in capsys.readouterr().out or True
     assert main(["info", str(tmp_path / "t.gguf")]) == 0
     assert "bits/weight" in capsys.readouterr().out
+
+
+def test_q6_k_embeddings_and_the_fallback_for_rows_of_192(tmp_path, s3m_checkpoints, caplog):
+    import logging
+
+    import numpy as np
+
+    from onebit.export.verify import read_tensors
+    from onebit.formats import gguf_blocks as gb
+
+    ck = s3m_checkpoints["q1_0"]
+    with caplog.at_level(logging.WARNING, logger="onebit"):
+        s = export_gguf(ck, tmp_path / "fb.gguf", embed_type="q6_k", pad="off")   # tied, rows of 192
+    types = {n: t for n, t, *_ in s.tensors}
+    assert types["token_embd.weight"] == "q8_0"       # llama.cpp's own fallback for Q6_K
+    assert any("not a multiple of 256" in n and "Q8_0" in n for n in s.notes)
+    assert "not a multiple of 256" in s.format()
+    assert sum("not a multiple of 256" in r.getMessage() for r in caplog.records) == 1
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="onebit"):
+        s = export_gguf(ck, tmp_path / "q6.gguf", embed_type="q6_k", pad="on")  # 192 -> 256: fits
+    assert {n: t for n, t, *_ in s.tensors}["token_embd.weight"] == "q6_k"
+    assert not any("not a multiple" in n for n in s.notes)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert read_gguf_header(tmp_path / "q6.gguf").tensors[0].type_name == "q6_k"
+    model = __import__("onebit").load(ck).float().eval()
+    emb = model.model.embed_tokens.weight.detach().float().numpy()
+    padded = np.concatenate([emb, np.zeros((emb.shape[0], 64), np.float32)], axis=1)
+    got = read_tensors(tmp_path / "q6.gguf")["token_embd.weight"]
+    np.testing.assert_array_equal(got, gb.decode_q6_k(gb.encode_q6_k(padded), 256))
+    assert not got[:, 192:].any()
+    rel = np.sqrt(((got[:, :192] - emb) ** 2).mean()) / emb.std()
+    assert 0 < rel < 0.03, rel
+    dense = dense_model_from_gguf(tmp_path / "q6.gguf", model.config)
+    ids = torch.randint(3, 4000, (1, 32), generator=torch.Generator().manual_seed(0))
+    a, b = _logits(model, ids)[0], _logits(dense, ids)[0]
+    lp, lq = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+    top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    # the 6-bit rounding of the embedding (and the tied head) only: KL 0.005 here, q8_0 0.0002
+    assert 0 < kl < 0.02 and top1 >= 0.9, (kl, top1)

@@ -18,21 +18,27 @@ else:
     llama_cpp = pytest.importorskip("llama_cpp")
 
 
-def agreement(ckpt: str, gguf_path, ids: list[int]) -> tuple[float, float]:
-    """(mean KL(onebit ‖ llama.cpp) per token, top-1 agreement) on ``ids``."""
-    import onebit
+def llama_cpp_logits(gguf_path, ids: list[int]) -> torch.Tensor:
     from llama_cpp import Llama
 
-    model = onebit.load(ckpt).float().eval()
-    with torch.no_grad():
-        ref = model(torch.tensor([ids])).logits[0].float()
     llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=max(64, len(ids)), n_threads=2,
                 verbose=False)
     try:
         llm.eval(ids)
-        got = torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
+        return torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
     finally:
         llm.close()
+
+
+def agreement(ckpt, gguf_path, ids: list[int]) -> tuple[float, float]:
+    """(mean KL(onebit ‖ llama.cpp) per token, top-1 agreement) on ``ids``; ``ckpt`` is a
+    checkpoint path or a model already loaded."""
+    import onebit
+
+    model = onebit.load(ckpt).float().eval() if isinstance(ckpt, (str, os.PathLike)) else ckpt
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].float()
+    got = llama_cpp_logits(gguf_path, ids)
     lp, lq = torch.log_softmax(ref, -1), torch.log_softmax(got, -1)
     kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
     top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
@@ -141,3 +147,52 @@ def test_other_architectures(tmp_path, stories3m, arch):
         assert (dense(torch.tensor([ids])).logits - m(torch.tensor([ids])).logits).abs().max() < 1e-3
     kl, top1 = agreement(ck, out, ids)
     assert kl < 0.01 and top1 > 0.9, (kl, top1)
+
+
+def test_q6_k_embeddings_run_in_llama_cpp(tmp_path, tiny128):
+    """--embed-type q6_k (rows of 256): llama.cpp loads it and computes what onebit's own
+    decoding of the file computes."""
+    import onebit
+    from onebit.export.verify import dense_model_from_gguf
+    from onebit.models import load_model
+
+    ck = make_checkpoint(load_model(tiny128), tmp_path / "ck", "onebit", tiny128, foldable=True)
+    out = tmp_path / "q6.gguf"
+    s = export_gguf(ck, out, embed_type="q6_k")
+    types = {n: t for n, t, *_ in s.tensors}
+    assert types["token_embd.weight"] == "q6_k" and types["output.weight"] == "q6_k"   # untied head
+    assert not any("not a multiple" in n for n in s.notes)
+    ids = [1] + [int(i) for i in np.random.default_rng(0).integers(3, 4000, 63)]
+    dense = dense_model_from_gguf(out, onebit.load(ck).config)
+    kl, top1 = agreement(dense, out, ids)
+    assert kl < 0.01 and top1 > 0.9, (kl, top1)
+
+
+def test_q6_k_bytes_are_llama_cpp_quantizer_bytes(tmp_path, tiny128):
+    """llama.cpp's own quantizer (llama_model_quantize, Q6_K) on an f32 export writes exactly the
+    bytes onebit's encoder writes, for every tensor it makes Q6_K."""
+    import ctypes
+
+    from onebit.export.verify import read_tensors
+    from onebit.formats import gguf_blocks as gb
+    from onebit.formats.gguf_header import read_gguf_header
+
+    src, dst = tmp_path / "f32.gguf", tmp_path / "q6.gguf"
+    export_gguf(tiny128, src, embed_type="f32")          # unquantized: f16 linears, f32 embedding/head
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K
+    p.token_embedding_type = p.output_tensor_type = gb.TYPES["q6_k"][0]
+    p.nthread = 1
+    assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)) == 0
+    h = read_gguf_header(dst)
+    dense = read_tensors(src)
+    data = np.memmap(dst, dtype=np.uint8, mode="r")
+    checked = []
+    for t in h.tensors:
+        if t.type_name != "q6_k":
+            continue
+        raw = np.asarray(data[h.data_start + t.offset: h.data_start + t.offset + t.n_bytes])
+        mine = gb.encode_q6_k(dense[t.name])
+        assert np.array_equal(raw.reshape(mine.shape), mine), t.name
+        checked.append(t.name)
+    assert {"token_embd.weight", "output.weight", "blk.0.ffn_down.weight"} <= set(checked)

@@ -5,6 +5,7 @@ import argparse
 
 
 def register(sub) -> None:
+    from ..export.spec import EMBED_TYPES, WEIGHT_TYPES
     from .main import add_common
 
     p = sub.add_parser(
@@ -16,11 +17,13 @@ def register(sub) -> None:
         "metadata and the tokenizer go in; the file is written to a temporary name, then renamed.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="packed onebit checkpoint directory")
     p.add_argument("out", metavar="OUT.gguf", help="GGUF file to write")
-    p.add_argument("--weight-type", default="q1_0", choices=["q1_0", "q2_0", "tq2_0"],
+    p.add_argument("--weight-type", default="q1_0", choices=list(WEIGHT_TYPES),
                    help="preferred type for 1-bit linears (default: %(default)s, the smallest; rows it "
                    "cannot hold go to the next type that holds them exactly)")
-    p.add_argument("--embed-type", default="f16", choices=["f32", "f16", "q8_0", "q4_0", "q1_0"],
-                   help="type of the token embedding (and of an untied output head) (default: %(default)s)")
+    p.add_argument("--embed-type", default="f16", choices=list(EMBED_TYPES),
+                   help="type of the token embedding (and of an untied output head) (default: %(default)s; "
+                   "q6_k needs rows of a multiple of 256 weights, other rows go to q8_0 as llama.cpp's "
+                   "quantizer does, and the summary says so)")
     p.add_argument("--pad", action=argparse.BooleanOptionalAction, default=None,
                    help="pad the hidden size with zero channels to a multiple of 128 so its rows fit Q1_0 "
                    "(exact; default: for 1-bit methods when it makes the file smaller, e.g. SmolLM2's "

@@ -31,16 +31,14 @@ from ..errors import OneBitError
 from ..formats import gguf_blocks as gb
 from ..methods.foldable import group_mean, group_spread, kv_groups
 from . import weights as W
+from .spec import EMBED_FALLBACK, EMBED_TYPES, EXPORTABLE, WEIGHT_TYPES
 
 log = logging.getLogger("onebit")
 
 ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-EXPORTABLE = ("onebit (--foldable)", "q1_0", "bitnet", "ternary", "rtn/gptq 4- or 8-bit sym g32")
 SIGN_METHODS = ("onebit", "q1_0", "bitnet")
 EXPORT_METHODS = ("onebit", "q1_0", "bitnet", "ternary", "rtn", "gptq", "none")
-WEIGHT_TYPES = ("q1_0", "q2_0", "tq2_0")
-EMBED_TYPES = ("f32", "f16", "q8_0", "q4_0", "q1_0")
-FILE_TYPES = {"q1_0": 40, "q2_0": 41, "tq2_0": 37, "q4_0": 2, "q8_0": 7, "f16": 1, "f32": 0}
+FILE_TYPES = {"q1_0": 40, "q2_0": 41, "tq2_0": 37, "q4_0": 2, "q8_0": 7, "q6_k": 18, "f16": 1, "f32": 0}
 LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
            "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
            "mlp.down_proj": "ffn_down"}
@@ -113,6 +111,7 @@ class _Exporter:
             raise OneBitError(f"export of models with rope type '{rope.get('rope_type')}' is not supported yet")
         self.tensors: list[tuple[str, np.ndarray, tuple[int, int] | None, str, int]] = []
         self.notes: list[str] = []
+        self.fallbacks: list[str] = []      # embedding types replaced (also in notes; logged)
         self.types_used: dict[str, int] = {}
         d = self.cfg.hidden_size
         want = pad == "on" or (pad == "auto" and weight_type == "q1_0" and self.method in SIGN_METHODS)
@@ -170,6 +169,12 @@ class _Exporter:
         a = _np(t)
         n = a.size
         a = self._pad_dense(gname, a)
+        if a.ndim == 2 and typ in EMBED_FALLBACK and not gb.fits(typ, a.shape[1]):
+            alt = next(t for t in EMBED_FALLBACK[typ] if t == "f16" or gb.fits(t, a.shape[1]))
+            self.fallbacks.append(f"--embed-type {typ}: '{gname}' has rows of {a.shape[1]} weights, not a "
+                                  f"multiple of {gb.TYPES[typ][1]}, so it is written as {alt.upper()}")
+            self.notes.append(self.fallbacks[-1])
+            typ = alt
         if a.ndim == 1 or typ == "f32":
             self.tensors.append((gname, a.astype(np.float32), None, "f32", n))
         elif typ == "f16":
@@ -372,6 +377,8 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
             alt.notes.append(f"hidden size not padded: padding to {ex.hidden} would make the file larger "
                              f"({size(ex) / 2**20:.2f} vs {size(alt) / 2**20:.2f} MiB); --pad forces it")
             ex = alt
+    for msg in ex.fallbacks:
+        log.warning("%s", msg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:

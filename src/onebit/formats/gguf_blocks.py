@@ -16,7 +16,13 @@ Q2_0     64     fp16 d, 16 B of 2-bit codes q, value (q - 1)·d       2.25
 TQ2_0    256    64 B of 2-bit codes q (value (q - 1)·d), fp16 d      2.0625
 Q4_0     32     fp16 d, 16 B of nibbles q, value (q - 8)·d           4.5
 Q8_0     32     fp16 d, 32 int8 q, value q·d                         8.5
+Q6_K     256    128 B low nibbles, 64 B high 2 bits, 16 int8 sub-     6.5625
+                scales s (one per 16), fp16 d; value (q - 32)·s·d
 =======  =====  ==================================================  ========
+
+Q6_K is only written for dense tensors (``--embed-type q6_k``): :func:`encode_q6_k` is a numpy
+port of llama.cpp's reference quantizer (``quantize_row_q6_K_ref`` / ``make_qx_quants``), in
+float32 with the same round-half-to-even.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import numpy as np
 #: ggml type id, weights per block, bytes per block
 TYPES: dict[str, tuple[int, int, int]] = {
     "f32": (0, 1, 4), "f16": (1, 1, 2), "q4_0": (2, 32, 18), "q8_0": (8, 32, 34),
-    "tq2_0": (35, 256, 66), "q1_0": (41, 128, 18), "q2_0": (42, 64, 18),
+    "tq2_0": (35, 256, 66), "q1_0": (41, 128, 18), "q2_0": (42, 64, 18), "q6_k": (14, 256, 210),
 }
 TYPE_NAMES = {tid: name for name, (tid, _, _) in TYPES.items()}
 
@@ -152,16 +158,106 @@ def decode_q8_0(raw: np.ndarray, cols: int) -> np.ndarray:
     return (q * _d_from(blk[:, :, :2])[:, :, None]).reshape(raw.shape[0], cols)
 
 
+def _q6_k_subblock_scales(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """llama.cpp's ``make_qx_quants(16, 32, x, L, rmse_type=1)`` on every row of ``x``
+    (float32 ``[n, 16]``): ``(scale [n], codes L in [0, 63] [n, 16])``.  A weighted (w = x²)
+    least-squares scale, trying 19 candidate inverse scales around -32/max."""
+    nmax = np.float32(32)
+    n = x.shape[0]
+    mx = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)[:, 0]  # first max |x|, signed
+    live = np.abs(mx) >= np.float32(1e-15)
+    mx = np.where(live, mx, np.float32(1))
+    w = x * x
+
+    def attempt(iscale):
+        lv = np.clip(np.rint(iscale[:, None] * x), -nmax, nmax - 1)
+        sumlx = np.zeros(n, np.float32)
+        suml2 = np.zeros(n, np.float32)
+        for i in range(x.shape[1]):          # sequential float32 sums, as the C loop
+            sumlx += w[:, i] * x[:, i] * lv[:, i]
+            suml2 += w[:, i] * lv[:, i] * lv[:, i]
+        return lv, sumlx, suml2
+
+    lv, sumlx, suml2 = attempt(-nmax / mx)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(suml2 != 0, sumlx / suml2, np.float32(0)).astype(np.float32)
+        best = scale * sumlx
+        for k in range(-9, 10):
+            if k == 0:
+                continue
+            cand, sx, s2 = attempt(-(nmax + np.float32(0.1) * np.float32(k)) / mx)
+            better = (s2 > 0) & (sx * sx > best * s2)
+            lv = np.where(better[:, None], cand, lv)
+            scale = np.where(better, sx / s2, scale).astype(np.float32)
+            best = np.where(better, scale * sx, best)
+    codes = (lv + nmax).astype(np.uint8)
+    codes[~live] = 0
+    scale[~live] = 0
+    return scale, codes
+
+
+def encode_q6_k(w: np.ndarray) -> np.ndarray:
+    """Q6_K of a float matrix ``[rows, cols]`` (cols a multiple of 256), as llama.cpp's
+    reference quantizer writes it: per 256 weights an fp16 ``d``, per 16 an int8 scale ``s``
+    (``s·d`` fitted by least squares), 6-bit codes ``q`` with value ``(q - 32)·s·d``."""
+    rows, cols = w.shape
+    nb = _check("q6_k", cols)
+    step = max(1, (1 << 18) // cols)        # rows per chunk: bounded temporaries, cache-sized
+    if rows > step:
+        return np.concatenate([encode_q6_k(w[i:i + step]) for i in range(0, rows, step)])
+    x = np.ascontiguousarray(w, dtype=np.float32).reshape(rows * nb, 16, 16)   # super-block, sub-block
+    sub, L = _q6_k_subblock_scales(x.reshape(-1, 16))
+    sub, L = sub.reshape(rows * nb, 16), L.reshape(rows * nb, 16, 16)
+    pick = np.abs(sub).argmax(axis=1)
+    max_scale = np.take_along_axis(sub, pick[:, None], axis=1)[:, 0]
+    live = np.abs(max_scale) >= np.float32(1e-15)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.where(live, np.float32(-128) / max_scale, np.float32(0)).astype(np.float32)
+        d = np.where(live, np.float32(1) / iscale, np.float32(0)).astype(np.float16)
+        sc = np.minimum(127, np.rint(iscale[:, None] * sub)).astype(np.int8)
+        dj = d.astype(np.float32)[:, None] * sc.astype(np.float32)            # [blocks, 16]
+        q = np.clip(np.rint(x / dj[:, :, None]), -32, 31) + 32
+    # a sub-block whose scale rounds to 0 keeps make_qx_quants' codes (they decode to 0 anyway)
+    L = np.where((dj != 0)[:, :, None], q, L).astype(np.uint8)
+    L[~live] = 0
+    sc[~live] = 0
+    L = L.reshape(rows * nb, 2, 4, 32)       # half of 128, quarter j (offset 32·j), lane l
+    ql = np.concatenate([(L[:, :, 0] & 15) | ((L[:, :, 2] & 15) << 4),
+                         (L[:, :, 1] & 15) | ((L[:, :, 3] & 15) << 4)], axis=2)      # [blocks, 2, 64]
+    qh = (L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4) | ((L[:, :, 3] >> 4) << 6)
+    out = np.concatenate([ql.reshape(-1, 128), qh.reshape(-1, 64), sc.view(np.uint8),
+                          _d_bytes(d[:, None]).reshape(-1, 2)], axis=1)
+    return out.reshape(rows, nb * 210)
+
+
+def decode_q6_k(raw: np.ndarray, cols: int) -> np.ndarray:
+    nb = _check("q6_k", cols)
+    rows = raw.shape[0]
+    blk = raw.reshape(rows * nb, 210)
+    ql = blk[:, :128].reshape(-1, 2, 2, 32)             # half, low/high 32 bytes, lane
+    qh = blk[:, 128:192].reshape(-1, 2, 1, 32)
+    sc = np.ascontiguousarray(blk[:, 192:208]).view(np.int8).astype(np.float32)
+    d = _d_from(blk[:, 208:210])
+    lo = np.stack([ql[:, :, 0] & 15, ql[:, :, 1] & 15, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+    hi = (qh >> np.array([0, 2, 4, 6], np.uint8)[None, None, :, None]) & 3
+    q = (lo | (hi << 4)).astype(np.float32).reshape(-1, 16, 16) - 32
+    return (q * (d[:, None] * sc)[:, :, None]).reshape(rows, cols)
+
+
 DECODERS = {"q1_0": decode_q1_0, "q2_0": decode_q2_0, "tq2_0": decode_tq2_0,
-            "q4_0": decode_q4_0, "q8_0": decode_q8_0}
+            "q4_0": decode_q4_0, "q8_0": decode_q8_0, "q6_k": decode_q6_k}
 
 
 def quantize_dense(w: np.ndarray, name: str) -> np.ndarray:
     """A float matrix in a lossy block type (for embeddings/head; ``--embed-type``):
-    q8_0/q4_0 by the ``gguf`` package's quantizers (llama.cpp's reference rounding),
-    q1_0 by sign and the block's mean |w|."""
+    q8_0/q4_0 by the ``gguf`` package's quantizers (llama.cpp's reference rounding), q6_k
+    by :func:`encode_q6_k` (the same), q1_0 by sign and the block's mean |w|."""
     rows, cols = w.shape
     w = w.astype(np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError(f"cannot quantize a tensor with non-finite values to {name}")
+    if name == "q6_k":
+        return encode_q6_k(w)
     if name == "q1_0":
         nb = _check("q1_0", cols)
         d = np.abs(w.reshape(rows, nb, 128)).mean(axis=2).astype(np.float16)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..calibration import file_samples, teacher_samples
+from ..config import parse_dtype
 from ..errors import OneBitError
 from ..models import context_length, load_tokenizer
 from ..registry import MethodHandler
@@ -25,6 +26,20 @@ from ..surgery import set_submodule
 from .actquant import ActQuantConfig, calibrate_static_scales
 
 log = logging.getLogger("onebit")
+
+
+def check_finite_weight(name: str, linear: nn.Linear) -> None:
+    """One-line error for a layer whose weight holds NaN or Inf (a meta weight passes)."""
+    if linear.weight.device.type != "meta" and not torch.isfinite(linear.weight).all():
+        raise OneBitError(f"weight of '{name}' contains NaN or Inf; refusing to quantize it")
+
+
+def concrete_scale_dtype(value: str) -> torch.dtype:
+    """A config's ``scale_dtype`` as a torch dtype; 'auto' (no concrete dtype) is refused."""
+    dtype = parse_dtype(value)
+    if dtype is None:
+        raise OneBitError("scale_dtype must be a concrete dtype, not 'auto'")
+    return dtype
 
 
 def calibration_ids(model: nn.Module, config: ActQuantConfig, calib_ids: torch.Tensor | None = None,

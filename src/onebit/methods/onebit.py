@@ -6,10 +6,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import QuantConfig, parse_dtype
+from ..config import QuantConfig
 from ..errors import OneBitError
 from ..nn.onebit_linear import OneBitLinear, OneBitLinearTrain
 from ..registry import MethodHandler, register_method
+from .common import check_finite_weight, concrete_scale_dtype
 from .foldable import init_foldable, tie
 from .svid import INIT_METHODS
 
@@ -41,8 +42,7 @@ class OneBitConfig(QuantConfig):
                               "layer's output does not fold into llama.cpp's Q1_0)")
         if self.init not in INIT_METHODS:
             raise OneBitError(f"unknown --init '{self.init}'; choose one of {', '.join(INIT_METHODS)}")
-        if parse_dtype(self.scale_dtype) is None:
-            raise OneBitError("scale_dtype must be a concrete dtype, not 'auto'")
+        concrete_scale_dtype(self.scale_dtype)
 
 
 @register_method(OneBitConfig)
@@ -67,20 +67,16 @@ class OneBitHandler(MethodHandler):
         if not self.config.foldable:
             return super().quantize_model(model, targets, progress=progress, **kwargs)
         for name, lin in targets:
-            if not torch.isfinite(lin.weight).all():
-                raise OneBitError(f"weight of '{name}' contains NaN or Inf; refusing to quantize it")
-        dtype = parse_dtype(self.config.scale_dtype)
+            check_finite_weight(name, lin)
+        dtype = concrete_scale_dtype(self.config.scale_dtype)
         return {n: m.to_packed(dtype) for n, m in self.train_modules(model, targets).items()}
 
     def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
-        w = linear.weight
-        if not torch.isfinite(w).all():
-            raise OneBitError(f"weight of '{name}' contains NaN or Inf; refusing to quantize it")
-        train = self.train_module(name, linear)
-        return train.to_packed(parse_dtype(self.config.scale_dtype))
+        check_finite_weight(name, linear)
+        return self.train_module(name, linear).to_packed(concrete_scale_dtype(self.config.scale_dtype))
 
     def empty_module(self, name: str, in_features: int, out_features: int, bias: bool,
                      dtype: torch.dtype) -> nn.Module:
         return OneBitLinear(in_features, out_features, bias, self.config.layernorm,
-                            scale_dtype=parse_dtype(self.config.scale_dtype), bias_dtype=dtype,
+                            scale_dtype=concrete_scale_dtype(self.config.scale_dtype), bias_dtype=dtype,
                             device="meta")

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import QuantConfig, parse_dtype
+from ..config import QuantConfig
 from ..errors import OneBitError
 from ..nn.block_sign_linear import BlockSignLinear, BlockSignLinearTrain
 from ..registry import MethodHandler, register_method
+from .common import check_finite_weight, concrete_scale_dtype
 
 
 @dataclass
@@ -30,8 +31,7 @@ class Q1Config(QuantConfig):
     def validate(self) -> None:
         if not isinstance(self.group_size, int) or self.group_size < 8 or self.group_size % 8:
             raise OneBitError(f"--group-size for q1_0 must be a positive multiple of 8, got {self.group_size}")
-        if parse_dtype(self.scale_dtype) is None:
-            raise OneBitError("scale_dtype must be a concrete dtype, not 'auto'")
+        concrete_scale_dtype(self.scale_dtype)
 
 
 @register_method(Q1Config)
@@ -42,11 +42,10 @@ class Q1Handler(MethodHandler):
         return BlockSignLinearTrain.from_linear(linear, self.config.group_size)
 
     def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
-        if not torch.isfinite(linear.weight).all():
-            raise OneBitError(f"weight of '{name}' contains NaN or Inf; refusing to quantize it")
-        return self.train_module(name, linear).to_packed(parse_dtype(self.config.scale_dtype))
+        check_finite_weight(name, linear)
+        return self.train_module(name, linear).to_packed(concrete_scale_dtype(self.config.scale_dtype))
 
     def empty_module(self, name: str, in_features: int, out_features: int, bias: bool,
                      dtype: torch.dtype) -> nn.Module:
         return BlockSignLinear(in_features, out_features, self.config.group_size, bias,
-                               parse_dtype(self.config.scale_dtype), dtype, device="meta")
+                               concrete_scale_dtype(self.config.scale_dtype), dtype, device="meta")
