@@ -100,6 +100,25 @@ def register(sub) -> None:
                    help="data-parallel engine under torchrun/accelerate launch (default: ddp)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     add_dtype_arg(t, default="float32")
+    b = p.add_argument_group(
+        "block-wise reconstruction",
+        "Before the end-to-end distillation, convert one decoder block at a time: each block's trainable "
+        "form learns to reproduce the teacher block's output on cached calibration activations "
+        "(onebit.distill.blockwise). Much cheaper per token than end-to-end; --steps 0 skips the "
+        "end-to-end stage.")
+    b.add_argument("--blockwise-steps", type=int, default=0, metavar="K",
+                   help="AdamW steps per block (0: no block-wise stage; default: %(default)s)")
+    b.add_argument("--block-batch-size", type=int, default=8, help="sequences per block step (default: 8)")
+    b.add_argument("--block-lr", type=float, default=1e-3, help="lr per block (default: %(default)s)")
+    b.add_argument("--block-lr-vectors", type=float, default=None,
+                   help="lr of g/h/scale vectors per block (default: --block-lr)")
+    b.add_argument("--block-inputs", default="student", choices=["student", "teacher"],
+                   help="each block learns from the converted previous blocks' outputs (student, default) "
+                   "or from the teacher's")
+    b.add_argument("--block-alpha", type=float, default=0.0,
+                   help="+ this weight x the normalised per-token MSE of the block output (default: 0)")
+    b.add_argument("--block-samples", type=int, default=None, metavar="N",
+                   help="calibration sequences for the blocks (default: all --samples)")
     e = p.add_argument_group("evaluation and checkpoints")
     e.add_argument("--eval-data", default=None,
                    help="held-aside text for periodic perplexity (tinystories, wikitext2, c4 or a file)")
@@ -124,7 +143,41 @@ def _method_config(args):
     return build_config(ns)
 
 
+def _block_config(args):
+    """The block-wise stage's settings, or None without --blockwise-steps; one-line errors."""
+    from ..distill.blockwise import BlockConfig
+    from ..errors import OneBitError
+
+    if args.steps < 0 or args.blockwise_steps < 0:
+        raise OneBitError("--steps and --blockwise-steps must be >= 0")
+    if not args.blockwise_steps:
+        if args.steps == 0:
+            raise OneBitError("--steps 0 leaves nothing to train (add --blockwise-steps K)")
+        return None
+    if args.student:
+        raise OneBitError("--blockwise-steps converts the teacher block by block; it cannot start from --student")
+    if args.block_samples is not None and not 1 <= args.block_samples <= args.samples:
+        raise OneBitError(f"--block-samples must be between 1 and --samples ({args.samples})")
+    cfg = BlockConfig(steps=args.blockwise_steps, batch_size=args.block_batch_size, lr=args.block_lr,
+                      lr_vectors=args.block_lr_vectors, inputs=args.block_inputs, alpha=args.block_alpha,
+                      train_norms=args.train_norms, seed=args.seed)
+    cfg.validate()
+    return cfg
+
+
+def _report_blocks(args, hist, seconds, ledger) -> None:
+    s = ledger.summary()
+    if hist:
+        print(f"block-wise: {len(hist)} blocks in {seconds:.0f}s; relative output error "
+              f"{hist[0]['err_init']:.4f} -> {hist[0]['err_final']:.4f} (first block), "
+              f"{hist[-1]['err_init']:.4f} -> {hist[-1]['err_final']:.4f} (last); peak RSS "
+              f"{max(h['peak_rss_mib'] for h in hist):.0f} MiB")
+    print(f"converted {args.teacher} -> {args.out}: {s['quantized_modules']} linear layers at "
+          f"{s['bits_per_linear_weight']:.4f} bits/weight")
+
+
 def run(args) -> int:
+    import copy
     import hashlib
     import json
 
@@ -156,7 +209,9 @@ def run(args) -> int:
         read_training_text(args.data)
     if args.samples < 1 or args.seqlen < 2:
         raise OneBitError("--samples must be >= 1 and --seqlen >= 2")
-    tcfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+    bcfg = _block_config(args)
+    e2e = args.steps > 0 or bcfg is None
+    tcfg = TrainConfig(steps=max(1, args.steps), batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                        lr_vectors=args.lr_vectors, weight_decay=args.weight_decay, warmup=args.warmup,
                        min_lr_ratio=args.min_lr_ratio, clip=args.clip, temperature=args.temperature,
                        kd=args.kd, alpha=args.alpha, lm_weight=args.lm_weight, seed=args.seed,
@@ -168,17 +223,16 @@ def run(args) -> int:
 
     info = dist.init(None if args.device == "auto" else args.device)
     prog = progress_enabled(args) and info.main
+    if bcfg is not None and info.world > 1:
+        raise OneBitError("block-wise reconstruction runs in one process (not under torchrun)")
     teacher = load_model(args.teacher, dtype=parse_dtype(args.dtype))
     tok = load_tokenizer(args.teacher)
     if args.student:
         student, qc = student_from_checkpoint(args.student)
         check_compatible(teacher, student, f"student '{args.student}'")
         student.to(teacher.dtype)
-    else:
+    elif bcfg is None:
         student, qc = student_from_teacher(teacher, cfg_q)
-    tcfg.method_hash = hashlib.sha256(json.dumps({k: v for k, v in qc.items() if k != "modules"},
-                                                 sort_keys=True).encode()).hexdigest()[:12]
-    trainable = freeze(student, qc["modules"], args.train_norms)
 
     if args.data == "teacher":
         kw = dict(seed=args.data_seed, greedy_tokens=args.greedy_tokens, temperature=args.gen_temperature,
@@ -193,6 +247,26 @@ def run(args) -> int:
     if int(data.max()) >= teacher.config.vocab_size:
         raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
                           f"({teacher.config.vocab_size})")
+
+    t_block = time.perf_counter()
+    if bcfg is not None:
+        from ..distill.blockwise import reconstruct
+        from ..distill.student import to_trainable
+
+        student = copy.deepcopy(teacher) if e2e else teacher  # converted in place
+        blocks = data[:args.block_samples] if args.block_samples else data
+        qc, bhist = reconstruct(student, cfg_q, blocks, bcfg, state_dir / "blocks", prog)
+        t_block = time.perf_counter() - t_block
+        if not e2e:
+            ledger = save_checkpoint(student, args.out, tokenizer=tok, source=args.teacher,
+                                     overwrite=args.overwrite)
+            _report_blocks(args, bhist, t_block, ledger)
+            dist.finish(info)
+            return 0
+        qc = to_trainable(student)
+    tcfg.method_hash = hashlib.sha256(json.dumps({k: v for k, v in qc.items() if k != "modules"},
+                                                 sort_keys=True).encode()).hexdigest()[:12]
+    trainable = freeze(student, qc["modules"], args.train_norms)
 
     eval_ids = None
     if args.eval_data:
@@ -230,5 +304,7 @@ def run(args) -> int:
         print(f"distilled {args.teacher} -> {args.out}: {trainer.step} steps, {trainer.tokens:,d} tokens "
               f"in {wall:.0f}s{msg}")
         print(f"{s['quantized_modules']} linear layers at {s['bits_per_linear_weight']:.4f} bits/weight")
+        if bcfg is not None:
+            print(f"(after a block-wise stage of {len(bhist)} blocks in {t_block:.0f}s)")
     dist.finish(info)
     return 0

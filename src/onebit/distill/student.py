@@ -64,19 +64,25 @@ def student_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
     from ..formats.checkpoint import load_checkpoint
 
     model = load_checkpoint(path)
+    return model, to_trainable(model, f"'{path}'")
+
+
+def to_trainable(model: nn.Module, what: str = "the model") -> dict:
+    """Turn a packed model's quantized modules back into their trainable form (in place, ties
+    restored); return its quantization config (cleared on the model)."""
+    from ..registry import config_from_dict
+
     qc = dict(model.config.quantization_config)
     for name in qc["modules"]:
         mod = model.get_submodule(name)
         if not hasattr(mod, "to_train"):
-            raise OneBitError(f"'{path}': module '{name}' ({type(mod).__name__}) has no trainable form "
+            raise OneBitError(f"{what}: module '{name}' ({type(mod).__name__}) has no trainable form "
                               "(to_train); it cannot be distilled")
         set_submodule(model, name, mod.to_train())
-    from ..registry import config_from_dict
-
     get_handler(config_from_dict(qc)).tie_trainable(
         model, {name: model.get_submodule(name) for name in qc["modules"]})
     model.config.quantization_config = None
-    return model, qc
+    return qc
 
 
 def freeze(student: nn.Module, names, train_norms: bool = False) -> list[str]:

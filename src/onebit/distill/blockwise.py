@@ -1,0 +1,369 @@
+"""Block-wise reconstruction: convert a model one decoder block at a time.
+
+Distilling a whole model end to end on a CPU sees few tokens an hour.  The
+cheaper route of BRECQ / OmniQuant-style methods trains **one decoder block at
+a time** to reproduce the teacher block's outputs on cached inputs:
+
+1. the calibration sequences (teacher-generated or a training file, never an
+   evaluation file) are run up to the first block; its inputs are cached for
+   the teacher (``X_t``) and the student (``X_s``, equal at first);
+2. for block ``i``: the teacher block's outputs ``Y_t = block_i(X_t)`` are
+   computed with its full-precision weights; then its linears are swapped for
+   the method's trainable form (``handler.train_modules``: OneBit free or
+   foldable, q1_0, BitNet, ternary, RTN-QAT, ...), which is trained for
+   ``steps`` AdamW steps to minimise :func:`block_loss` between
+   ``block_i(X_in)`` and ``Y_t``, where ``X_in`` is ``X_s`` (``inputs =
+   "student"``: the block learns to correct the error of the blocks before
+   it) or ``X_t`` (``"teacher"``);
+3. the block is packed in place, ``X_s ← block_i(X_s)`` with its packed
+   weights, ``X_t ← Y_t``, and its packed tensors are written to
+   ``state_dir/block-NNNN.safetensors`` (then ``blocks.json``), so a run
+   killed at any point resumes after the last finished block.
+
+The model is converted **in place**: at any moment one block is in its
+trainable form (latent weights + AdamW state), the blocks before it are
+packed and the blocks after it untouched.  Peak memory is the model + one
+trainable block + three activation caches (``n × seqlen × hidden`` each).
+An end-to-end distillation can follow (``onebit distill --blockwise-steps K
+--steps N``): the packed blocks go back to their trainable form
+(``student.to_trainable``).
+
+Resuming rebuilds the finished blocks from their files and, if blocks remain,
+recomputes both caches by running the teacher blocks and the packed blocks
+(a forward pass, no training), so the result equals an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError, OneBitError
+from ..fileio import chmod_umask
+from ..surgery import find_linears, set_submodule
+from .data import batch_indices
+from .student import _packed_form, param_groups
+
+log = logging.getLogger("onebit")
+
+STATE_JSON = "blocks.json"
+INPUTS = ("student", "teacher")
+
+
+@dataclass
+class BlockConfig:
+    steps: int = 100                 # AdamW steps per block
+    batch_size: int = 8              # sequences per step
+    lr: float = 1e-3                 # latent weights
+    lr_vectors: float | None = None  # g, h, scales, biases (default: lr)
+    warmup: int = 5
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    inputs: str = "student"          # the student block reads X_s ("student") or X_t ("teacher")
+    alpha: float = 0.0               # + alpha x the normalised hidden-state MSE of the block output
+    train_norms: bool = False
+    eval_samples: int = 16           # sequences on which each block's error is reported
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise OneBitError("--blockwise-steps and --block-batch-size must be at least 1")
+        if self.inputs not in INPUTS:
+            raise OneBitError(f"--block-inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
+        if self.lr <= 0 or (self.lr_vectors is not None and self.lr_vectors <= 0):
+            raise OneBitError("--block-lr must be > 0")
+        if self.alpha < 0:
+            raise OneBitError(f"--block-alpha must be >= 0, got {self.alpha}")
+
+
+def block_loss(ys: torch.Tensor, yt: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
+    """``mean((y_s − y_t)²) / mean(y_t²)`` (+ ``alpha`` × the L2-normalised per-token MSE).
+
+    Relative to the teacher output's energy, so one learning rate fits every
+    depth although the residual stream grows along the model.
+    """
+    ys, yt = ys.float(), yt.float()
+    loss = (ys - yt).pow(2).mean() / yt.pow(2).mean().clamp_min(1e-12)
+    if alpha:
+        loss = loss + alpha * (F.normalize(ys, dim=-1) - F.normalize(yt, dim=-1)).pow(2).sum(-1).mean()
+    return loss
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2**20 if sys.platform == "darwin" else r / 1024
+
+
+# ---------------------------------------------------------------------------- running blocks
+def _fit_kwargs(kw: dict, b: int) -> dict:
+    """The captured block kwargs for a batch of ``b`` sequences (slices per-sequence tensors)."""
+    def fit(v):
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] > 1 and v.shape[0] != b:
+            return v[:b]
+        if isinstance(v, tuple):
+            return tuple(fit(x) for x in v)
+        return v
+    return {k: fit(v) for k, v in kw.items()}
+
+
+def _out(o):
+    return o[0] if isinstance(o, (tuple, list)) else o
+
+
+def run_block(block: nn.Module, x: torch.Tensor, kw: dict, batch_size: int) -> torch.Tensor:
+    """``block`` over all rows of ``x`` (``[n, seqlen, hidden]``), ``batch_size`` at a time (no grad)."""
+    out = torch.empty_like(x)
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            out[i:i + xb.shape[0]] = _out(block(xb, **_fit_kwargs(kw, xb.shape[0])))
+    return out
+
+
+def block_error(block: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict, batch_size: int) -> float:
+    """:func:`block_loss` (alpha 0) of ``block(x)`` against ``y`` over all rows."""
+    with torch.no_grad():
+        ys = run_block(block, x, kw, batch_size)
+        return float(block_loss(ys, y))
+
+
+# ---------------------------------------------------------------------------- state on disk
+def _fingerprint(names: list[str], qc: dict, cfg: BlockConfig, data: torch.Tensor) -> str:
+    key = {"modules": names, "qc": {k: v for k, v in qc.items() if k != "modules"},
+           "cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "eval_samples"},
+           "data": [list(data.shape), int(data.long().sum()), int((data.long() * 31 % 1009).sum())]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        chmod_umask(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_state(state_dir: Path | None, fp: str) -> dict:
+    if state_dir is None or not (state_dir / STATE_JSON).is_file():
+        return {"fingerprint": fp, "done": 0, "history": []}
+    try:
+        st = json.loads((state_dir / STATE_JSON).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot resume: '{state_dir / STATE_JSON}' is unreadable ({type(e).__name__})")
+    if st.get("fingerprint") != fp:
+        raise CheckpointError(f"cannot resume from '{state_dir}': its block-wise run used another method, "
+                              "data or setting (start again with another --state-dir, or without --resume)")
+    return st
+
+
+def _block_file(state_dir: Path, i: int) -> Path:
+    return state_dir / f"block-{i:04d}.safetensors"
+
+
+# ---------------------------------------------------------------------------- the pipeline
+def _block_targets(model: nn.Module, names: list[str], prefix: str, i: int) -> list[tuple[str, nn.Module]]:
+    return [(n, model.get_submodule(n)) for n in names if n.startswith(f"{prefix}{i}.")]
+
+
+def _make_trainable(model, handler, targets) -> dict[str, nn.Module]:
+    mods = handler.train_modules(model, targets)
+    for name, mod in mods.items():
+        set_submodule(model, name, mod)
+    return mods
+
+
+def _pack(model, mods: dict[str, nn.Module], scale_dtype) -> None:
+    for name, mod in mods.items():
+        set_submodule(model, name, _packed_form(mod, scale_dtype))
+
+
+def _packed_state(model: nn.Module, block: nn.Module, prefix: str, names: list[str], train_norms: bool) -> dict:
+    """The tensors of block ``prefix`` that conversion changed: its packed modules (+ norms if trained)."""
+    out = {}
+    for n in names:
+        for k, v in model.get_submodule(n).state_dict().items():
+            out[f"{n}.{k}"] = v.detach().contiguous().clone()
+    if train_norms:
+        for mn, mod in block.named_modules():
+            if "norm" in type(mod).__name__.lower():
+                for k, v in mod.state_dict().items():
+                    out[f"{prefix}{mn}.{k}"] = v.detach().contiguous().clone()
+    return out
+
+
+def _train_block(block: nn.Module, mods: dict, x_in: torch.Tensor, y_t: torch.Tensor, kw: dict,
+                 cfg: BlockConfig, seed: int, bar=None) -> float:
+    from .trainer import lr_factor
+
+    for p in block.parameters():
+        p.requires_grad_(False)
+    for m in mods.values():
+        for p in m.parameters():
+            p.requires_grad_(True)
+    if cfg.train_norms:
+        for mod in block.modules():
+            if "norm" in type(mod).__name__.lower():
+                for p in mod.parameters(recurse=False):
+                    p.requires_grad_(True)
+    lr_vec = cfg.lr_vectors if cfg.lr_vectors is not None else cfg.lr
+    opt = torch.optim.AdamW(param_groups(block, cfg.lr, lr_vec, 0.0), betas=(0.9, 0.95), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup, cfg.min_lr_ratio))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    b = min(cfg.batch_size, x_in.shape[0])
+    kwb = _fit_kwargs(kw, b)
+    loss = float("nan")
+    block.train()
+    for step in range(cfg.steps):
+        idx = batch_indices(step, x_in.shape[0], b, seed)
+        opt.zero_grad(set_to_none=True)
+        out = block_loss(_out(block(x_in[idx], **kwb)), y_t[idx], cfg.alpha)
+        out.backward()
+        if cfg.clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        opt.step()
+        sched.step()
+        loss = float(out.detach())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+    block.eval()
+    for p in block.parameters():
+        p.requires_grad_(False)
+    return loss
+
+
+def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
+                state_dir: str | os.PathLike | None = None, progress: bool = True,
+                on_block: Callable[[int, nn.Module], None] | None = None) -> tuple[dict, list[dict]]:
+    """Convert ``model`` (the fp teacher, modified in place) with ``config``'s method, block by block.
+
+    ``data``: ``[n, seqlen]`` calibration token ids.  Returns
+    ``(quantization_config, history)``; the model is packed (ready for
+    ``formats.checkpoint.save_checkpoint``) with ``config.quantization_config``
+    set.  ``history`` has one record per block: the relative output error
+    after the plain conversion (``err_init``) and after training
+    (``err_final``), both on the student's own inputs, seconds and peak RSS.
+    ``on_block(i, model)`` is called while block ``i`` is in trainable form
+    (after training, before packing).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from ..config import parse_dtype
+    from ..methods.sequential import capture_block_inputs, find_blocks
+    from ..progress import Progress as tqdm
+    from ..registry import get_handler
+
+    config.validate()
+    cfg.validate()
+    handler = get_handler(config)
+    targets = find_linears(model, config.skip)
+    if not targets:
+        raise OneBitError("model has no linear layers to quantize")
+    names = [n for n, _ in targets]
+    found = find_blocks(model, names)
+    if found is None:
+        raise OneBitError("block-wise reconstruction needs decoder blocks (an nn.ModuleList) holding the linears")
+    bname, blocks = found
+    prefix = f"{bname}." if bname else ""
+    outside = [n for n in names if not (n.startswith(prefix) and n[len(prefix):].split(".")[0].isdigit())]
+    if outside:
+        raise OneBitError(f"block-wise reconstruction: linear '{outside[0]}' is outside the decoder blocks "
+                          "(skip it with --skip, or use end-to-end distillation)")
+    qc = config.to_dict()
+    qc["modules"] = {n: [lin.out_features, lin.in_features] for n, lin in targets}
+    scale_dtype = parse_dtype(qc["scale_dtype"]) if isinstance(qc.get("scale_dtype"), str) else None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+
+    sdir = Path(state_dir) if state_dir is not None else None
+    fp = _fingerprint(names, qc, cfg, data)
+    st = _read_state(sdir, fp)
+    done, history = int(st["done"]), list(st["history"])
+    if sdir is not None:
+        sdir.mkdir(parents=True, exist_ok=True)
+    n_blocks = len(blocks)
+    t_start = time.perf_counter()
+    need_acts = done < n_blocks
+    if need_acts:
+        b = min(cfg.batch_size, data.shape[0])
+        caught = capture_block_inputs(model, blocks[0], data, b)
+        kw = caught[0][1]
+        x_t = torch.cat([hs for hs, _ in caught]).detach()
+        del caught
+        x_s = x_t.clone()  # the student's own activations (its inputs, or only reported)
+        n_ev = max(1, min(cfg.eval_samples, data.shape[0]))
+        log.info("block-wise: %d blocks, %d x %d calibration tokens, activation caches %.0f MiB",
+                 n_blocks, data.shape[0], data.shape[1], x_t.numel() * x_t.element_size() * 3 / 2**20)
+    if done:
+        log.info("block-wise: resuming after block %d of %d (%s)", done, n_blocks, sdir)
+    bar = tqdm(total=(n_blocks - done) * cfg.steps, desc=f"block-wise [{config.method}]", unit="step",
+               disable=not progress or done >= n_blocks)
+    for i in range(n_blocks):
+        block = blocks[i]
+        bt = _block_targets(model, names, prefix, i)
+        if i < done:  # finished in an earlier run: rebuild its packed form from the state
+            y_t = run_block(block, x_t, kw, b) if need_acts else None
+            mods = _make_trainable(model, handler, bt)
+            _pack(model, mods, scale_dtype)
+            saved = load_file(str(_block_file(sdir, i)))
+            missing = block.load_state_dict({k[len(f"{prefix}{i}."):]: v for k, v in saved.items()},
+                                            strict=False)
+            if missing.unexpected_keys:
+                raise CheckpointError(f"cannot resume: '{_block_file(sdir, i)}' does not fit block {i}")
+            if need_acts:
+                x_s = run_block(block, x_s, kw, b)
+                x_t = y_t
+            continue
+        t0 = time.perf_counter()
+        y_t = run_block(block, x_t, kw, b)
+        x_in = x_s if cfg.inputs == "student" else x_t
+        mods = _make_trainable(model, handler, bt)
+        ev = slice(0, n_ev)
+        err_init = block_error(block, x_s[ev], y_t[ev], kw, b)
+        bar.set_description(f"block-wise [{config.method}] block {i + 1}/{n_blocks}")
+        loss = _train_block(block, mods, x_in, y_t, kw, cfg, cfg.seed * 1_000_003 + i, bar)
+        if on_block is not None:
+            on_block(i, model)
+        _pack(model, mods, scale_dtype)
+        del mods
+        x_s = run_block(block, x_s, kw, b)
+        err_final = float(block_loss(x_s[ev], y_t[ev]))
+        x_t = y_t
+        del x_in
+        rec = {"block": i, "err_init": round(err_init, 6), "err_final": round(err_final, 6),
+               "last_loss": round(loss, 6), "seconds": round(time.perf_counter() - t0, 2),
+               "peak_rss_mib": round(peak_rss_mib(), 1)}
+        history.append(rec)
+        log.info("block %d/%d: relative output error %.4f -> %.4f (%.1fs, peak RSS %.0f MiB)", i + 1,
+                 n_blocks, err_init, err_final, rec["seconds"], rec["peak_rss_mib"])
+        if sdir is not None:
+            state = _packed_state(model, block, f"{prefix}{i}.", [n for n, _ in bt], cfg.train_norms)
+            _atomic(_block_file(sdir, i), lambda tmp: save_file(state, tmp))
+            st = {"fingerprint": fp, "done": i + 1, "blocks": n_blocks, "history": history}
+            _atomic(sdir / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(st, indent=1) + "\n"))
+    bar.close()
+    if need_acts:
+        log.info("block-wise: %d blocks in %.0fs, peak RSS %.0f MiB", n_blocks - done,
+                 time.perf_counter() - t_start, peak_rss_mib())
+    model.config.quantization_config = qc
+    model.eval()
+    return qc, history
