@@ -16,6 +16,10 @@ imported, before or after ``import onebit``.
 """
 from __future__ import annotations
 
+from .threads import apply_policy as _apply_thread_policy
+
+_apply_thread_policy()  # before anything imports torch (docs/threads.md); the only call
+
 import importlib
 import importlib.util
 import sys

@@ -56,6 +56,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true",
                    help="tqdm progress bars even when stderr is not a terminal (there, by default: "
                    "a plain progress line at most every 30 s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's, fewer when other processes keep CPUs busy "
+                   "at start; OMP_NUM_THREADS is honoured; docs/threads.md)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     # stderr not a terminal (CI logs, | tee): progress as a plain line every 30 s, not silence
     prev = set_plain_lines(not sys.stderr.isatty() and not getattr(args, "progress", False))
     try:
+        if getattr(args, "threads", None) is not None:  # explicit: wins over the thread policy
+            from ..threads import set_threads
+
+            set_threads(args.threads)
         rc = args.func(args)
     except OneBitError as e:
         print(f"onebit: error: {e}", file=sys.stderr)
