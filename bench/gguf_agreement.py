@@ -102,7 +102,7 @@ def llama_cpp_logits(path: Path, windows: torch.Tensor, threads: int) -> list[to
 
 
 def run_one(model_name: str, method: str, ckpt: str | None, fp, spec: str, windows: torch.Tensor,
-            work: Path, threads: int, embed_type: str = "f16") -> dict:
+            work: Path, threads: int, embed_type: str = "f16", pad: str = "auto") -> dict:
     import onebit
     from onebit.export.gguf import export_gguf
     from onebit.export.spec import PRESETS, save_quantized
@@ -114,7 +114,7 @@ def run_one(model_name: str, method: str, ckpt: str | None, fp, spec: str, windo
         ckpt = save_quantized(fp, work / f"{model_name}-{method}", name, spec, tokenizer=TOKENIZERS[model_name],
                               overwrite=True, **kw)
     gguf_path = work / f"{model_name}-{method}.gguf"
-    summary = export_gguf(ckpt, gguf_path, overwrite=True, embed_type=embed_type)
+    summary = export_gguf(ckpt, gguf_path, overwrite=True, embed_type=embed_type, pad=pad)
     model = onebit.load(ckpt).float().eval()
     dense = dense_model_from_gguf(gguf_path, model.config)
     types = {t.name: t.type_name for t in read_gguf_header(gguf_path).tensors}
@@ -149,6 +149,7 @@ def main() -> int:
     ap.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=PATH",
                     help="use this trained checkpoint for METHOD (with a single --models)")
     ap.add_argument("--embed-type", default="f16", help="onebit export --embed-type (default: %(default)s)")
+    ap.add_argument("--pad", default="auto", choices=["auto", "on", "off"], help="onebit export --pad")
     ap.add_argument("--windows", type=int, default=4, help="windows per model (default 4)")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
@@ -173,7 +174,7 @@ def main() -> int:
             for method in args.methods.split(","):
                 t0 = time.perf_counter()
                 r = run_one(mname, method, ckpts.get(method), fp, spec, w, Path(tmp), args.threads,
-                            args.embed_type)
+                            args.embed_type, args.pad)
                 r["seconds"] = round(time.perf_counter() - t0, 1)
                 rows.append(r)
                 ok = "ok" if r["kl"] <= 0.01 and r["top1"] >= 0.98 else "MISS"

@@ -23,9 +23,27 @@ def num_blocks(cols: int, block: int) -> int:
     return (cols + block - 1) // block
 
 
-def expand_scales(scales: torch.Tensor, cols: int, block: int) -> torch.Tensor:
-    """``[out, nb]`` block scales as ``[out, cols]``."""
-    return scales.repeat_interleave(block, dim=1)[:, :cols]
+def scale_blocks(w: torch.Tensor, scales: torch.Tensor, block: int) -> torch.Tensor:
+    """``w [out, cols]`` times its block scales ``[out, nb]`` (column ``j`` by block ``j // block``).
+
+    The whole blocks as a product on ``[out, nb, block]``, the short last block (if any) apart,
+    then concatenated.  torch 2.13's inductor (CPU) miscompiles the obvious forms when ``cols``
+    is not a multiple of ``block`` (``scales.repeat_interleave(block, 1)[:, :cols]``, the
+    expand/reshape/slice form, the padded product cut by a slice when a cast follows, the gather
+    ``scales[:, arange(cols) // block]`` in backward): it reads the scales at wrong or
+    out-of-bounds offsets, garbage or NaN, which is why q1_0 trained to NaN under ``--compile``
+    on stories3M (rows of 192).  tests/methods/test_q1.py checks compiled against eager.
+    """
+    out, cols = w.shape
+    nf = cols // block
+    full = nf * block
+    s = scales.to(w.dtype)
+    parts = []
+    if nf:
+        parts.append((w[:, :full].reshape(out, nf, block) * s[:, :nf, None]).reshape(out, full))
+    if full < cols:
+        parts.append(w[:, full:] * s[:, nf:])
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 @torch.no_grad()
@@ -40,9 +58,9 @@ def block_absmean(w: torch.Tensor, block: int) -> torch.Tensor:
 
 
 class BlockSignLinearTrain(nn.Module):
-    #: under torch.compile (bf16 or not) its training reaches NaN within 25 steps on stories3M,
-    #: eagerly it trains; the trainer skips --compile for it (onebit.distill.trainer.compile_safe)
-    compile_safe = False
+    #: see :func:`scale_blocks` for the torch.compile miscompilation this form avoids
+    compile_safe = True
+
     def __init__(self, in_features: int, out_features: int, group_size: int = 128, bias: bool = False,
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
@@ -65,7 +83,7 @@ class BlockSignLinearTrain(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = sign_ste(self.weight) * expand_scales(self.scales, self.in_features, self.group_size)
+        w = scale_blocks(sign_ste(self.weight), self.scales, self.group_size)
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     @torch.no_grad()
@@ -101,8 +119,8 @@ class BlockSignLinear(nn.Module):
             self.bias = None
 
     def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        s = unpack_signs(self.weight_packed, self.in_features, dtype)
-        return s * expand_scales(self.scales.to(dtype), self.in_features, self.group_size)
+        return scale_blocks(unpack_signs(self.weight_packed, self.in_features, dtype), self.scales.to(dtype),
+                            self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.dense_weight(x.dtype))
