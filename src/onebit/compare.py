@@ -3,22 +3,29 @@
 A *method spec* names a method and its settings in one token::
 
     fp                      the unquantized model (baseline row)
-    onebit  onebit-w1a8  bitnet  ternary
+    onebit  onebit-foldable  onebit-w1a8  q1_0  bitnet  ternary
     rtn-w4  rtn-w2-g64  rtn-w4-asym  rtn-w3-g128-mse  rtn-w4-a8  rtn-w4-tensor
     gptq-w3-g64  gptq-w4-actorder  gptq-w4-g128-static
 
 Modifiers (each only where the method has the setting): ``w<N>`` weight bits, ``g<N>``
 group size, ``tensor`` one scale per tensor, ``sym``/``asym``, ``mse`` (clip search),
 ``a<N>`` activation bits (``a0`` turns BitNet's int8 activations off), ``actorder``,
-``static`` (GPTQ static groups).
+``static`` (GPTQ static groups), ``foldable`` (OneBit with tied input scales, llama.cpp's Q1_0).
 
-For each spec: quantize a fresh copy of the model (timed; calibration data, generated once by
-the teacher, is shared by all methods and not in the time), save the packed checkpoint to a
-temporary directory (size on disk = its ``model.safetensors``), read the bit ledger (bits per
-weight of the quantized linears), and measure perplexity on each dataset.  Extra columns come
-from :data:`METRIC_HOOKS`: mean KL(teacher ‖ method) per token on the first dataset's windows
-(``onebit.eval.kld``) and, with ``zeroshot_limit`` > 0, the average accuracy on the paper's six
-zero-shot tasks (``onebit.eval.zeroshot``); ``n/a`` where not measured.
+For each spec: quantize the model (timed; calibration data, generated once by the teacher, is
+shared by all methods and not in the time), save the packed checkpoint to a temporary directory
+(size on disk = its ``*.safetensors``), read the bit ledger (bits per weight of the quantized
+linears, and end to end: every stored bit over the original model's weights), and measure
+perplexity on each dataset.  With ``isolate`` (the CLI's default) the quantization runs in a fresh
+child process (``spawn``) that loads the teacher, quantizes and saves, and the row's peak RSS is
+that process's ``ru_maxrss`` (load + quantize + save: what ``onebit quantize`` needs); the parent
+then evaluates the checkpoint as saved.  Without it (the default: a child re-imports torch and
+re-loads the teacher, minutes on a busy CPU), the column is the rise of this process's RSS over
+its value before quantizing, sampled every 20 ms (:class:`RSSSampler`).  On the first dataset's windows the student is scored
+against the teacher (``onebit.eval.kld``): mean KL(teacher ‖ method) per token ± its standard
+error and top-1 agreement, and that dataset's perplexity comes from the same pass.  With
+``zeroshot_limit`` > 0: accuracy ± standard error on each of the paper's six zero-shot tasks and
+LAMBADA (``onebit.eval.zeroshot``), and the six-task average.  ``n/a`` where not measured.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,7 +54,7 @@ DEFAULT_METHODS = "onebit,onebit-w1a8,bitnet,ternary,rtn-w2-g64,gptq-w2-g64,rtn-
 #: perplexity / KL windows per dataset that ``onebit compare`` scores unless told ``--full``: enough
 #: to rank methods, and an answer in minutes rather than an hour (WikiText-2 has ~600 windows of 512)
 DEFAULT_MAX_WINDOWS = 40
-MODIFIERS = "w<bits>, g<group>, tensor, sym, asym, mse, a<act-bits>, actorder, static"
+MODIFIERS = "w<bits>, g<group>, tensor, sym, asym, mse, a<act-bits>, actorder, static, foldable"
 
 
 # ------------------------------------------------------------------- spec parsing
@@ -82,6 +90,8 @@ def parse_method_spec(spec: str) -> QuantConfig | None:
             key, val = "act_order", True
         elif tok == "static":
             key, val = "static_groups", True
+        elif tok == "foldable":
+            key, val = "foldable", True
         else:
             raise OneBitError(f"method spec '{spec}': unknown modifier '{tok}'; valid modifiers: {MODIFIERS}")
         if key not in fields:
@@ -109,44 +119,63 @@ def parse_methods(specs: str) -> list[tuple[str, QuantConfig | None]]:
 
 
 # ------------------------------------------------------------------- extra metric hooks
-def _kl_hook(teacher, student, tokenizer, ids_by_data, settings) -> float | None:
-    """Mean KL(teacher ‖ student) per token on the first dataset (``onebit.eval.kld``)."""
-    from .eval.kld import kl_divergence
-
-    if student is teacher:
-        return 0.0
-    ids = next(iter(ids_by_data.values()))
-    return float(kl_divergence(teacher, student, ids, settings["seqlen"], settings["max_windows"]).mean_kld)
+#: zero-shot columns, in order: the paper's six tasks, then LAMBADA
+ZEROSHOT_COLUMNS = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "lambada")
 
 
-def _zeroshot_hook(teacher, student, tokenizer, ids_by_data, settings) -> float | None:
-    """Average accuracy over the paper's six zero-shot tasks (``onebit.eval.zeroshot``), only with
-    ``zeroshot_limit`` > 0 items per task (it is the slow column)."""
+def _zeroshot_hook(teacher, student, tokenizer, ids_by_data, settings) -> dict:
+    """Accuracy (%) ± standard error on each of the paper's six zero-shot tasks and LAMBADA, and the
+    six-task average, with ``zeroshot_limit`` > 0 items per task (``onebit.eval.zeroshot``; the slow
+    columns, so opt-in).  Without a limit only the average's column, ``n/a``."""
     if not settings.get("zeroshot_limit"):
-        return None
-    from .eval.tasks import PAPER_TASKS
+        return {"zeroshot_avg": None}
     from .eval.zeroshot import evaluate, paper_average
 
-    res = evaluate(student, tokenizer, list(PAPER_TASKS), limit=settings["zeroshot_limit"])
-    return paper_average(res)
+    res = evaluate(student, tokenizer, list(ZEROSHOT_COLUMNS), limit=settings["zeroshot_limit"])
+    out: dict[str, float | None] = {}
+    for t in ZEROSHOT_COLUMNS:
+        out[t] = 100 * res[t].acc
+        out[t + SE] = 100 * res[t].acc_stderr
+    avg = paper_average(res)
+    out["zeroshot_avg"] = None if avg is None else 100 * avg
+    # the average of six independent means: its standard error is sqrt(sum se_i^2) / 6
+    out["zeroshot_avg" + SE] = math.sqrt(sum(res[t].acc_stderr ** 2 for t in ZEROSHOT_COLUMNS[:6])) / 6 * 100
+    return out
 
 
-#: column -> fn(teacher, student, tokenizer, {data: ids}, settings) -> float | None ("n/a")
-METRIC_HOOKS: dict[str, Callable] = {"kl_to_teacher": _kl_hook, "zeroshot_avg": _zeroshot_hook}
+#: column -> fn(teacher, student, tokenizer, {data: ids}, settings) -> float | {column: value} | None.
+#: A value under ``<column>_se`` is that column's standard error (shown as ``x ± se``).
+METRIC_HOOKS: dict[str, Callable] = {"zeroshot": _zeroshot_hook}
+#: suffix of a standard-error column
+SE = "_se"
 
 
 # ------------------------------------------------------------------- running
 @dataclass
 class Row:
     method: str
-    bits_per_weight: float
+    bits_per_weight: float          # quantized linears (ledger)
     size_mib: float
     quant_seconds: float
     ppl: dict[str, float] = field(default_factory=dict)
     extra: dict[str, float | None] = field(default_factory=dict)
+    bits_end_to_end: float = float("nan")     # every stored bit over the original model's weights
+    #: ``isolate``: peak RSS of the child process that loaded the teacher, quantized and saved;
+    #: in-process: the sampled peak RSS rise during the quantization (:class:`RSSSampler`)
+    peak_rss_mib: float | None = None
 
 
-def _distill(teacher, cfg: QuantConfig, steps: int, data: torch.Tensor, progress: bool):
+def _make_model(teacher, cfg: QuantConfig, distill: int, calib, tok, progress: bool):
+    """The quantized (or distilled and packed) model of ``cfg``, from a copy of ``teacher``."""
+    from .api import quantize
+
+    if distill:
+        return _distill(teacher, copy.deepcopy(cfg), distill, calib, progress)
+    return quantize(copy.deepcopy(teacher), copy.deepcopy(cfg), progress=progress, calib_ids=calib,
+                    tokenizer=tok)
+
+
+def _distill(teacher, cfg: QuantConfig, steps: int, data, progress: bool):
     """Distil the method's trainable form for ``steps`` steps (``onebit.distill``'s trainer)."""
     from .distill.student import freeze, pack_student, student_from_teacher
     from .distill.trainer import TrainConfig, Trainer
@@ -158,17 +187,131 @@ def _distill(teacher, cfg: QuantConfig, steps: int, data: torch.Tensor, progress
     return pack_student(student, qc)
 
 
+def _current_rss_mib() -> float | None:
+    """This process's resident set now (Linux ``/proc/self/statm``); ``None`` elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class RSSSampler:
+    """Peak RSS of this process while a block runs, sampled every ``interval`` s by a thread, and
+    its rise over the RSS on entry (:attr:`peak_rise_mib`): what the block needed on top of what was
+    resident already.  A sampled peak can miss a spike shorter than the interval; freed memory the
+    allocator kept from earlier work can be reused without showing.  ``None`` where /proc is absent."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.start, self.peak = interval, None, None
+
+    def __enter__(self):
+        import threading
+
+        self.start = self.peak = _current_rss_mib()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        if self.start is not None:
+            self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            v = _current_rss_mib()
+            if v is not None and v > self.peak:
+                self.peak = v
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._t.is_alive():
+            self._t.join()
+        v = _current_rss_mib()
+        if v is not None and self.peak is not None and v > self.peak:
+            self.peak = v
+        return False
+
+    @property
+    def peak_rise_mib(self) -> float | None:
+        return None if self.start is None else self.peak - self.start
+
+
+def _peak_rss_mib() -> float:
+    import resource
+    import sys
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 2 ** 20 if sys.platform == "darwin" else kb / 1024  # bytes on macOS, KiB on Linux
+
+
+def _child_quantize(model_spec: str, cfg: QuantConfig, distill: int, calib_path: str | None, ckpt: str,
+                    result_path: str, threads: int, progress: bool) -> None:
+    """In a fresh process: load the teacher, quantize (timed), save to ``ckpt``; write the seconds and
+    peak RSS (``ru_maxrss`` of this process: load + quantize + save) to ``result_path`` as JSON."""
+    import json
+
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        from .formats.checkpoint import save_checkpoint
+        from .models import load_model, load_tokenizer
+
+        teacher = load_model(model_spec)
+        tok = load_tokenizer(model_spec)
+        calib = torch.load(calib_path) if calib_path else None
+        rss_load = _peak_rss_mib()
+        t0 = time.perf_counter()
+        model = _make_model(teacher, cfg, distill, calib, tok, progress)
+        secs = time.perf_counter() - t0
+        save_checkpoint(model, ckpt)
+        res = {"seconds": secs, "peak_rss_mib": _peak_rss_mib(), "rss_after_load_mib": rss_load}
+    except Exception as e:  # noqa: BLE001 - reported by the parent as one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        res = {"error": f"{type(e).__name__}: {first}" if not isinstance(e, OneBitError) else first}
+    Path(result_path).write_text(json.dumps(res))
+
+
+def _quantize_isolated(model_spec, label, cfg, distill, calib_path, ckpt: Path, progress) -> dict:
+    import json
+    import multiprocessing as mp
+
+    import torch
+
+    result = ckpt.parent / "result.json"
+    p = mp.get_context("spawn").Process(
+        target=_child_quantize, args=(model_spec, cfg, distill, calib_path, str(ckpt), str(result),
+                                      torch.get_num_threads(), progress))
+    p.start()
+    p.join()
+    if not result.exists():
+        raise OneBitError(f"method '{label}': the quantization process died (exit code {p.exitcode})")
+    res = json.loads(result.read_text())
+    if "error" in res:
+        raise OneBitError(f"method '{label}': {res['error']}")
+    return res
+
+
+def _max_windows_for(data: str, max_windows: int | None) -> int | None:
+    from .eval.data import C4_WINDOWS
+
+    return min(max_windows or C4_WINDOWS, C4_WINDOWS) if data == "c4" else max_windows
+
+
 def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], datasets: list[str],
                 seqlen: int | None = None, max_windows: int | None = None, calib_samples: int = 128,
                 calib_seqlen: int = 256, distill: int = 0, zeroshot_limit: int = 0, progress: bool = False,
-                on_row: Callable[[Row], None] | None = None) -> list[Row]:
+                on_row: Callable[[Row], None] | None = None, isolate: bool = False,
+                cache_teacher_gib: float = 4.0) -> list[Row]:
+    """One :class:`Row` per method spec (see the module doc).  ``isolate``: quantize each method in a
+    child process and report its peak RSS (else the peak RSS rise while quantizing in-process); ``cache_teacher_gib``: keep the teacher's logits on the
+    KL windows in memory up to this size, so the teacher runs on them once, not once per method."""
     import torch  # here, not at the top: the CLI parser imports this module for its defaults
 
-    from .api import quantize
     from .calibration import teacher_samples
-    from .eval.data import C4_WINDOWS, load_text
-    from .eval.perplexity import perplexity, tokenize_text
-    from .formats.checkpoint import save_checkpoint, unique_state_dict
+    from .eval.data import load_text
+    from .eval.kld import kl_divergence
+    from .eval.perplexity import perplexity, tokenize_text, windows
+    from .formats.checkpoint import checkpoint_ledger, load_checkpoint, save_checkpoint, unique_state_dict
     from .formats.ledger import dtype_bits
     from .models import context_length, load_model, load_tokenizer
     from .registry import get_handler
@@ -177,47 +320,82 @@ def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], 
     tok = load_tokenizer(model_spec)
     seqlen = seqlen if seqlen is not None else context_length(teacher)
     ids_by_data = {d: tokenize_text(tok, load_text(d)) for d in datasets}
+    first = datasets[0]
+    kl_windows = _max_windows_for(first, max_windows)
+    n_kl = windows(ids_by_data[first], seqlen, kl_windows).shape[0]
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    cache: dict | None = {} if n_kl * seqlen * vocab * 4 <= cache_teacher_gib * 2 ** 30 else None
     settings = {"seqlen": seqlen, "max_windows": max_windows, "zeroshot_limit": zeroshot_limit}
-    calib = None
-    needs = [c for _, c in methods if c is not None and (get_handler(c).needs_calibration or distill)]
-    if needs:
-        t0 = time.perf_counter()
-        calib = teacher_samples(teacher, calib_samples, min(calib_seqlen, context_length(teacher)), seed=0,
-                                progress=progress)
-        log.info("calibration data: %d teacher samples in %.1fs (shared, not in the times)",
-                 calib.shape[0], time.perf_counter() - t0)
+    calib, calib_path = None, None
     rows = []
-    for label, cfg in methods:
-        if cfg is None:
-            model, secs = teacher, 0.0
-            sd = unique_state_dict(teacher)
-            bits = sum(t.numel() * dtype_bits(t.dtype) for t in sd.values())
-            lin = [m.weight for m in teacher.modules() if isinstance(m, torch.nn.Linear)]
-            bpw = float(dtype_bits(lin[0].dtype)) if lin else float("nan")
-            size = bits / 8 / 2 ** 20
-        else:
-            t0 = time.perf_counter()
-            if distill:
-                model = _distill(teacher, copy.deepcopy(cfg), distill, calib, progress)
+    with tempfile.TemporaryDirectory(prefix="onebit-compare-") as work:
+        for label, cfg in methods:
+            rss = None
+            if calib is None and cfg is not None and (get_handler(cfg).needs_calibration or distill):
+                # generated once, when the first method that needs it comes (rows before it are not
+                # kept waiting), shared by all methods and not in any method's time
+                t0 = time.perf_counter()
+                calib = teacher_samples(teacher, calib_samples, min(calib_seqlen, context_length(teacher)),
+                                        seed=0, progress=progress)
+                log.info("calibration data: %d teacher samples in %.1fs (shared, not in the times)",
+                         calib.shape[0], time.perf_counter() - t0)
+                if isolate:
+                    calib_path = str(Path(work) / "calib.pt")
+                    torch.save(calib, calib_path)
+            if cfg is None:
+                model, secs = teacher, 0.0
+                sd = unique_state_dict(teacher)
+                bits = sum(t.numel() * dtype_bits(t.dtype) for t in sd.values())
+                lin = [m.weight for m in teacher.modules() if isinstance(m, torch.nn.Linear)]
+                bpw = float(dtype_bits(lin[0].dtype)) if lin else float("nan")
+                e2e = bits / sum(t.numel() for t in sd.values())
+                size = bits / 8 / 2 ** 20
             else:
-                model = quantize(copy.deepcopy(teacher), copy.deepcopy(cfg), progress=progress,
-                                 calib_ids=calib, tokenizer=tok)
-            secs = time.perf_counter() - t0
-            with tempfile.TemporaryDirectory(prefix="onebit-compare-") as tmp:
-                led = save_checkpoint(model, Path(tmp) / "ckpt")
-                size = sum(f.stat().st_size for f in (Path(tmp) / "ckpt").glob("*.safetensors")) / 2 ** 20
-            bpw = led.bits_per_linear_weight
-        row = Row(label, bpw, size, secs)
-        for d, ids in ids_by_data.items():
-            mw = min(max_windows or C4_WINDOWS, C4_WINDOWS) if d == "c4" else max_windows
-            row.ppl[d] = perplexity(model, ids, seqlen, mw, progress=progress, desc=f"{label} {d}").ppl
-        for name, hook in METRIC_HOOKS.items():
-            row.extra[name] = hook(teacher, model, tok, ids_by_data, settings)
-        rows.append(row)
-        if on_row:
-            on_row(row)
-        if model is not teacher:
-            del model
+                d = Path(work) / label
+                d.mkdir()
+                ckpt = d / "ckpt"
+                if isolate:
+                    res = _quantize_isolated(model_spec, label, cfg, distill, calib_path, ckpt, progress)
+                    secs, rss = res["seconds"], res["peak_rss_mib"]
+                    log.info("%s: quantized in %.1fs in a child process, peak RSS %.0f MiB (%.0f after "
+                             "loading the teacher)", label, secs, rss, res["rss_after_load_mib"])
+                    model = load_checkpoint(ckpt)
+                    led = checkpoint_ledger(ckpt)
+                else:
+                    with RSSSampler() as mem:
+                        t0 = time.perf_counter()
+                        model = _make_model(teacher, cfg, distill, calib, tok, progress)
+                        secs = time.perf_counter() - t0
+                    rss = mem.peak_rise_mib
+                    led = save_checkpoint(model, ckpt)
+                size = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2 ** 20
+                bpw, e2e = led.bits_per_linear_weight, led.bits_per_weight
+                shutil.rmtree(d)
+            model.eval()
+            row = Row(label, bpw, size, secs, bits_end_to_end=e2e, peak_rss_mib=rss)
+            for dname, ids in ids_by_data.items():
+                mw = _max_windows_for(dname, max_windows)
+                if dname == first and model is not teacher:
+                    kl = kl_divergence(teacher, model, ids, seqlen, mw, progress=progress, teacher_cache=cache)
+                    row.ppl[dname] = kl.ppl_student
+                    row.extra.update({"kl_to_teacher": kl.mean_kld, "kl_to_teacher" + SE: kl.kld_stderr,
+                                      "top1_agreement": 100 * kl.top1_agreement})
+                else:
+                    row.ppl[dname] = perplexity(model, ids, seqlen, mw, progress=progress,
+                                                desc=f"{label} {dname}").ppl
+            if model is teacher:
+                row.extra.update({"kl_to_teacher": 0.0, "kl_to_teacher" + SE: 0.0, "top1_agreement": 100.0})
+            for name, hook in METRIC_HOOKS.items():
+                v = hook(teacher, model, tok, ids_by_data, settings)
+                if isinstance(v, dict):
+                    row.extra.update(v)
+                else:
+                    row.extra[name] = v
+            rows.append(row)
+            if on_row:
+                on_row(row)
+            if model is not teacher:
+                del model
     return rows
 
 
@@ -228,26 +406,61 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def table(rows: list[Row]) -> tuple[list[str], list[list]]:
+#: printed names of the extra columns (others print as their key)
+COLUMN_NAMES = {"kl_to_teacher": "KLD", "top1_agreement": "top-1 %", "zeroshot_avg": "avg of six",
+                "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "piqa": "PIQA", "hellaswag": "HellaSwag",
+                "winogrande": "WinoGrande", "boolq": "BoolQ", "lambada": "LAMBADA"}
+
+
+def _extra_columns(rows: list[Row]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        for k in r.extra:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+#: the RSS column's name: a child's peak (``isolate``) or the in-process peak rise
+RSS_LABELS = {True: "peak RSS MiB", False: "quant RSS rise MiB"}
+
+
+def table(rows: list[Row], isolate: bool = False) -> tuple[list[str], list[list]]:
+    """Header and body for the CSV: one column per value (standard errors as ``<column>_se``)."""
     datasets = list(rows[0].ppl) if rows else []
-    extras = list(rows[0].extra) if rows else []
-    header = ["method", "bits/weight", "size MiB", *[f"ppl {d}" for d in datasets], "quant s", *extras]
-    body = [[r.method, r.bits_per_weight, r.size_mib, *[r.ppl[d] for d in datasets], r.quant_seconds,
-             *[r.extra[e] for e in extras]] for r in rows]
+    extras = _extra_columns(rows)
+    header = ["method", "bits/weight", "bits/weight e2e", "size MiB", *[f"ppl {d}" for d in datasets],
+              "quant s", RSS_LABELS[isolate], *extras]
+    body = [[r.method, r.bits_per_weight, r.bits_end_to_end, r.size_mib, *[r.ppl[d] for d in datasets],
+             r.quant_seconds, r.peak_rss_mib, *[r.extra.get(e) for e in extras]] for r in rows]
     return header, body
 
 
-def to_markdown(rows: list[Row]) -> str:
-    header, body = table(rows)
+def to_markdown(rows: list[Row], isolate: bool = False) -> str:
+    """The table with ``value ± se`` cells where a standard error was measured."""
+    datasets = list(rows[0].ppl) if rows else []
+    extras = [e for e in _extra_columns(rows) if not e.endswith(SE)]
+    header = ["method", "bits/weight", "bits/weight e2e", "size MiB", *[f"ppl {d}" for d in datasets],
+              *[COLUMN_NAMES.get(e, e) for e in extras], "quant s", RSS_LABELS[isolate]]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for b in body:
-        cells = [b[0], f"{b[1]:.3f}", f"{b[2]:.3f}"] + [_fmt(v) for v in b[3:]]
+    for r in rows:
+        cells = [r.method, f"{r.bits_per_weight:.3f}", _fmt(r.bits_end_to_end) if math.isnan(r.bits_end_to_end)
+                 else f"{r.bits_end_to_end:.3f}", f"{r.size_mib:.3f}", *[_fmt(r.ppl[d]) for d in datasets]]
+        for e in extras:
+            v, se = r.extra.get(e), r.extra.get(e + SE)
+            if v is None or se is None:
+                cells.append(_fmt(v))
+            elif e == "kl_to_teacher":
+                cells.append(f"{v:.4f} ± {se:.4f}")
+            else:
+                cells.append(f"{v:.1f} ± {se:.1f}")
+        cells += [f"{r.quant_seconds:.1f}", "n/a" if r.peak_rss_mib is None else f"{r.peak_rss_mib:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[Row]) -> str:
-    header, body = table(rows)
+def to_csv(rows: list[Row], isolate: bool = False) -> str:
+    header, body = table(rows, isolate)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)

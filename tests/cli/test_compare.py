@@ -16,7 +16,8 @@ def test_compare_writes_table_csv_png(stories260k, data_dir, tmp_path, capsys, m
                "--calib-seqlen", "64", "--out", str(out), "-q"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| method | bits/weight | size MiB | ppl tinystories | quant s" in printed
+    assert ("| method | bits/weight | bits/weight e2e | size MiB | ppl tinystories | KLD | top-1 % | avg of six "
+            "| quant s | quant RSS rise MiB |") in printed
     rows = list(csv.DictReader(open(out / "compare.csv")))
     assert [r["method"] for r in rows] == ["fp", "onebit", "bitnet", "ternary", "rtn-w4", "gptq-w3-g32",
                                            "rtn-w2-g32"]
@@ -48,7 +49,7 @@ def test_spec_parser(spec, check):
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("awq-w4", "valid methods: bitnet, gptq, onebit, onebit-w1a8, q1_0, rtn, ternary"),
+    ("nope-w4", "unknown method 'nope-w4'; valid methods: .*bitnet, gptq, onebit, onebit-w1a8, q1_0, rtn, ternary"),
     ("rtn-w9", "choose one of 2, 3, 4, 5, 6, 7, 8"),
     ("rtn-w4-q7", "unknown modifier 'q7'; valid modifiers"),
     ("bitnet-w4", "does not apply"),

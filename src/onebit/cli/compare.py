@@ -19,11 +19,18 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Quantize MODEL with each method spec, save each packed checkpoint to a temporary "
         "directory, and report one row per method: bits per weight of the quantized linears (bit "
-        "ledger: codes, scales, zero points), size of the checkpoint on disk, perplexity per dataset, "
-        "quantization time, mean KL(teacher || method) per token on the first dataset, and (with "
-        "--zeroshot-limit) the average accuracy on the six zero-shot tasks.  By default at most "
-        f"{DEFAULT_MAX_WINDOWS} perplexity windows per dataset (said in the report); --full scores them all.  Writes OUT/compare.md, OUT/compare.csv and OUT/ppl_vs_bits.png.",
-        epilog="method specs: fp (baseline), onebit, onebit-w1a8, bitnet, ternary, rtn-..., gptq-...\n"
+        "ledger: codes, scales, zero points) and end to end (every stored bit over the original "
+        "model's weights), size of the checkpoint on disk, perplexity per dataset, mean "
+        "KL(teacher || method) per token and top-1 agreement on the first dataset, (with "
+        "--zeroshot-limit) accuracy +- standard error on the six zero-shot tasks and LAMBADA and "
+        "the six-task average, quantization time and memory: the rise of the RSS while quantizing "
+        "(sampled every 20 ms), or with --isolate the peak RSS (ru_maxrss) of a fresh child process "
+        "that loads the teacher, quantizes and saves.  By default at most "
+        f"{DEFAULT_MAX_WINDOWS} perplexity windows per dataset (said in the report); --full scores them all.  "
+        "Writes OUT/compare.md, OUT/compare.csv and OUT/ppl_vs_bits.png, rewritten after every "
+        "method, so an interrupted run keeps the rows it finished.",
+        epilog="method specs: fp (baseline), onebit, onebit-foldable, onebit-w1a8, q1_0, bitnet, ternary, "
+        "rtn-..., gptq-...\n"
         f"  modifiers: {MODIFIERS}\n"
         "  e.g. rtn-w4 (4-bit per channel), rtn-w2-g64 (groups of 64), rtn-w4-asym (zero point),\n"
         "       gptq-w3-g64, gptq-w4-actorder, rtn-w4-a8 (int8 activations), bitnet-a0 (fp activations)\n"
@@ -51,6 +58,10 @@ def register(sub) -> None:
                    "the column shows n/a)")
     p.add_argument("--distill", type=int, default=0, metavar="STEPS",
                    help="distil each method's trainable form for STEPS steps first (needs onebit.distill)")
+    p.add_argument("--isolate", action="store_true",
+                   help="quantize each method in a fresh child process (loads the teacher, quantizes, "
+                   "saves) and report its peak RSS (ru_maxrss); costs a torch import and a teacher load "
+                   "per method.  Default: in-process, reporting the sampled peak RSS rise while quantizing")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where to write compare.md/.csv/.png (default: compare-<model name>; the PNG needs "
                    "the plot extra, pip install 'onebit[plot]')")
@@ -76,7 +87,8 @@ def run(args) -> int:
     scope = ("perplexity and KL: all windows of each dataset (--full)" if args.full else
              f"perplexity and KL: at most {max_windows} windows per dataset"
              + ("" if args.max_windows else " (the default; --full scores the whole sets)"))
-    zs = (f"zero-shot: {args.zeroshot_limit} items per task" if args.zeroshot_limit
+    zs = (f"zero-shot: the first {args.zeroshot_limit} items of each task, accuracy % +- standard error"
+          if args.zeroshot_limit
           else "zero-shot: not scored (--zeroshot-limit N)")
     if args.zeroshot_limit < 0:
         raise OneBitError(f"--zeroshot-limit must be >= 0, got {args.zeroshot_limit}")
@@ -88,19 +100,36 @@ def run(args) -> int:
         raise OneBitError(f"--out '{out}' exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
 
+    note = (f"\nModel: {args.model}; data: {', '.join(datasets)}; {scope}; KLD and top-1 agreement with "
+            f"the teacher on the {datasets[0]} windows; {zs}; "
+            f"calibration: {args.calib_samples} teacher samples x {args.calib_seqlen} tokens"
+            + (f"; distilled {args.distill} steps" if args.distill else "")
+            + "; quant s: the quantization alone (not loading the model, not the shared calibration data)"
+            + ("; peak RSS: ru_maxrss of a fresh child process that loaded the teacher, quantized and saved"
+               if args.isolate else "; quant RSS rise: peak RSS while quantizing (sampled every 20 ms) "
+               "minus the RSS before, in the comparing process")
+            + ".\n")
+    done: list = []
+
+    def write(rows, partial: bool) -> None:
+        left = [lbl for lbl, _ in methods[len(rows):]]
+        tail = f"\nPartial: {len(rows)} of {len(methods)} methods done; to come: {', '.join(left)}.\n" \
+            if partial and left else ""
+        write_text_atomic(out / "compare.md", C.to_markdown(rows, args.isolate) + note + tail)
+        write_text_atomic(out / "compare.csv", C.to_csv(rows, args.isolate))
+
     def on_row(r):
-        log.info("%s: %.3f bits/weight, %s", r.method, r.bits_per_weight,
+        log.info("%s: %.3f bits/weight (%.3f end to end), %s", r.method, r.bits_per_weight, r.bits_end_to_end,
                  ", ".join(f"ppl {d} {v:.3f}" for d, v in r.ppl.items()))
+        done.append(r)
+        write(done, partial=True)
 
     log.info("%s; %s", scope, zs)
     rows = C.run_compare(args.model, methods, datasets, args.seqlen, max_windows, args.calib_samples,
-                         args.calib_seqlen, args.distill, args.zeroshot_limit, progress_enabled(args), on_row)
-    md = C.to_markdown(rows)
-    note = (f"\nModel: {args.model}; data: {', '.join(datasets)}; {scope}; {zs}; "
-            f"calibration: {args.calib_samples} teacher samples x {args.calib_seqlen} tokens"
-            + (f"; distilled {args.distill} steps" if args.distill else "") + ".\n")
-    write_text_atomic(out / "compare.md", md + note)
-    write_text_atomic(out / "compare.csv", C.to_csv(rows))
+                         args.calib_seqlen, args.distill, args.zeroshot_limit, progress_enabled(args), on_row,
+                         isolate=args.isolate)
+    write(rows, partial=False)
+    md = C.to_markdown(rows, args.isolate)
     png = out / "ppl_vs_bits.png"
     wrote = [out / "compare.md", out / "compare.csv"]
     if C.plot(rows, png, title=f"{Path(args.model).name}: perplexity vs bits per weight"):

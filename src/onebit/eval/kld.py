@@ -82,8 +82,13 @@ def _device(m):
 
 @torch.no_grad()
 def kl_divergence(teacher, student, ids: torch.Tensor, seqlen: int, max_windows: int | None = None,
-                  batch_size: int = 1, progress: bool = False, second_half: bool = False) -> KLDResult:
-    """KL(teacher ‖ student) and agreement over non-overlapping windows of ``ids``."""
+                  batch_size: int = 1, progress: bool = False, second_half: bool = False,
+                  teacher_cache: dict | None = None) -> KLDResult:
+    """KL(teacher ‖ student) and agreement over non-overlapping windows of ``ids``.
+
+    ``teacher_cache``: a dict the teacher's logits are kept in (by batch start), so a second call
+    with the same teacher, ``ids``, windows and batch size (``onebit compare``, one call per method)
+    runs the teacher on none of them.  The caller owns it and must not reuse it for other inputs."""
     if seqlen < 2:
         raise OneBitError(f"--seqlen must be at least 2, got {seqlen}")
     if batch_size < 1:
@@ -94,7 +99,11 @@ def kl_divergence(teacher, student, ids: torch.Tensor, seqlen: int, max_windows:
     t0 = time.perf_counter()
     for i in tqdm(range(0, w.shape[0], batch_size), desc="kld", disable=not progress, unit="win"):
         b = w[i:i + batch_size]
-        lt = teacher(b.to(_device(teacher))).logits.float().cpu()[:, first:-1]
+        lt = None if teacher_cache is None else teacher_cache.get(i)
+        if lt is None:
+            lt = teacher(b.to(_device(teacher))).logits.float().cpu()[:, first:-1]
+            if teacher_cache is not None:
+                teacher_cache[i] = lt
         ls = student(b.to(_device(student))).logits.float().cpu()[:, first:-1]
         if lt.shape[-1] != ls.shape[-1]:
             raise OneBitError(f"teacher and student vocabularies differ ({lt.shape[-1]} vs {ls.shape[-1]})")
