@@ -301,6 +301,10 @@ KNOWN_UPWARD = {
         "GPTQ's sequential driver swaps modules itself",
     ("onebit.methods.gptq", "onebit.methods.sequential"):
         "GPTQ's sequential driver (block capture, Hessians) lives in the handler",
+    ("onebit.methods.awq", "onebit.surgery"):
+        "AWQ's sequential driver swaps modules itself (as GPTQ's)",
+    ("onebit.methods.awq", "onebit.methods.sequential"):
+        "AWQ's sequential driver (block capture, input statistics) lives in the handler (as GPTQ's)",
     ("onebit.embeddings", "onebit.surgery"):
         "quantize_embeddings swaps the embedding and head modules itself",
     ("onebit.formats.streaming_blocks", "onebit.models"):

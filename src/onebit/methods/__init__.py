@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-#: the modules that register the built-in methods (rtn, gptq, bitnet, ternary, onebit, onebit-w1a8, q1_0)
-BUILTIN_MODULES = ("onebit", "bitnet", "gptq", "q1", "rtn")
+#: the modules that register the built-in methods (rtn, gptq, awq, bitnet, ternary, onebit, onebit-w1a8,
+#: q1_0)
+BUILTIN_MODULES = ("onebit", "bitnet", "gptq", "q1", "rtn", "awq")
 
 
 def load_builtins() -> None:
