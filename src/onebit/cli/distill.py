@@ -79,7 +79,7 @@ def register(sub) -> None:
     t.add_argument("--reset-every", type=int, default=0, metavar="K",
                    help="every K steps reset each latent weight to sign(W) x |h g^T| (same signs and forward; "
                    "latents near zero stop flipping back and forth) - helps the polish stage, see the "
-                   "README (0 disables; default: %(default)s)")
+                   "docs/distillation.md (0 disables; default: %(default)s)")
     t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA, off on CPU; on a CPU with AVX512-BF16 it is "
                    "1.55x faster per step for stories3M: bench/distill_speed.py)")
@@ -109,7 +109,7 @@ def register(sub) -> None:
     b.add_argument("--blockwise-steps", type=int, default=0, metavar="K",
                    help="AdamW steps per block (0: no block-wise stage; default: %(default)s)")
     b.add_argument("--block-batch-size", type=int, default=8, help="sequences per block step (default: 8)")
-    b.add_argument("--block-lr", type=float, default=1e-3, help="lr per block (default: %(default)s)")
+    b.add_argument("--block-lr", type=float, default=1e-2, help="lr per block (default: %(default)s)")
     b.add_argument("--block-lr-vectors", type=float, default=None,
                    help="lr of g/h/scale vectors per block (default: --block-lr)")
     b.add_argument("--block-inputs", default="student", choices=["student", "teacher"],

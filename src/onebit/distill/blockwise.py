@@ -67,7 +67,7 @@ INPUTS = ("student", "teacher")
 class BlockConfig:
     steps: int = 100                 # AdamW steps per block
     batch_size: int = 8              # sequences per step
-    lr: float = 1e-3                 # latent weights
+    lr: float = 1e-2                 # latent weights
     lr_vectors: float | None = None  # g, h, scales, biases (default: lr)
     warmup: int = 5
     min_lr_ratio: float = 0.1

@@ -174,8 +174,8 @@ class Trainer:
         # (bench/distill_speed.py).  Only the training forward is compiled; evaluation runs eagerly.
         self._teacher_fwd, self._student_fwd, self._loss_fn = self.teacher, self.model, distill_loss
         if c.compile and not compile_safe(self.model):
-            log.warning("--compile ignored: this student has layers that train to NaN under torch.compile "
-                        "(q1_0, a known issue); training eagerly")
+            log.warning("--compile ignored: this student has layers marked compile_safe = False (they train "
+                        "wrongly under torch.compile); training eagerly")
         elif c.compile:
             self._teacher_fwd = torch.compile(self.teacher)
             self._student_fwd = torch.compile(self.model)
