@@ -273,7 +273,8 @@ def test_every_module_that_registers_a_method_is_a_builtin():
 LAYERS = [
     ("base", ["onebit.errors", "onebit.config", "onebit.paths", "onebit.fileio", "onebit.progress"]),
     ("data", ["onebit.eval.data", "onebit.calibration"]),   # text sets, calibration samples
-    ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant"]),
+    ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant",
+              "onebit.methods.nf4quant"]),
     ("formats", ["onebit.formats"]),                         # packing, safetensors/GGUF I/O, ledger
     ("kernels", ["onebit.kernels"]),
     ("nn", ["onebit.nn", "onebit.methods.actquant"]),        # modules calling math and kernels
