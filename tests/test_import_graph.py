@@ -274,7 +274,7 @@ LAYERS = [
     ("base", ["onebit.errors", "onebit.config", "onebit.paths", "onebit.fileio", "onebit.progress"]),
     ("data", ["onebit.eval.data", "onebit.calibration"]),   # text sets, calibration samples
     ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant",
-              "onebit.methods.nf4quant"]),
+              "onebit.methods.nf4quant", "onebit.methods.int8quant"]),
     ("formats", ["onebit.formats"]),                         # packing, safetensors/GGUF I/O, ledger
     ("kernels", ["onebit.kernels"]),
     ("nn", ["onebit.nn", "onebit.methods.actquant"]),        # modules calling math and kernels

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 
-#: the modules that register the built-in methods (rtn, gptq, awq, nf4, bitnet, ternary, onebit,
+#: the modules that register the built-in methods (rtn, gptq, awq, nf4, llm-int8, bitnet, ternary, onebit,
 #: onebit-w1a8, q1_0)
-BUILTIN_MODULES = ("onebit", "bitnet", "gptq", "q1", "rtn", "awq", "nf4")
+BUILTIN_MODULES = ("onebit", "bitnet", "gptq", "q1", "rtn", "awq", "nf4", "llm_int8")
 
 
 def load_builtins() -> None:
