@@ -20,8 +20,8 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="hub id or local model directory")
     p.add_argument("out", metavar="OUT", help="output directory for the packed checkpoint")
     p.add_argument("--method", default="onebit",
-                   help="quantization method: onebit, onebit-w1a8, bitnet, ternary, rtn, gptq "
-                   "(default: %(default)s)")
+                   help="quantization method: onebit, onebit-w1a8, bitnet, ternary, rtn, gptq, awq, nf4, "
+                   "llm-int8 (default: %(default)s)")
     p.add_argument("--init", default="svd", choices=["svd", "nmf"],
                    help="OneBit: SVID factorisation of |W| (default: %(default)s)")
     p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
@@ -67,6 +67,11 @@ def add_method_args(p) -> None:
                    help="gptq: quantize columns by decreasing Hessian diagonal")
     g.add_argument("--static-groups", action=argparse.BooleanOptionalAction, default=None,
                    help="gptq: group scales fixed from the unmodified weights")
+    g.add_argument("--awq-grid", dest="n_grid", type=int, default=None, help="awq: alpha grid size (20)")
+    g.add_argument("--awq-alpha", dest="alpha", type=float, default=None,
+                   help="awq: a fixed alpha in [0, 1] instead of the search (0 = rtn)")
+    g.add_argument("--int8-threshold", dest="threshold", type=float, default=None,
+                   help="llm-int8: input features with calibration max|x| above it stay fp16 (6.0; inf: none)")
     a = p.add_argument_group("activations and calibration")
     a.add_argument("--act-bits", type=int, choices=ACT_BITS, default=None,
                    help="activation bits (0 = float; bitnet/ternary/onebit-w1a8 default 8, others 0)")
