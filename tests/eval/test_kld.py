@@ -64,3 +64,27 @@ def test_perturbed_student_disagrees(fp_260k, tok_260k, data_dir):
     p = r.kld_percentiles
     assert r.mean_kld > 0.001 and p["min"] <= p["50.0"] <= p["99.0"] <= p["max"]
     assert r.top1_agreement < 1.0 and r.ppl_student > r.ppl_teacher
+
+
+def test_teacher_cache_runs_the_teacher_once_and_changes_nothing():
+    """``teacher_cache`` (``onebit compare``: one KL call per method) gives the uncached numbers and
+    runs the teacher on no window the second time."""
+    calls = []
+
+    class Counting(Fixed):
+        def forward(self, ids):
+            calls.append(ids.shape[0])
+            return super().forward(ids)
+
+    teacher, student = Counting([0.5, 0.3, 0.2]), Fixed([0.2, 0.3, 0.5])
+    ids = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 1, 0, 2, 1])
+    plain = kl_divergence(teacher, student, ids, seqlen=3, batch_size=2)
+    assert len(calls) == 2
+    cache: dict = {}
+    first = kl_divergence(teacher, student, ids, seqlen=3, batch_size=2, teacher_cache=cache)
+    assert len(calls) == 4 and sorted(cache) == [0, 2]
+    again = kl_divergence(teacher, Fixed([0.1, 0.1, 0.8]), ids, seqlen=3, batch_size=2, teacher_cache=cache)
+    assert len(calls) == 4                                   # the teacher did not run again
+    assert first.mean_kld == plain.mean_kld and first.top1_agreement == plain.top1_agreement
+    want = kl_divergence(teacher, Fixed([0.1, 0.1, 0.8]), ids, seqlen=3, batch_size=2)
+    assert again.mean_kld == pytest.approx(want.mean_kld, rel=1e-12) and again.mean_kld != first.mean_kld
