@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--gen-len", type=int, default=256)
     ap.add_argument("--method", default='{"method": "onebit"}', help="method config as JSON")
     ap.add_argument("--alpha", type=float, default=0.0)
+    ap.add_argument("--loss-norm", default="global", choices=["global", "token"])
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -48,7 +49,8 @@ def main() -> None:
     m.config.num_hidden_layers = a.blocks
     spec = json.loads(a.method)
     config = get_handler_cls(spec.pop("method")).config_cls(**spec)
-    cfg = BlockConfig(steps=a.steps, batch_size=a.bs, lr=a.lr, lr_vectors=a.lrv, inputs=a.inputs, alpha=a.alpha)
+    cfg = BlockConfig(steps=a.steps, batch_size=a.bs, lr=a.lr, lr_vectors=a.lrv, inputs=a.inputs, alpha=a.alpha,
+                      loss_norm=a.loss_norm)
     _, hist = reconstruct(m, config, data, cfg, progress=False)
     for h in hist:
         print(h)

@@ -111,3 +111,14 @@ def test_block_loss_is_relative():
     y = torch.randn(2, 5, 8)
     assert float(block_loss(y, y)) == 0.0
     assert block_loss(y + 0.1, y).item() == pytest.approx(block_loss(10 * y + 1.0, 10 * y).item(), rel=1e-5)
+
+
+def test_token_norm_weighs_every_token_alike():
+    yt = torch.ones(1, 4, 8)
+    yt[0, 0] *= 100.0  # a "massive activation" token
+    ys = yt.clone()
+    ys[0, 1:] += 0.5   # error on the ordinary tokens only
+    assert block_loss(ys, yt, norm="global").item() < 1e-3
+    assert block_loss(ys, yt, norm="token").item() == pytest.approx(0.25 * 3 / 4)
+    with pytest.raises(OneBitError, match="--block-loss"):
+        _cfg(loss_norm="tokens").validate()

@@ -117,6 +117,9 @@ def register(sub) -> None:
                    "or from the teacher's")
     b.add_argument("--block-alpha", type=float, default=0.0,
                    help="+ this weight x the normalised per-token MSE of the block output (default: 0)")
+    b.add_argument("--block-loss", default="global", choices=["global", "token"],
+                   help="output error relative to the energy of all tokens (global, default) or of each token "
+                   "(token: a token with a massive activation does not drown the others)")
     b.add_argument("--block-samples", type=int, default=None, metavar="N",
                    help="calibration sequences for the blocks (default: all --samples)")
     e = p.add_argument_group("evaluation and checkpoints")
@@ -160,6 +163,7 @@ def _block_config(args):
         raise OneBitError(f"--block-samples must be between 1 and --samples ({args.samples})")
     cfg = BlockConfig(steps=args.blockwise_steps, batch_size=args.block_batch_size, lr=args.block_lr,
                       lr_vectors=args.block_lr_vectors, inputs=args.block_inputs, alpha=args.block_alpha,
+                      loss_norm=args.block_loss,
                       train_norms=args.train_norms, seed=args.seed)
     cfg.validate()
     return cfg

@@ -74,6 +74,7 @@ class BlockConfig:
     clip: float = 1.0
     inputs: str = "student"          # the student block reads X_s ("student") or X_t ("teacher")
     alpha: float = 0.0               # + alpha x the normalised hidden-state MSE of the block output
+    loss_norm: str = "global"        # block_loss: relative to the energy of all tokens ("global") or each ("token")
     train_norms: bool = False
     eval_samples: int = 16           # sequences on which each block's error is reported
     seed: int = 0
@@ -85,18 +86,29 @@ class BlockConfig:
             raise OneBitError(f"--block-inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
         if self.lr <= 0 or (self.lr_vectors is not None and self.lr_vectors <= 0):
             raise OneBitError("--block-lr must be > 0")
+        if self.loss_norm not in ("global", "token"):
+            raise OneBitError(f"--block-loss must be global or token, got {self.loss_norm!r}")
         if self.alpha < 0:
             raise OneBitError(f"--block-alpha must be >= 0, got {self.alpha}")
 
 
-def block_loss(ys: torch.Tensor, yt: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
-    """``mean((y_s − y_t)²) / mean(y_t²)`` (+ ``alpha`` × the L2-normalised per-token MSE).
+def block_loss(ys: torch.Tensor, yt: torch.Tensor, alpha: float = 0.0, norm: str = "global") -> torch.Tensor:
+    """Squared error of the block output relative to the teacher output's energy
+    (+ ``alpha`` × the L2-normalised per-token MSE).
 
-    Relative to the teacher output's energy, so one learning rate fits every
-    depth although the residual stream grows along the model.
+    ``norm="global"``: ``mean((y_s − y_t)²) / mean(y_t²)``; ``"token"``: the
+    same ratio per token, then averaged, so that tokens carrying a "massive
+    activation" (the first token of a sequence in many LLMs, after a few
+    blocks) do not drown the error of every other token.  Both are scale-free:
+    one learning rate fits every depth although the residual stream grows.
     """
     ys, yt = ys.float(), yt.float()
-    loss = (ys - yt).pow(2).mean() / yt.pow(2).mean().clamp_min(1e-12)
+    if norm == "token":
+        loss = ((ys - yt).pow(2).sum(-1) / yt.pow(2).sum(-1).clamp_min(1e-12)).mean()
+    elif norm == "global":
+        loss = (ys - yt).pow(2).mean() / yt.pow(2).mean().clamp_min(1e-12)
+    else:
+        raise ValueError(f"norm must be 'global' or 'token', got {norm!r}")
     if alpha:
         loss = loss + alpha * (F.normalize(ys, dim=-1) - F.normalize(yt, dim=-1)).pow(2).sum(-1).mean()
     return loss
@@ -134,17 +146,19 @@ def run_block(block: nn.Module, x: torch.Tensor, kw: dict, batch_size: int) -> t
     return out
 
 
-def block_error(block: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict, batch_size: int) -> float:
+def block_error(block: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict, batch_size: int,
+                norm: str = "global") -> float:
     """:func:`block_loss` (alpha 0) of ``block(x)`` against ``y`` over all rows."""
     with torch.no_grad():
         ys = run_block(block, x, kw, batch_size)
-        return float(block_loss(ys, y))
+        return float(block_loss(ys, y, norm=norm))
 
 
 # ---------------------------------------------------------------------------- state on disk
 def _fingerprint(names: list[str], qc: dict, cfg: BlockConfig, data: torch.Tensor) -> str:
     key = {"modules": names, "qc": {k: v for k, v in qc.items() if k != "modules"},
-           "cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "eval_samples"},
+           "cfg": {k: v for k, v in dataclasses.asdict(cfg).items()
+                   if k != "eval_samples" and not (k == "loss_norm" and v == "global")},  # states before --block-loss
            "data": [list(data.shape), int(data.long().sum()), int((data.long() * 31 % 1009).sum())]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -234,7 +248,7 @@ def _train_block(block: nn.Module, mods: dict, x_in: torch.Tensor, y_t: torch.Te
     for step in range(cfg.steps):
         idx = batch_indices(step, x_in.shape[0], b, seed)
         opt.zero_grad(set_to_none=True)
-        out = block_loss(_out(block(x_in[idx], **kwb)), y_t[idx], cfg.alpha)
+        out = block_loss(_out(block(x_in[idx], **kwb)), y_t[idx], cfg.alpha, cfg.loss_norm)
         out.backward()
         if cfg.clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
@@ -338,7 +352,7 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
         x_in = x_s if cfg.inputs == "student" else x_t
         mods = _make_trainable(model, handler, bt)
         ev = slice(0, n_ev)
-        err_init = block_error(block, x_s[ev], y_t[ev], kw, b)
+        err_init = block_error(block, x_s[ev], y_t[ev], kw, b, cfg.loss_norm)
         bar.set_description(f"block-wise [{config.method}] block {i + 1}/{n_blocks}")
         loss = _train_block(block, mods, x_in, y_t, kw, cfg, cfg.seed * 1_000_003 + i, bar)
         if on_block is not None:
@@ -346,7 +360,7 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
         _pack(model, mods, scale_dtype)
         del mods
         x_s = run_block(block, x_s, kw, b)
-        err_final = float(block_loss(x_s[ev], y_t[ev]))
+        err_final = float(block_loss(x_s[ev], y_t[ev], norm=cfg.loss_norm))
         x_t = y_t
         del x_in
         rec = {"block": i, "err_init": round(err_init, 6), "err_final": round(err_final, 6),
