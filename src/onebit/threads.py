@@ -9,7 +9,7 @@ each skipped where the user said otherwise (see docs/threads.md for the measurem
    before it sleeps; on a busy CPU those spinners burn the time slices the thread they wait for
    needs, and every small parallel region waits a scheduler tick.  1000 is the value libgomp itself
    uses when it knows the CPUs are oversubscribed.
-2. Threads for the free CPUs: when other processes keep CPUs busy at start-up (run queue sampled
+2. Threads for the free CPUs: when other processes keep CPUs busy as torch is imported (run queue sampled
    from /proc/loadavg), ``torch.set_num_threads(max(1, cpus - busy))`` unless ``OMP_NUM_THREADS``
    is set.  An idle machine keeps torch's default.
 
