@@ -92,3 +92,35 @@ def test_vocab_and_architecture_mismatch(stories260k, stories3m, tmp_path, cache
     assert main(["distill", stories260k, str(tmp_path / "o"), "--student", str(tmp_path / "tiny1"),
                  "--data-cache", cache, *SMALL]) == 2
     assert "architecture mismatch" in _err(capsys)
+
+
+def test_blockwise_stage_via_cli(stories260k, tmp_path, cache, capsys):
+    small = ["--samples", "8", "--seqlen", "32", "--batch-size", "4", "--warmup", "1", "-q",
+             "--data-cache", cache, "--blockwise-steps", "3", "--block-batch-size", "4"]
+    out = tmp_path / "bw"
+    assert main(["distill", stories260k, str(out), "--steps", "0", "--block-loss", "token", *small]) == 0
+    so = capsys.readouterr().out
+    assert "block-wise: 5 blocks" in so and "35 linear layers" in so
+    st = json.loads((tmp_path / "bw.state" / "blocks" / "blocks.json").read_text())
+    assert st["done"] == 5 and len(st["history"]) == 5
+    # --resume reuses the finished blocks; then a short end-to-end stage
+    assert main(["distill", stories260k, str(tmp_path / "bw2"), "--steps", "2", "--resume",
+                 "--state-dir", str(tmp_path / "bw.state"), "--block-loss", "token", *small]) == 0
+    so = capsys.readouterr().out
+    assert "2 steps" in so and "after a block-wise stage of 5 blocks" in so
+    assert main(["info", str(tmp_path / "bw2"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quantized_modules"] == 35
+
+
+def test_blockwise_bad_inputs(stories260k, tmp_path, cache, capsys):
+    base = [stories260k, str(tmp_path / "o"), "--data-cache", cache, *SMALL]
+    assert main(["distill", *base, "--steps", "0"]) == 2
+    assert "nothing to train" in _err(capsys)
+    assert main(["distill", *base, "--blockwise-steps", "2", "--student", stories260k]) == 2
+    assert "cannot start from --student" in _err(capsys)
+    assert main(["distill", *base, "--blockwise-steps", "2", "--block-samples", "99"]) == 2
+    assert "--block-samples" in _err(capsys)
+    assert main(["distill", *base, "--blockwise-steps", "2", "--no-start-frac", "2"]) == 2
+    assert "--no-start-frac" in _err(capsys)
+    assert main(["distill", *base, "--blockwise-steps", "-1"]) == 2
+    assert ">= 0" in _err(capsys)

@@ -79,7 +79,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(fp_260k, data, tmp_path
         reconstruct(part, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False, on_block=kill)
     assert json.loads((tmp_path / "b" / "blocks.json").read_text())["done"] == 2
     resumed = copy.deepcopy(fp_260k)
-    _, hist = reconstruct(resumed, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False)
+    _, hist = reconstruct(resumed, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False, resume=True)
     assert [h["block"] for h in hist] == list(range(5))
     a, b = _params(full), _params(resumed)
     assert a.keys() == b.keys()
@@ -87,14 +87,18 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(fp_260k, data, tmp_path
         assert torch.equal(a[k], b[k]), k
     # a finished state rebuilds the packed model without recomputing anything
     again = copy.deepcopy(fp_260k)
-    reconstruct(again, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False)
+    reconstruct(again, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False, resume=True)
     assert all(torch.equal(v, _params(again)[k]) for k, v in a.items())
 
 
 def test_resume_refuses_other_settings(fp_260k, data, tmp_path):
     reconstruct(copy.deepcopy(fp_260k), OneBitConfig(), data, _cfg(steps=2), tmp_path, progress=False)
     with pytest.raises(CheckpointError, match="another method, data or setting"):
-        reconstruct(copy.deepcopy(fp_260k), OneBitConfig(), data, _cfg(steps=3), tmp_path, progress=False)
+        reconstruct(copy.deepcopy(fp_260k), OneBitConfig(), data, _cfg(steps=3), tmp_path, progress=False,
+                    resume=True)
+    # without resume, the old state is replaced
+    reconstruct(copy.deepcopy(fp_260k), OneBitConfig(), data, _cfg(steps=3), tmp_path, progress=False)
+    assert json.loads((tmp_path / "blocks.json").read_text())["done"] == 5
 
 
 def test_teacher_inputs_mode_and_bad_settings(fp_260k, data):
@@ -122,3 +126,19 @@ def test_token_norm_weighs_every_token_alike():
     assert block_loss(ys, yt, norm="token").item() == pytest.approx(0.25 * 3 / 4)
     with pytest.raises(OneBitError, match="--block-loss"):
         _cfg(loss_norm="tokens").validate()
+
+
+def test_mixed_starts_drops_the_start_token_of_a_fraction():
+    from onebit.distill.data import mixed_starts
+
+    ids = torch.arange(10, 50).reshape(8, 5)
+    ids[:, 0] = 1  # the start token
+    out = mixed_starts(ids, 0.5)
+    assert out.shape == (8, 4)
+    starts = out[:, 0].eq(1)
+    assert int(starts.sum()) == 4 and not starts.all()
+    for i in range(8):  # each row is its sequence without the first or without the last token
+        assert torch.equal(out[i], ids[i, :-1]) or torch.equal(out[i], ids[i, 1:])
+    assert mixed_starts(ids, 0.0) is ids and mixed_starts(ids, 1.0)[:, 0].ne(1).all()
+    with pytest.raises(OneBitError, match="fraction"):
+        mixed_starts(ids, 1.5)

@@ -120,6 +120,10 @@ def register(sub) -> None:
     b.add_argument("--block-loss", default="global", choices=["global", "token"],
                    help="output error relative to the energy of all tokens (global, default) or of each token "
                    "(token: a token with a massive activation does not drown the others)")
+    d.add_argument("--no-start-frac", type=float, default=None, metavar="F",
+                   help="teacher data: this fraction of the sequences lose their start token (and the others "
+                   "their last token), so the student also sees text that does not follow one, as perplexity "
+                   "windows do (default: 0.5 with --blockwise-steps, else 0)")
     b.add_argument("--block-samples", type=int, default=None, metavar="N",
                    help="calibration sequences for the blocks (default: all --samples)")
     e = p.add_argument_group("evaluation and checkpoints")
@@ -203,7 +207,8 @@ def run(args) -> int:
         check_model_spec(args.student)
     prepare_output_dir(args.out, args.overwrite)
     state_dir = Path(args.state_dir or f"{args.out}.state")
-    if args.resume and not (state_dir / STATE_NAME).is_file():
+    if args.resume and not (state_dir / STATE_NAME).is_file() and \
+            not (args.blockwise_steps and (state_dir / "blocks" / "blocks.json").is_file()):
         raise OneBitError(f"--resume: no training checkpoint at '{state_dir / STATE_NAME}'")
     if args.data in EVAL_NAMES:
         raise OneBitError(f"--data {args.data} is an evaluation dataset; never train on it")
@@ -213,6 +218,8 @@ def run(args) -> int:
         read_training_text(args.data)
     if args.samples < 1 or args.seqlen < 2:
         raise OneBitError("--samples must be >= 1 and --seqlen >= 2")
+    if args.no_start_frac is not None and not 0.0 <= args.no_start_frac <= 1.0:
+        raise OneBitError(f"--no-start-frac must be in [0, 1], got {args.no_start_frac}")
     bcfg = _block_config(args)
     e2e = args.steps > 0 or bcfg is None
     tcfg = TrainConfig(steps=max(1, args.steps), batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -248,6 +255,11 @@ def run(args) -> int:
             data = teacher_data(teacher, args.samples, args.seqlen, generate=False, **kw)
     else:
         data = file_data(tok, args.data, args.samples, args.seqlen, seed=args.data_seed)
+    if args.data == "teacher":
+        from ..distill.data import mixed_starts
+
+        frac = args.no_start_frac if args.no_start_frac is not None else (0.5 if bcfg is not None else 0.0)
+        data = mixed_starts(data, frac)
     if int(data.max()) >= teacher.config.vocab_size:
         raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
                           f"({teacher.config.vocab_size})")
@@ -259,7 +271,7 @@ def run(args) -> int:
 
         student = copy.deepcopy(teacher) if e2e else teacher  # converted in place
         blocks = data[:args.block_samples] if args.block_samples else data
-        qc, bhist = reconstruct(student, cfg_q, blocks, bcfg, state_dir / "blocks", prog)
+        qc, bhist = reconstruct(student, cfg_q, blocks, bcfg, state_dir / "blocks", prog, resume=args.resume)
         t_block = time.perf_counter() - t_block
         if not e2e:
             ledger = save_checkpoint(student, args.out, tokenizer=tok, source=args.teacher,
@@ -282,7 +294,7 @@ def run(args) -> int:
                       prog, info, args.strategy,
                       on_eval=lambda r: log.info("step %d (%d tokens, %.0fs): eval ppl %.3f",
                                                  r["step"], r["tokens"], r["wall"], r["ppl"]))
-    if args.resume:
+    if args.resume and (bcfg is None or (state_dir / STATE_NAME).is_file()):  # killed in the block-wise stage: none
         trainer.load_state(state_dir)
     t0 = time.perf_counter()
     trainer.train(stop_at=args.stop_at, time_limit=args.time_limit)

@@ -266,7 +266,8 @@ def _train_block(block: nn.Module, mods: dict, x_in: torch.Tensor, y_t: torch.Te
 
 def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
                 state_dir: str | os.PathLike | None = None, progress: bool = True,
-                on_block: Callable[[int, nn.Module], None] | None = None) -> tuple[dict, list[dict]]:
+                on_block: Callable[[int, nn.Module], None] | None = None,
+                resume: bool = False) -> tuple[dict, list[dict]]:
     """Convert ``model`` (the fp teacher, modified in place) with ``config``'s method, block by block.
 
     ``data``: ``[n, seqlen]`` calibration token ids.  Returns
@@ -276,7 +277,9 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
     after the plain conversion (``err_init``) and after training
     (``err_final``), both on the student's own inputs, seconds and peak RSS.
     ``on_block(i, model)`` is called while block ``i`` is in trainable form
-    (after training, before packing).
+    (after training, before packing).  With ``resume`` the blocks already
+    finished in ``state_dir`` (same method, data and settings) are reused;
+    without it an earlier state there is removed first.
     """
     from safetensors.torch import load_file, save_file
 
@@ -310,6 +313,10 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
 
     sdir = Path(state_dir) if state_dir is not None else None
     fp = _fingerprint(names, qc, cfg, data)
+    if sdir is not None and not resume and (sdir / STATE_JSON).is_file():
+        (sdir / STATE_JSON).unlink()
+        for f in sdir.glob("block-*.safetensors"):
+            f.unlink()
     st = _read_state(sdir, fp)
     done, history = int(st["done"]), list(st["history"])
     if sdir is not None:
