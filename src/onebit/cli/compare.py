@@ -110,6 +110,7 @@ def run(args) -> int:
                "minus the RSS before, in the comparing process")
             + ".\n")
     done: list = []
+    title = f"{Path(args.model).name}: perplexity vs bits per weight"
 
     def write(rows, partial: bool) -> None:
         left = [lbl for lbl, _ in methods[len(rows):]]
@@ -117,6 +118,8 @@ def run(args) -> int:
             if partial and left else ""
         write_text_atomic(out / "compare.md", C.to_markdown(rows, args.isolate) + note + tail)
         write_text_atomic(out / "compare.csv", C.to_csv(rows, args.isolate))
+        if partial:  # the plot of the rows so far (the final one below says when it cannot be drawn)
+            C.plot(rows, out / "ppl_vs_bits.png", title=title)
 
     def on_row(r):
         log.info("%s: %.3f bits/weight (%.3f end to end), %s", r.method, r.bits_per_weight, r.bits_end_to_end,
@@ -132,7 +135,7 @@ def run(args) -> int:
     md = C.to_markdown(rows, args.isolate)
     png = out / "ppl_vs_bits.png"
     wrote = [out / "compare.md", out / "compare.csv"]
-    if C.plot(rows, png, title=f"{Path(args.model).name}: perplexity vs bits per weight"):
+    if C.plot(rows, png, title=title):
         wrote.append(png)
     else:
         print(f"onebit: note: {C.NO_PLOT_NOTE.format(name=png)}", file=sys.stderr)
