@@ -106,6 +106,7 @@ def test_compare_default_answers_in_minutes(stories260k, tmp_path, capsys, monke
     note = f"at most {C.DEFAULT_MAX_WINDOWS} windows per dataset"
     assert note in so and "--full" in so
     assert note in (out / "compare.md").read_text()
+    assert "no calibration data (no method needs it)" in (out / "compare.md").read_text()  # rtn needs none
     assert main(["compare", stories260k, "--methods", "fp,rtn-w4", "--out", str(out), "--full", "-q"]) == 0
     assert seen["max_windows"] is None
     assert "all windows" in (out / "compare.md").read_text()

@@ -100,9 +100,13 @@ def run(args) -> int:
         raise OneBitError(f"--out '{out}' exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
 
+    from ..registry import get_handler
+
+    calibrated = [lbl for lbl, c in methods if c is not None and (args.distill or get_handler(c).needs_calibration)]
     note = (f"\nModel: {args.model}; data: {', '.join(datasets)}; {scope}; KLD and top-1 agreement with "
             f"the teacher on the {datasets[0]} windows; {zs}; "
-            f"calibration: {args.calib_samples} teacher samples x {args.calib_seqlen} tokens"
+            + (f"calibration (for {', '.join(calibrated)}): {args.calib_samples} teacher samples x "
+               f"{args.calib_seqlen} tokens" if calibrated else "no calibration data (no method needs it)")
             + (f"; distilled {args.distill} steps" if args.distill else "")
             + "; quant s: the quantization alone (not loading the model, not the shared calibration data)"
             + ("; peak RSS: ru_maxrss of a fresh child process that loaded the teacher, quantized and saved"
