@@ -252,13 +252,15 @@ def _child_quantize(model_spec: str, cfg: QuantConfig, distill: int, calib_path:
     try:
         import torch
 
-        torch.set_num_threads(threads)
+        from .threads import set_threads
+
+        set_threads(threads)
         from .formats.checkpoint import save_checkpoint
         from .models import load_model, load_tokenizer
 
         teacher = load_model(model_spec)
         tok = load_tokenizer(model_spec)
-        calib = torch.load(calib_path) if calib_path else None
+        calib = torch.load(calib_path, weights_only=True) if calib_path else None
         rss_load = _peak_rss_mib()
         t0 = time.perf_counter()
         model = _make_model(teacher, cfg, distill, calib, tok, progress)
