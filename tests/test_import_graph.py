@@ -271,7 +271,8 @@ def test_every_module_that_registers_a_method_is_a_builtin():
 #: one above.  A module belongs to the layer of its longest matching prefix.  This list is the one
 #: place the order is declared (docs/architecture.md explains it).
 LAYERS = [
-    ("base", ["onebit.errors", "onebit.config", "onebit.paths", "onebit.fileio", "onebit.progress"]),
+    ("base", ["onebit.errors", "onebit.config", "onebit.paths", "onebit.fileio", "onebit.progress",
+              "onebit.threads"]),  # the thread policy: errors only, torch where it runs
     ("data", ["onebit.eval.data", "onebit.calibration"]),   # text sets, calibration samples
     ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant",
               "onebit.methods.nf4quant", "onebit.methods.int8quant"]),
