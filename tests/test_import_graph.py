@@ -273,14 +273,18 @@ def test_every_module_that_registers_a_method_is_a_builtin():
 LAYERS = [
     ("base", ["onebit.errors", "onebit.config", "onebit.paths", "onebit.fileio", "onebit.progress",
               "onebit.threads"]),  # the thread policy: errors only, torch where it runs
-    ("data", ["onebit.eval.data", "onebit.calibration"]),   # text sets, calibration samples
+    ("data", ["onebit.eval.data", "onebit.calibration", "onebit.tokenizers"]),  # text sets, calibration
+                                                             # samples, tokenizers by name
     ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant",
-              "onebit.methods.nf4quant", "onebit.methods.int8quant"]),
+              "onebit.methods.nf4quant", "onebit.methods.int8quant",
+              "onebit.methods.multiscale", "onebit.methods.hadamard"]),  # rank-k SVID, mixture of scales, rotations
+    ("math", ["onebit.methods.smoothing"]),  # SmoothQuant's migration scales
     ("formats", ["onebit.formats"]),                         # packing, safetensors/GGUF I/O, ledger
     ("kernels", ["onebit.kernels"]),
     ("nn", ["onebit.nn", "onebit.methods.actquant"]),        # modules calling math and kernels
+    ("nn", ["onebit.kvcache"]),  # the quantized KV cache (a transformers Cache) and its math
     ("methods", ["onebit.registry", "onebit.methods", "onebit.embeddings"]),  # config + handler
-    ("surgery", ["onebit.surgery", "onebit.methods.sequential"]),  # find/swap modules, skeletons
+    ("surgery", ["onebit.surgery", "onebit.methods.sequential", "onebit.rotation"]),  # find/swap modules, skeletons
     ("pipelines", ["onebit.formats.streaming", "onebit.formats.streaming_blocks"]),  # quantize drivers
     ("api", ["onebit.api", "onebit.models", "onebit.generate"]),
     ("tools", ["onebit.eval", "onebit.distill", "onebit.export", "onebit.integrations", "onebit.compare"]),
@@ -297,8 +301,6 @@ KNOWN_UPWARD = {
         "load_checkpoint rebuilds quantized embeddings, same reason",
     ("onebit.methods.common", "onebit.surgery"):
         "the layer-wise driver (swap each linear) lives in the handler base class, not in a pipeline",
-    ("onebit.methods.common", "onebit.models"):
-        "calibration_ids loads the tokenizer and reads the context length: pipeline work in methods",
     ("onebit.methods.gptq", "onebit.surgery"):
         "GPTQ's sequential driver swaps modules itself",
     ("onebit.methods.gptq", "onebit.methods.sequential"):
@@ -309,8 +311,6 @@ KNOWN_UPWARD = {
         "AWQ's sequential driver (block capture, input statistics) lives in the handler (as GPTQ's)",
     ("onebit.embeddings", "onebit.surgery"):
         "quantize_embeddings swaps the embedding and head modules itself",
-    ("onebit.formats.streaming_blocks", "onebit.models"):
-        "the streaming GPTQ driver calls calibration_ids' helpers (tokenizer, context length)",
 }
 
 

@@ -4,6 +4,7 @@ A *method spec* names a method and its settings in one token::
 
     fp                      the unquantized model (baseline row)
     onebit  onebit-foldable  onebit-w1a8  q1_0  bitnet  ternary
+    onebit-rank2  onebit-mos  onebit-mos8   (the number: rank k / scale experts k)
     rtn-w4  rtn-w2-g64  rtn-w4-asym  rtn-w3-g128-mse  rtn-w4-a8  rtn-w4-tensor
     gptq-w3-g64  gptq-w4-actorder  gptq-w4-g128-static
 
@@ -66,14 +67,18 @@ def parse_method_spec(spec: str) -> QuantConfig | None:
     if s in BASELINE_NAMES:
         return None
     names = sorted(available_methods(), key=len, reverse=True)
-    method = next((n for n in names if s == n or s.startswith(n + "-")), None)
+    method = next((n for n in names if s == n or s.startswith(n + "-") or _numbered(n, s)), None)
     if method is None:
         raise OneBitError(f"unknown method '{spec}'; valid methods: {', '.join(sorted(names))}, fp "
                           f"(with modifiers {MODIFIERS}, e.g. rtn-w4-g128, gptq-w3-g64, rtn-w4-asym)")
     cls = get_handler_cls(method).config_cls
     fields = {f.name for f in dataclasses.fields(cls)}
     kw: dict = {}
-    for tok in [t for t in s[len(method):].split("-") if t]:
+    rest = s[len(method):]
+    if _numbered(method, s):             # onebit-rank2, onebit-mos8: the method's count field
+        digits = rest.split("-")[0]
+        kw[cls.spec_number], rest = int(digits), rest[len(digits):]
+    for tok in [t for t in rest.split("-") if t]:
         if tok[0] == "w" and tok[1:].isdigit():
             key, val = "bits", int(tok[1:])
         elif tok[0] == "g" and tok[1:].isdigit():
@@ -105,6 +110,16 @@ def parse_method_spec(spec: str) -> QuantConfig | None:
     except OneBitError as e:
         raise OneBitError(f"method spec '{spec}': {e}")
     return cfg
+
+
+def _numbered(method: str, spec: str) -> bool:
+    """``spec`` is ``method`` followed directly by a number (``onebit-rank2``), for a method whose
+    config names the field that number sets (``spec_number``)."""
+    from .registry import get_handler_cls
+
+    rest = spec[len(method):] if spec.startswith(method) else ""
+    return (rest[:1].isdigit() and rest.split("-")[0].isdigit()
+            and getattr(get_handler_cls(method).config_cls, "spec_number", None) is not None)
 
 
 def parse_methods(specs: str) -> list[tuple[str, QuantConfig | None]]:

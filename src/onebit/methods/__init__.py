@@ -10,7 +10,9 @@ import importlib
 
 #: the modules that register the built-in methods (rtn, gptq, awq, nf4, llm-int8, bitnet, ternary, onebit,
 #: onebit-w1a8, q1_0)
-BUILTIN_MODULES = ("onebit", "bitnet", "gptq", "q1", "rtn", "awq", "nf4", "llm_int8")
+BUILTIN_MODULES = ("onebit", "bitnet", "gptq", "q1", "rtn", "awq", "nf4", "llm_int8",
+                   "mos", "rank")  # onebit-mos, onebit-rank (issue 18)
+BUILTIN_MODULES += ("smoothquant",)  # SmoothQuant W8A8 (issue 21)
 
 
 def load_builtins() -> None:
