@@ -123,3 +123,31 @@ def file_samples(tokenizer, path: str, n: int, seqlen: int, seed: int = 0) -> to
     if n > total:
         order = order.repeat((n + total - 1) // total)
     return wins[order[:n]]
+
+
+def calibration_ids(model, config, calib_ids: torch.Tensor | None = None, tokenizer=None,
+                    progress: bool = False) -> torch.Tensor:
+    """The calibration token ids ``[n, seqlen]`` for a method's ``config`` (its ``calib_*`` fields).
+
+    ``calib_ids`` given (so a comparison reuses one set): those; else windows of the training file
+    ``config.calib_file`` (evaluation files are refused; the tokenizer is the model's when not given);
+    else text the teacher ``model`` generates (:func:`teacher_samples`).  ``seqlen`` is
+    ``config.calib_seqlen`` capped at the model's context.
+    """
+    import logging
+
+    from .tokenizers import context_length, load_tokenizer
+
+    if calib_ids is not None:
+        return calib_ids
+    seqlen = min(config.calib_seqlen, context_length(model))
+    if config.calib_file:
+        if tokenizer is None:
+            src = getattr(model.config, "_name_or_path", None)
+            if not src:
+                raise OneBitError("--calib-file needs the model's tokenizer; pass tokenizer= to quantize()")
+            tokenizer = load_tokenizer(src)
+        return file_samples(tokenizer, config.calib_file, config.calib_samples, seqlen, config.calib_seed)
+    logging.getLogger("onebit").info("generating %d calibration samples of %d tokens with the teacher",
+                                     config.calib_samples, seqlen)
+    return teacher_samples(model, config.calib_samples, seqlen, seed=config.calib_seed, progress=progress)

@@ -12,6 +12,7 @@ from torch import nn
 from .errors import OneBitError
 from .formats.checkpoint import is_packed_checkpoint, load_checkpoint, read_config
 from .paths import _repo_shared, shared_dir  # noqa: F401  (they lived here)
+from .tokenizers import context_length, gguf_source, load_tokenizer  # noqa: F401  (they lived here)
 
 log = logging.getLogger("onebit")
 
@@ -24,22 +25,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def _looks_like_path(spec: str) -> bool:
     """Anything that is not shaped like a hub id ('name' or 'org/name') is a path."""
     return spec.startswith((".", "~")) or not _HUB_ID.match(spec)
-
-
-def gguf_source(spec: str) -> tuple[Path, str] | None:
-    """``(directory, file name)`` when ``spec`` names a GGUF model: a ``.gguf`` file, or a directory
-    with no ``config.json`` and exactly one ``.gguf`` file in it."""
-    p = Path(spec).expanduser()
-    if p.is_file() and p.suffix.lower() == ".gguf":
-        return p.parent, p.name
-    if p.is_dir() and not (p / "config.json").is_file():
-        files = sorted(p.glob("*.gguf"))
-        if len(files) == 1:
-            return p, files[0].name
-        if len(files) > 1:
-            raise OneBitError(f"'{spec}' holds {len(files)} GGUF files; name the one to use "
-                              f"(e.g. {files[0]})")
-    return None
 
 
 def check_gguf(path: Path) -> None:
@@ -109,24 +94,6 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
     return model
 
 
-def load_tokenizer(spec: str):
-    from transformers import AutoTokenizer
-
-    src = gguf_source(spec)
-    if src is not None:
-        try:
-            return AutoTokenizer.from_pretrained(str(src[0]), gguf_file=src[1])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise OneBitError(f"cannot load the tokenizer of GGUF model '{spec}': {first}")
-    try:
-        return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir()
-                                             else spec)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OneBitError(f"cannot load a tokenizer for '{spec}': {first}")
-
-
 def resolve_demo_model(explicit: str | None = None) -> str:
     """--model, then $ONEBIT_DEMO_MODEL, then ../shared/models/stories3M, else a small hub model."""
     if explicit:
@@ -137,12 +104,3 @@ def resolve_demo_model(explicit: str | None = None) -> str:
     if sd is not None and (sd / "models" / "stories3M" / "config.json").is_file():
         return str(sd / "models" / "stories3M")
     return DEMO_HUB_MODEL
-
-
-def context_length(model: nn.Module, cap: int = 2048) -> int:
-    cfg = model.config
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and v > 0:
-            return min(v, cap)
-    return cap

@@ -75,7 +75,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
 
     from ..calibration import file_samples
     from ..methods.sequential import block_hessians, capture_block_inputs, find_blocks, run_block
-    from ..models import context_length, load_tokenizer
+    from ..tokenizers import context_length, load_tokenizer
     from ..registry import get_handler
 
     config.validate()

@@ -17,10 +17,9 @@ import logging
 import torch
 from torch import nn
 
-from ..calibration import file_samples, teacher_samples
+from ..calibration import calibration_ids  # noqa: F401  (it lived here)
 from ..config import parse_dtype
 from ..errors import OneBitError
-from ..models import context_length, load_tokenizer
 from ..registry import MethodHandler
 from ..surgery import set_submodule
 from .actquant import ActQuantConfig, calibrate_static_scales
@@ -40,22 +39,6 @@ def concrete_scale_dtype(value: str) -> torch.dtype:
     if dtype is None:
         raise OneBitError("scale_dtype must be a concrete dtype, not 'auto'")
     return dtype
-
-
-def calibration_ids(model: nn.Module, config: ActQuantConfig, calib_ids: torch.Tensor | None = None,
-                    tokenizer=None, progress: bool = False) -> torch.Tensor:
-    if calib_ids is not None:
-        return calib_ids
-    seqlen = min(config.calib_seqlen, context_length(model))
-    if config.calib_file:
-        if tokenizer is None:
-            src = getattr(model.config, "_name_or_path", None)
-            if not src:
-                raise OneBitError("--calib-file needs the model's tokenizer; pass tokenizer= to quantize()")
-            tokenizer = load_tokenizer(src)
-        return file_samples(tokenizer, config.calib_file, config.calib_samples, seqlen, config.calib_seed)
-    log.info("generating %d calibration samples of %d tokens with the teacher", config.calib_samples, seqlen)
-    return teacher_samples(model, config.calib_samples, seqlen, seed=config.calib_seed, progress=progress)
 
 
 class _NeedsCalibration:
