@@ -42,6 +42,10 @@ def quantize(model: nn.Module, config: QuantConfig, progress: bool = True,
     embed.validate()
     config.validate()
     handler = get_handler(config)
+    if getattr(config, "rotate", False):  # residual-stream Hadamard rotation, folded into the weights
+        from .rotation import rotate_like
+
+        rotate_like(model, config)
     targets = find_linears(model, config.skip)
     if not targets:
         raise OneBitError("model has no linear layers to quantize (after skipping "

@@ -41,12 +41,19 @@ class QuantConfig:
     method: ClassVar[str] = "base"
 
     skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
+    #: rotate the residual stream by a randomized Hadamard before quantizing (``onebit.rotation``;
+    #: folded into the weights, so loading and export need nothing); ``rotate_seed`` picks it
+    rotate: bool = False
+    rotate_seed: int = 0
 
     def validate(self) -> None:
         """Raise :class:`OneBitError` for settings that cannot work."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if not d.get("rotate"):  # unrotated: the dict older onebit versions read
+            d.pop("rotate", None)
+            d.pop("rotate_seed", None)
         return {"quant_method": QUANT_METHOD, "format_version": BASE_FORMAT_VERSION,
                 "method": self.method, **d}
 
