@@ -7,11 +7,13 @@ A *method spec* names a method and its settings in one token::
     onebit-rank2  onebit-mos  onebit-mos8   (the number: rank k / scale experts k)
     rtn-w4  rtn-w2-g64  rtn-w4-asym  rtn-w3-g128-mse  rtn-w4-a8  rtn-w4-tensor
     gptq-w3-g64  gptq-w4-actorder  gptq-w4-g128-static
+    smoothquant-w8a8  smoothquant-w8a8-static   (rtn-w8a8: the same W8A8 without smoothing)
 
 Modifiers (each only where the method has the setting): ``w<N>`` weight bits, ``g<N>``
 group size, ``tensor`` one scale per tensor, ``sym``/``asym``, ``mse`` (clip search),
 ``a<N>`` activation bits (``a0`` turns BitNet's int8 activations off), ``actorder``,
-``static`` (GPTQ static groups), ``foldable`` (OneBit with tied input scales, llama.cpp's Q1_0).
+``static`` (GPTQ static groups; elsewhere static activation scales), ``w<N>a<M>`` (= ``w<N>-a<M>``),
+``foldable`` (OneBit with tied input scales, llama.cpp's Q1_0).
 
 For each spec: quantize the model (timed; calibration data, generated once by the teacher, is
 shared by all methods and not in the time), save the packed checkpoint to a temporary directory
@@ -59,6 +61,12 @@ MODIFIERS = "w<bits>, g<group>, tensor, sym, asym, mse, a<act-bits>, actorder, s
 
 
 # ------------------------------------------------------------------- spec parsing
+def _split_wa(tok: str) -> list[str]:
+    """``w8a8`` -> ``["w8", "a8"]`` (weight and activation bits in one modifier); others unchanged."""
+    w, sep, a = tok[1:].partition("a")
+    return [f"w{w}", f"a{a}"] if tok[:1] == "w" and sep and w.isdigit() and a.isdigit() else [tok]
+
+
 def parse_method_spec(spec: str) -> QuantConfig | None:
     """A method spec (see module docstring) -> its config; ``None`` for the fp baseline."""
     from .registry import available_methods, get_handler_cls
@@ -78,7 +86,7 @@ def parse_method_spec(spec: str) -> QuantConfig | None:
     if _numbered(method, s):             # onebit-rank2, onebit-mos8: the method's count field
         digits = rest.split("-")[0]
         kw[cls.spec_number], rest = int(digits), rest[len(digits):]
-    for tok in [t for t in rest.split("-") if t]:
+    for tok in [p for t in rest.split("-") if t for p in _split_wa(t)]:
         if tok[0] == "w" and tok[1:].isdigit():
             key, val = "bits", int(tok[1:])
         elif tok[0] == "g" and tok[1:].isdigit():
@@ -93,8 +101,8 @@ def parse_method_spec(spec: str) -> QuantConfig | None:
             key, val = "clip", "mse"
         elif tok in ("actorder", "ao"):
             key, val = "act_order", True
-        elif tok == "static":
-            key, val = "static_groups", True
+        elif tok == "static":       # GPTQ static groups; else static activation scales (smoothquant)
+            key, val = ("static_groups", True) if "static_groups" in fields else ("act_mode", "static")
         elif tok == "foldable":
             key, val = "foldable", True
         else:
