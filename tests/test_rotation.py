@@ -1,0 +1,138 @@
+"""The residual-stream rotation (onebit.rotation): the rotated fp model computes the same function;
+a rotated, quantized checkpoint saves, loads and exports to llama.cpp with the same logits."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import onebit
+from onebit.errors import OneBitError
+from onebit.registry import get_handler_cls
+from onebit.rotation import rotate_like, rotate_model, rotation_settings
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+@pytest.fixture(scope="module")
+def fp_3m_model(stories3m):
+    from onebit.models import load_model
+
+    return load_model(stories3m)
+
+
+@pytest.mark.parametrize("which", ["fp_260k", "fp_3m_model"])
+def test_the_rotated_fp_model_computes_the_same_logits(request, which):
+    fp = request.getfixturevalue(which)
+    ids = torch.randint(0, fp.config.vocab_size, (2, 48))
+    ref = logits(fp, ids)
+    rot = rotate_model(copy.deepcopy(fp), seed=0)
+    assert rel(logits(rot, ids), ref) < 1e-4
+    # the weights did change: norms are 1, the head is its own table, the embedding rotated
+    base = rot.model
+    assert all(torch.all(m.weight == 1) for n, m in rot.named_modules() if n.endswith("norm"))
+    assert rot.lm_head.weight is not base.embed_tokens.weight and not rot.config.tie_word_embeddings
+    assert not torch.allclose(base.embed_tokens.weight, fp.model.embed_tokens.weight)
+    assert torch.allclose(base.embed_tokens.weight.norm(dim=1), fp.model.embed_tokens.weight.norm(dim=1), rtol=1e-4)
+    # another seed, another rotation, the same function; rotating twice with one seed is a no-op
+    other = rotate_model(copy.deepcopy(fp), seed=7)
+    assert rel(logits(other, ids), ref) < 1e-4
+    assert not torch.allclose(other.model.layers[0].self_attn.q_proj.weight, base.layers[0].self_attn.q_proj.weight)
+    w = base.layers[0].mlp.down_proj.weight.clone()
+    rotate_model(rot, seed=0)
+    assert torch.equal(base.layers[0].mlp.down_proj.weight, w)
+    with pytest.raises(OneBitError, match="already rotated"):
+        rotate_model(rot, seed=1)
+
+
+def test_rotation_settings_and_rotate_like(fp_260k):
+    assert rotation_settings({}) == (False, 0)
+    assert rotation_settings({"rotate": True, "rotate_seed": 3}) == (True, 3)
+    cfg = get_handler_cls("q1_0").config_cls(rotate=True, rotate_seed=2)
+    assert rotation_settings(cfg) == (True, 2)
+    with pytest.raises(OneBitError, match="rotate_seed"):
+        rotation_settings({"rotate": True, "rotate_seed": -1})
+    m = copy.deepcopy(fp_260k)
+    assert rotate_like(m, {"rotate": False}) is m and not hasattr(m, "_onebit_rotation")
+    rotate_like(m, cfg)
+    assert m._onebit_rotation[0] == 2
+
+
+def test_config_records_rotation_only_when_on():
+    cls = get_handler_cls("q1_0").config_cls
+    assert "rotate" not in cls().to_dict()                 # unrotated dicts stay as older onebit wrote them
+    d = cls(rotate=True, rotate_seed=4).to_dict()
+    assert d["rotate"] is True and d["rotate_seed"] == 4
+    back = cls.from_dict(d)
+    assert back.rotate and back.rotate_seed == 4 and not cls.from_dict(cls().to_dict()).rotate
+
+
+def test_unsupported_models_are_one_line_errors(fp_260k):
+    class Toy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+    with pytest.raises(OneBitError, match="Llama-family") as e:
+        rotate_model(Toy())
+    assert "\n" not in str(e.value)
+    m = copy.deepcopy(fp_260k)
+    m.model.layers[1].mlp.up_proj = nn.Identity()
+    with pytest.raises(OneBitError, match="up_proj"):
+        rotate_model(m)
+
+
+@pytest.mark.parametrize("method,kw", [("q1_0", {}), ("onebit", {"foldable": True}), ("ternary", {"act_bits": 0})])
+def test_quantize_rotate_save_load_same_logits(tmp_path, fp_3m_model, method, kw):
+    cfg = get_handler_cls(method).config_cls(rotate=True, **kw)
+    q = onebit.quantize(copy.deepcopy(fp_3m_model), cfg, progress=False)
+    assert q.config.quantization_config["rotate"] is True
+    onebit.save(q, tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["tie_word_embeddings"] is False
+    loaded = onebit.load(tmp_path / "ck")
+    assert loaded.config.quantization_config["rotate"] is True
+    assert loaded.lm_head.weight is not loaded.model.embed_tokens.weight
+    ids = torch.randint(0, fp_3m_model.config.vocab_size, (2, 40))
+    want = logits(q, ids)
+    assert torch.allclose(logits(loaded, ids), want, atol=1e-5, rtol=1e-5)
+    # quantizing the rotated model is not quantizing the original one
+    plain = onebit.quantize(copy.deepcopy(fp_3m_model), get_handler_cls(method).config_cls(**kw), progress=False)
+    assert rel(logits(plain, ids), want) > 1e-3
+
+
+@pytest.mark.parametrize("method,kw", [("q1_0", {}), ("onebit", {"foldable": True})])
+def test_export_of_a_rotated_checkpoint_agrees_in_llama_cpp(tmp_path, fp_3m_model, stories3m, data_dir, method, kw):
+    pytest.importorskip("llama_cpp")
+    from onebit.export.gguf import export_gguf
+    from onebit.export.spec import save_quantized
+    from onebit.models import load_tokenizer
+
+    ck = save_quantized(fp_3m_model, tmp_path / "ck", method, stories3m, rotate=True, **kw)
+    out = tmp_path / "r.gguf"
+    export_gguf(ck, out)
+    text = (data_dir / "tinystories" / "tinystories_val_sample.txt").read_text()[:4000]
+    ids = [1] + load_tokenizer(stories3m)(text).input_ids[1:128]
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(out), logits_all=True, n_ctx=max(64, len(ids)), n_threads=1, verbose=False)
+    try:
+        llm.eval(ids)
+        got = torch.tensor(np.array(llm.scores[: len(ids)]), dtype=torch.float32)
+    finally:
+        llm.close()
+    ref = logits(onebit.load(ck).float().eval(), torch.tensor([ids]))[0]
+    lp, lq = torch.log_softmax(ref, -1), torch.log_softmax(got, -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+    top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    assert kl < 0.01 and top1 > 0.85, (kl, top1)
