@@ -7,7 +7,10 @@ Per token, ``p = softmax(x W_r)`` over ``k`` experts, ``g = p G_e``, ``h = p H_e
 
 * :class:`MoSLinearTrain`: latent fp ``weight`` (sign via straight-through estimator),
   trainable experts and router; initialised from SVID (every expert = ``g``/``h``, plus
-  zero-mean noise, router zero);
+  zero-mean noise, router zero).  ``g``, ``h`` and ``router`` are kept flat (1-D; ``g_experts``,
+  ``h_experts``, ``router_matrix`` are the ``[k, in]``, ``[k, out]``, ``[in, k]`` views) so the
+  trainers treat them as scale vectors (``--lr-vectors``, no weight decay, no ``--latent-clip``:
+  a clip bound computed from the zero router would pin it at zero), not as latent sign matrices;
 * :class:`MoSLinear`: packed signs (``weight_packed``, onebit's bit order); the product is the
   ``onebit::binary_linear`` op on ``g ⊙ x`` with unit scales.
 """
@@ -33,10 +36,22 @@ class MoSLinearTrain(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.experts = in_features, out_features, experts
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
-        self.g = nn.Parameter(torch.ones(experts, in_features, dtype=dtype, device=device))
-        self.h = nn.Parameter(torch.ones(experts, out_features, dtype=dtype, device=device))
-        self.router = nn.Parameter(torch.zeros(in_features, experts, dtype=dtype, device=device))
+        self.g = nn.Parameter(torch.ones(experts * in_features, dtype=dtype, device=device))
+        self.h = nn.Parameter(torch.ones(experts * out_features, dtype=dtype, device=device))
+        self.router = nn.Parameter(torch.zeros(in_features * experts, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @property
+    def g_experts(self) -> torch.Tensor:
+        return self.g.view(self.experts, self.in_features)
+
+    @property
+    def h_experts(self) -> torch.Tensor:
+        return self.h.view(self.experts, self.out_features)
+
+    @property
+    def router_matrix(self) -> torch.Tensor:
+        return self.router.view(self.in_features, self.experts)
 
     @classmethod
     @torch.no_grad()
@@ -48,15 +63,15 @@ class MoSLinearTrain(nn.Module):
         a, b = svid(w, init)
         he, ge = mos_init_experts(a, b, experts, noise, seed)
         m.weight.copy_(w)
-        m.h.copy_(he.to(w.dtype))
-        m.g.copy_(ge.to(w.dtype))
+        m.h_experts.copy_(he.to(w.dtype))
+        m.g_experts.copy_(ge.to(w.dtype))
         m.router.zero_()
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach())
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g, h = mos_scales(x, self.router, self.g, self.h)
+        g, h = mos_scales(x, self.router_matrix, self.g_experts, self.h_experts)
         y = F.linear(x * g, sign_ste(self.weight).to(x.dtype)) * h
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
@@ -66,9 +81,9 @@ class MoSLinearTrain(nn.Module):
                       scale_dtype, self.bias.dtype if self.bias is not None else torch.float32,
                       device=self.weight.device)
         m.weight_packed.copy_(pack_signs(self.weight))
-        m.g.copy_(self.g.to(scale_dtype))
-        m.h.copy_(self.h.to(scale_dtype))
-        m.router.copy_(self.router.to(scale_dtype))
+        m.g.copy_(self.g_experts.to(scale_dtype))
+        m.h.copy_(self.h_experts.to(scale_dtype))
+        m.router.copy_(self.router_matrix.to(scale_dtype))
         if self.bias is not None:
             m.bias.copy_(self.bias)
         return m
@@ -110,9 +125,9 @@ class MoSLinear(nn.Module):
         s = unpack_signs(self.weight_packed, self.in_features, dtype)
         mag = torch.outer(self.h.to(dtype).mean(0).abs(), self.g.to(dtype).mean(0).abs()).clamp_min(1e-8)
         m.weight.copy_(s * mag)
-        m.g.copy_(self.g.to(dtype))
-        m.h.copy_(self.h.to(dtype))
-        m.router.copy_(self.router.to(dtype))
+        m.g_experts.copy_(self.g.to(dtype))
+        m.h_experts.copy_(self.h.to(dtype))
+        m.router_matrix.copy_(self.router.to(dtype))
         if self.bias is not None:
             m.bias.copy_(self.bias.to(dtype))
         return m

@@ -5,7 +5,10 @@ OneBit's layer is the case ``k = 1``.  Tensors (rows = components): ``g`` ``[k, 
 ``x`` expanded to ``k`` copies, :func:`onebit.methods.multiscale.rank_scaled_product`).
 
 * :class:`RankScaleLinearTrain`: latent fp ``weight`` (sign via straight-through estimator),
-  trainable ``g``/``h``, rank-k SVID initialisation (:func:`onebit.methods.multiscale.svid_rank`);
+  trainable ``g``/``h``, rank-k SVID initialisation (:func:`onebit.methods.multiscale.svid_rank`).
+  ``g``/``h`` are kept flat (1-D, ``[k·in]``/``[k·out]``; ``g_rows``/``h_rows`` are the ``[k, ·]``
+  views) so the trainers treat them as scale vectors (``--lr-vectors``, no weight decay, no
+  ``--latent-clip``), not as latent sign matrices;
 * :class:`RankScaleLinear`: packed signs (``weight_packed``, onebit's bit order) and ``g``/``h``
   in ``scale_dtype``; the product is the ``onebit::binary_linear`` op with unit scales.
 """
@@ -38,9 +41,19 @@ class RankScaleLinearTrain(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device))
-        self.g = nn.Parameter(torch.ones(rank, in_features, dtype=dtype, device=device))
-        self.h = nn.Parameter(torch.ones(rank, out_features, dtype=dtype, device=device))
+        self.g = nn.Parameter(torch.ones(rank * in_features, dtype=dtype, device=device))
+        self.h = nn.Parameter(torch.ones(rank * out_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+
+    @property
+    def g_rows(self) -> torch.Tensor:
+        """``g`` as ``[k, in]`` (row r = ``g_r``)."""
+        return self.g.view(self.rank, self.in_features)
+
+    @property
+    def h_rows(self) -> torch.Tensor:
+        """``h`` as ``[k, out]`` (row r = ``h_r``)."""
+        return self.h.view(self.rank, self.out_features)
 
     @classmethod
     @torch.no_grad()
@@ -50,15 +63,15 @@ class RankScaleLinearTrain(nn.Module):
                 dtype=w.dtype, device=w.device)
         hh, gg = svid_rank(w, rank, init)
         m.weight.copy_(w)
-        m.h.copy_(hh.T.to(w.dtype))
-        m.g.copy_(gg.T.to(w.dtype))
+        m.h_rows.copy_(hh.T.to(w.dtype))
+        m.g_rows.copy_(gg.T.to(w.dtype))
         if linear.bias is not None:
             m.bias.copy_(linear.bias.detach())
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = sign_ste(self.weight).to(x.dtype)
-        y = rank_scaled_product(x, self.g, self.h, lambda xs: F.linear(xs, s))
+        y = rank_scaled_product(x, self.g_rows, self.h_rows, lambda xs: F.linear(xs, s))
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     @torch.no_grad()
@@ -67,8 +80,8 @@ class RankScaleLinearTrain(nn.Module):
                             scale_dtype, self.bias.dtype if self.bias is not None else torch.float32,
                             device=self.weight.device)
         m.weight_packed.copy_(pack_signs(self.weight))
-        m.g.copy_(self.g.to(scale_dtype))
-        m.h.copy_(self.h.to(scale_dtype))
+        m.g.copy_(self.g_rows.to(scale_dtype))
+        m.h.copy_(self.h_rows.to(scale_dtype))
         if self.bias is not None:
             m.bias.copy_(self.bias)
         return m
@@ -112,8 +125,8 @@ class RankScaleLinear(nn.Module):
                                  dtype=dtype, device=self.weight_packed.device)
         s = unpack_signs(self.weight_packed, self.in_features, dtype)
         m.weight.copy_(s * (self.h.to(dtype).T @ self.g.to(dtype)).abs().clamp_min(1e-8))
-        m.g.copy_(self.g.to(dtype))
-        m.h.copy_(self.h.to(dtype))
+        m.g_rows.copy_(self.g.to(dtype))
+        m.h_rows.copy_(self.h.to(dtype))
         if self.bias is not None:
             m.bias.copy_(self.bias.to(dtype))
         return m
