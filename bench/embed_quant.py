@@ -20,7 +20,7 @@ import time
 
 def build(fp, method: str, embed: str):
     import onebit
-    from onebit.embeddings import quantize_embeddings
+    from onebit.pipelines.embeddings import quantize_embeddings
     from onebit.methods.rtn import RTNConfig
 
     m = copy.deepcopy(fp)

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 import onebit
-from onebit.formats.checkpoint import checkpoint_ledger, read_safetensors_header
+from onebit.formats.checkpoint import read_safetensors_header
+from onebit.loading import checkpoint_ledger
 from onebit.models import load_model, load_tokenizer
 
 

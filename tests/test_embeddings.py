@@ -11,7 +11,8 @@ import torch
 import onebit
 from onebit.embeddings import EmbedQuantConfig
 from onebit.errors import CheckpointError, OneBitError
-from onebit.formats.checkpoint import checkpoint_ledger, load_checkpoint, read_safetensors_header
+from onebit.formats.checkpoint import read_safetensors_header
+from onebit.loading import checkpoint_ledger, load_checkpoint
 from onebit.methods.blockquant import num_groups
 from onebit.methods.rtn import RTNConfig
 

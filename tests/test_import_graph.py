@@ -272,7 +272,8 @@ def test_every_module_that_registers_a_method_is_a_builtin():
 #: place the order is declared (docs/architecture.md explains it).
 LAYERS = [
     ("base", ["onebit.errors", "onebit.config", "onebit.paths", "onebit.fileio", "onebit.progress",
-              "onebit.threads"]),  # the thread policy: errors only, torch where it runs
+              "onebit.threads",  # the thread policy: errors only, torch where it runs
+              "onebit.method_configs"]),  # the built-in methods' config dataclasses, torch-free
     ("data", ["onebit.eval.data", "onebit.calibration", "onebit.tokenizers"]),  # text sets, calibration
                                                              # samples, tokenizers by name
     ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant",
@@ -285,8 +286,9 @@ LAYERS = [
     ("nn", ["onebit.kvcache"]),  # the quantized KV cache (a transformers Cache) and its math
     ("methods", ["onebit.registry", "onebit.methods", "onebit.embeddings"]),  # config + handler
     ("surgery", ["onebit.surgery", "onebit.methods.sequential", "onebit.rotation"]),  # find/swap modules, skeletons
-    ("pipelines", ["onebit.formats.streaming", "onebit.formats.streaming_blocks"]),  # quantize drivers
-    ("api", ["onebit.api", "onebit.models", "onebit.generate"]),
+    ("pipelines", ["onebit.pipelines", "onebit.formats.streaming",
+                   "onebit.formats.streaming_blocks"]),     # quantize drivers
+    ("api", ["onebit.api", "onebit.models", "onebit.generate", "onebit.loading"]),
     ("tools", ["onebit.eval", "onebit.distill", "onebit.export", "onebit.integrations", "onebit.compare"]),
     ("cli", ["onebit.cli", "onebit"]),
 ]
@@ -295,10 +297,6 @@ LAYERS = [
 #: that is gone (so the list only shrinks).  Imports inside functions count the same as module-level
 #: ones (a function-level import is still a dependency; it only hides it until run time).
 KNOWN_UPWARD = {
-    ("onebit.formats.checkpoint", "onebit.surgery"):
-        "load_checkpoint rebuilds a model (meta skeleton + swap): an api job still in formats",
-    ("onebit.formats.checkpoint", "onebit.embeddings"):
-        "load_checkpoint rebuilds quantized embeddings, same reason",
     ("onebit.methods.common", "onebit.surgery"):
         "the layer-wise driver (swap each linear) lives in the handler base class, not in a pipeline",
     ("onebit.methods.gptq", "onebit.surgery"):
@@ -309,8 +307,6 @@ KNOWN_UPWARD = {
         "AWQ's sequential driver swaps modules itself (as GPTQ's)",
     ("onebit.methods.awq", "onebit.methods.sequential"):
         "AWQ's sequential driver (block capture, input statistics) lives in the handler (as GPTQ's)",
-    ("onebit.embeddings", "onebit.surgery"):
-        "quantize_embeddings swaps the embedding and head modules itself",
 }
 
 

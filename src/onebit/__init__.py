@@ -35,8 +35,8 @@ _LAZY = {
     "QuantConfig": ("config", "QuantConfig"),
     "CheckpointError": ("errors", "CheckpointError"),
     "OneBitError": ("errors", "OneBitError"),
-    "checkpoint_ledger": ("formats.checkpoint", "checkpoint_ledger"),
-    "load": ("formats.checkpoint", "load_checkpoint"),
+    "checkpoint_ledger": ("loading", "checkpoint_ledger"),
+    "load": ("loading", "load_checkpoint"),
     "save": ("formats.checkpoint", "save_checkpoint"),
     "OneBitConfig": ("methods.onebit", "OneBitConfig"),
     "available_methods": ("registry", "available_methods"),
@@ -54,7 +54,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .api import find_linears, quantize
     from .config import FORMAT_VERSION, QuantConfig
     from .errors import CheckpointError, OneBitError
-    from .formats.checkpoint import checkpoint_ledger, load_checkpoint as load, save_checkpoint as save
+    from .formats.checkpoint import save_checkpoint as save
+    from .loading import checkpoint_ledger, load_checkpoint as load
     from .methods.onebit import OneBitConfig
     from .registry import available_methods, get_handler, register_method
 

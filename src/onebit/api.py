@@ -22,7 +22,8 @@ import time
 from torch import nn
 
 from .config import QuantConfig
-from .embeddings import EmbedQuantConfig, quantize_embeddings  # noqa: F401
+from .embeddings import EmbedQuantConfig
+from .pipelines.embeddings import quantize_embeddings  # noqa: F401  (re-exported)
 from .errors import OneBitError
 from .registry import get_handler
 from .surgery import _is_conv1d, _matches, as_linear, find_linears, prepare_empty, set_submodule  # noqa: F401

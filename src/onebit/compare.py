@@ -336,7 +336,8 @@ def run_compare(model_spec: str, methods: list[tuple[str, QuantConfig | None]], 
     from .eval.data import load_text
     from .eval.kld import kl_divergence
     from .eval.perplexity import perplexity, tokenize_text, windows
-    from .formats.checkpoint import checkpoint_ledger, load_checkpoint, save_checkpoint, unique_state_dict
+    from .formats.checkpoint import save_checkpoint, unique_state_dict
+    from .loading import checkpoint_ledger, load_checkpoint
     from .formats.ledger import dtype_bits
     from .models import context_length, load_model, load_tokenizer
     from .registry import get_handler

@@ -1,9 +1,13 @@
-"""Quantized token embeddings and LM heads: the settings, the swap, and the rebuild on loading.
+"""Quantized token embeddings and LM heads: the settings and the modules (quantized, or empty for loading).
 
 The linear methods (the registry) never touch embeddings; this is a second, independent setting
 (:class:`EmbedQuantConfig`) applied after them::
 
     onebit.quantize(model, onebit.OneBitConfig(), embed=onebit.EmbedQuantConfig("q1"))
+
+The modules are built here; the swap is done by :func:`onebit.pipelines.embeddings.quantize_embeddings`
+(quantizing) and :func:`onebit.surgery.prepare_empty_embeddings` (loading), through
+:func:`onebit.surgery.set_submodule` like every other swap.
 
 It replaces the input embedding by a :class:`~onebit.nn.quant_embedding.QuantEmbedding` and the
 output projection by a :class:`~onebit.nn.quant_embedding.QuantLMHead` — **tied** to the
@@ -89,7 +93,7 @@ def _name_of(model: nn.Module, target: nn.Module | None) -> str | None:
     return next((n for n, m in model.named_modules() if m is target), None)
 
 
-def _untie_mapping(model: nn.Module, names: set[str]) -> None:
+def untie_mapping(model: nn.Module, names: set[str]) -> None:
     """Drop transformers' tied-weight entries that name a swapped module: the quantized head reads
     the embedding's table itself, so ``tie_weights()`` must not look for ``weight`` tensors there."""
     for prefix, sub in model.named_modules():
@@ -118,20 +122,18 @@ def _is_tied(head: nn.Module, emb: nn.Embedding) -> bool:
 
 
 @torch.no_grad()
-def quantize_embeddings(model: nn.Module, config: "EmbedQuantConfig | str | None") -> dict | None:
-    """Swap the input embedding (and the head) for quantized modules, in place.
-
-    Returns the ``"embed"`` spec (None for ``kind="none"``); when the model carries a onebit
-    ``quantization_config`` the spec is recorded there and its format version raised to 2.
-    """
+def quantized_embeddings(model: nn.Module, config: "EmbedQuantConfig | str | None"
+                         ) -> tuple[dict | None, dict[str, nn.Module]]:
+    """``(spec, {name: new module})``: the quantized input embedding (and head) that replace the
+    model's, and the ``"embed"`` spec describing them; ``(None, {})`` for ``kind="none"``.  Nothing
+    is swapped here: :func:`onebit.pipelines.embeddings.quantize_embeddings` does the swap."""
     from .methods.blockquant import check_kind
     from .nn.quant_embedding import QuantEmbedding, QuantLMHead
-    from .surgery import set_submodule
 
     config = EmbedQuantConfig.coerce(config)
     config.validate()
     if config.kind == "none":
-        return None
+        return None, {}
     group = config.resolved_group()
     get_in = getattr(model, "get_input_embeddings", None)
     emb = get_in() if get_in is not None else None
@@ -171,18 +173,18 @@ def quantize_embeddings(model: nn.Module, config: "EmbedQuantConfig | str | None
     elif head is not None and config.head:
         log.info("head '%s' is a %s (quantized by the method or not a linear): left as it is",
                  head_name, type(head).__name__)
-    set_submodule(model, emb_name, qemb)
-    if new_head is not None:
-        set_submodule(model, head_name, new_head)
-    _untie_mapping(model, set(modules))
+    new = {emb_name: qemb} if new_head is None else {emb_name: qemb, head_name: new_head}
     spec = {"kind": config.kind, "group_size": group, "head": bool(config.head), "modules": modules}
+    return spec, new
+
+
+def record_spec(model: nn.Module, spec: dict) -> None:
+    """Write ``spec`` into the model's onebit ``quantization_config`` (if it has one) under
+    ``"embed"``, raising its format version to :data:`EMBED_FORMAT_VERSION`."""
     qc = getattr(getattr(model, "config", None), "quantization_config", None)
     if isinstance(qc, dict):
         qc["embed"] = spec
         qc["format_version"] = max(int(qc.get("format_version", 1)), EMBED_FORMAT_VERSION)
-    log.info("quantized %s with %s (group %d)%s", ", ".join(modules), config.kind, group,
-             " (head tied)" if tied else "")
-    return spec
 
 
 def check_spec(spec: Any) -> dict:
@@ -205,15 +207,15 @@ def check_spec(spec: Any) -> dict:
 
 
 @torch.no_grad()
-def prepare_empty_embeddings(model: nn.Module, qc: dict) -> nn.Module:
-    """Swap the modules a checkpoint's ``"embed"`` spec names for empty quantized ones (meta device);
-    tied heads read their embedding's table.  A no-op for checkpoints without it."""
+def empty_embeddings(model: nn.Module, qc: dict) -> dict[str, nn.Module]:
+    """``{name: empty quantized module}`` (meta device) for the modules a checkpoint's ``"embed"``
+    spec names, tied heads reading their embedding's table; ``{}`` for checkpoints without it.
+    Nothing is swapped here: :func:`onebit.surgery.prepare_empty_embeddings` does the swap."""
     from .nn.quant_embedding import QuantEmbedding, QuantLMHead
-    from .surgery import set_submodule
 
     spec = qc.get("embed")
     if spec is None:
-        return model
+        return {}
     spec = check_spec(spec)
     kind, group = spec["kind"], spec["group_size"]
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -240,9 +242,7 @@ def prepare_empty_embeddings(model: nn.Module, qc: dict) -> nn.Module:
             if tied is not None:
                 new.tie(built[tied])
         built[name] = new
-        set_submodule(model, name, new)
-    _untie_mapping(model, set(mods))
-    return model
+    return built
 
 
 def embed_dtype_names(qc: dict | None) -> set[str]:

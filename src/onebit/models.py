@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .errors import OneBitError
-from .formats.checkpoint import is_packed_checkpoint, load_checkpoint, read_config
+from .formats.checkpoint import is_packed_checkpoint, read_config
+from .loading import load_checkpoint
 from .paths import _repo_shared, shared_dir  # noqa: F401  (they lived here)
 from .tokenizers import context_length, gguf_source, load_tokenizer  # noqa: F401  (they lived here)
 

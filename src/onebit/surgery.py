@@ -5,10 +5,11 @@
   with an embedding;
 * :func:`set_submodule`: replace the module at a dotted name (every swap in onebit goes through it);
 * :func:`prepare_empty`: swap the linears a checkpoint's ``quantization_config`` names for the
-  method's empty packed modules (the first step of loading a checkpoint).
+  method's empty packed modules (the first step of loading a checkpoint);
+  :func:`prepare_empty_embeddings` the same for its quantized embeddings / head.
 
-It depends on the registry only (never on the methods, the formats or the models), so every other
-part of onebit can use it.
+It depends on the registry and the embedding settings only (never on the formats or the models),
+so every layer above it (pipelines, loading, tools) can use it.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from .embeddings import empty_embeddings, untie_mapping
 from .errors import OneBitError
 from .registry import config_from_dict, get_handler
 
@@ -90,4 +92,21 @@ def prepare_empty(model: nn.Module, qconfig: dict) -> nn.Module:
         dtype = lin.weight.dtype
         new = handler.empty_module(name, lin.in_features, lin.out_features, lin.bias is not None, dtype)
         set_submodule(model, name, new)
+    adapters = getattr(getattr(model, "config", None), "onebit_adapters", None)
+    if adapters:  # LoRA adapters on the packed layers (onebit finetune): rebuilt here, filled by the loader
+        from .nn.lora import attach_adapters
+
+        attach_adapters(model, adapters)
+    return model
+
+
+@torch.no_grad()
+def prepare_empty_embeddings(model: nn.Module, qc: dict) -> nn.Module:
+    """Swap the modules a checkpoint's ``"embed"`` spec names for empty quantized ones (meta device;
+    tied heads read their embedding's table).  A no-op for checkpoints without it."""
+    built = empty_embeddings(model, qc)
+    for name, new in built.items():
+        set_submodule(model, name, new)
+    if built:
+        untie_mapping(model, set(built))
     return model

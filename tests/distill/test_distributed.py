@@ -40,7 +40,7 @@ def test_two_processes_equal_one(stories260k, tmp_path, strategy):
         # Adam's normalisation turns that into ~1e-5 on ~1e-4 of the weights; steps themselves are ~1e-2
         assert torch.allclose(a, two["student"][n], rtol=1e-4, atol=1e-4), n
     assert (tmp_path / "two" / "model.safetensors").is_file()
-    from onebit.formats.checkpoint import load_checkpoint
+    from onebit.loading import load_checkpoint
 
     a, b = load_checkpoint(str(tmp_path / "one")), load_checkpoint(str(tmp_path / "two"))
     sa, sb = a.state_dict(), b.state_dict()

@@ -7,7 +7,8 @@ import torch
 
 import onebit
 from onebit.errors import CheckpointError, OneBitError
-from onebit.formats.checkpoint import checkpoint_ledger, read_safetensors_header
+from onebit.formats.checkpoint import read_safetensors_header
+from onebit.loading import checkpoint_ledger
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ def test_gradients_reach_latents_and_scales():
 
 
 def test_quantize_save_load_round_trip(tmp_path, fp_260k, stories260k):
-    from onebit.formats.checkpoint import load_checkpoint, save_checkpoint
+    from onebit.formats.checkpoint import save_checkpoint
+    from onebit.loading import load_checkpoint
 
     m = copy.deepcopy(fp_260k)
     quantize(m, Q1Config(), progress=False)

@@ -51,7 +51,8 @@ def run(args) -> int:
     from ..eval.data import data_dir
     from ..eval.perplexity import perplexity, tokenize_text
     from ..eval.data import load_text
-    from ..formats.checkpoint import load_checkpoint, save_checkpoint
+    from ..formats.checkpoint import save_checkpoint
+    from ..loading import load_checkpoint
     from ..generate import generate_text
     from ..methods.onebit import OneBitConfig
     from ..models import context_length, load_model, load_tokenizer, resolve_demo_model

@@ -23,7 +23,8 @@ def run(args) -> int:
     import json
 
     from ..errors import OneBitError
-    from ..formats.checkpoint import checkpoint_ledger, read_quant_config
+    from ..formats.checkpoint import read_quant_config
+    from ..loading import checkpoint_ledger
     from ..registry import available_methods
 
     if args.methods:

@@ -61,7 +61,7 @@ def student_from_teacher(teacher: nn.Module, config: QuantConfig) -> tuple[nn.Mo
 
 def student_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
     """``(student, quantization_config)`` from a packed checkpoint, modules in trainable form."""
-    from ..formats.checkpoint import load_checkpoint
+    from ..loading import load_checkpoint
 
     model = load_checkpoint(path)
     return model, to_trainable(model, f"'{path}'")

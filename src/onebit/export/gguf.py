@@ -341,7 +341,8 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
     gives F16 linears) to ``out`` as a GGUF llama.cpp runs."""
     import gguf
 
-    from ..formats.checkpoint import is_packed_checkpoint, load_checkpoint
+    from ..formats.checkpoint import is_packed_checkpoint
+    from ..loading import load_checkpoint
     from .tokenizer import add_tokenizer
 
     if weight_type not in WEIGHT_TYPES:

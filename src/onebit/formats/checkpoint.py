@@ -20,6 +20,10 @@ Writes go to a temporary sibling directory that is renamed into place at the
 end, so ``OUT`` is either complete or absent; the temporary's name holds the writer's pid, and
 the next write of the same ``OUT`` removes those whose process is gone (a kill mid-write).  Reading uses safetensors only
 (no pickle): nothing in a checkpoint is ever executed.
+
+This module is storage only: writing, and reading tensors, headers and ``quantization_config``
+(with its version check).  Rebuilding a model from a checkpoint (meta skeleton, swapped modules,
+quantized embeddings) is :mod:`onebit.loading`'s job (``load_checkpoint``, ``checkpoint_ledger``).
 """
 from __future__ import annotations
 
@@ -36,10 +40,8 @@ import torch
 from torch import nn
 
 from ..config import QUANT_METHOD, check_format_version
-from ..embeddings import embed_dtype_names, prepare_empty_embeddings
 from ..errors import CheckpointError, OneBitError
-from ..surgery import prepare_empty
-from .ledger import Ledger, ledger_from_specs
+from .ledger import Ledger
 
 log = logging.getLogger("onebit")
 
@@ -303,86 +305,6 @@ def read_headers(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], st
     return out
 
 
-def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
-    """Ledger of a packed checkpoint, read from its safetensors header(s) alone, after checking
-    them against the model the checkpoint describes (:func:`validate_checkpoint`)."""
-    qc = read_quant_config(path)
-    headers = read_headers(path)
-    specs = {k: (shape, dtype) for k, (shape, dtype, _) in headers.items()}
-    validate_checkpoint(path, qc, specs)
-    return ledger_from_specs(specs, qc.get("modules", {}), qc.get("embed"))
-
-
-_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-
-
-def _empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
-    """The model a checkpoint describes, with no weights: the architecture on the meta device and
-    each quantized linear replaced by its method's ``empty_module`` (also on the meta device)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        hf_config = AutoConfig.from_pretrained(str(path))
-    except Exception as e:
-        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {str(e).splitlines()[0]}")
-    hf_config.quantization_config = None
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    prepare_empty(model, qc)
-    prepare_empty_embeddings(model, qc)
-    return model
-
-
-def _model_dtype(items, qc: dict) -> torch.dtype:
-    """The model's float dtype from its tensors ``(name, dtype)``: an embedding's if it has one in a
-    float dtype, else the first float tensor's; quantized embeddings (fp16 scales) do not count."""
-    skip = embed_dtype_names(qc)
-    items = [(k, d) for k, d in items if d is not None and k.rpartition(".")[0] not in skip]
-    return next((d for k, d in items if "embed" in k), None) or next((d for _, d in items), torch.float32)
-
-
-def _check_tensors(path: Path, shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
-    """Every tensor in the file is one the model has, with the shape the model expects."""
-    expected = dict(model.state_dict())
-    unexpected = sorted(set(shapes) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"'{path}' holds tensor '{unexpected[0]}' that the model does not have")
-    for k, shape in shapes.items():
-        if tuple(expected[k].shape) != tuple(shape):
-            raise CheckpointError(f"'{path}': tensor '{k}' has shape {list(shape)}, "
-                                  f"model expects {list(expected[k].shape)}")
-
-
-def validate_checkpoint(path: str | os.PathLike, qc: dict | None = None,
-                        specs: dict[str, tuple[tuple[int, ...], str]] | None = None) -> None:
-    """Check a checkpoint from its headers alone, as :func:`load_checkpoint` checks the tensors it
-    reads: no tensor the model lacks, every shape the one the method's ``empty_module`` expects,
-    no tensor missing; and the ``modules`` shapes in ``quantization_config`` those of the model."""
-    path = Path(path)
-    if qc is None:
-        qc = read_quant_config(path)
-    if specs is None:
-        specs = {k: (shape, dtype) for k, (shape, dtype, _) in read_headers(path).items()}
-    dtype = _model_dtype([(k, _TORCH_DTYPES.get(d)) for k, (_, d) in specs.items()], qc)
-    try:
-        model = _empty_packed_model(path, qc, dtype)
-    except OneBitError as e:
-        raise CheckpointError(f"'{path}': {e}")
-    _check_tensors(path, {k: shape for k, (shape, _) in specs.items()}, model)
-    # what loading must fill: every parameter / buffer left on the meta device (tied ones once)
-    model.tie_weights()
-    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.device.type == "meta" and n not in specs:
-            raise CheckpointError(f"'{path}' is missing tensor '{n}'")
-    for name, shape in qc["modules"].items():
-        m = model.get_submodule(name)
-        want = [getattr(m, "out_features", None), getattr(m, "in_features", None)]
-        if None not in want and (not isinstance(shape, (list, tuple)) or list(shape) != want):
-            raise CheckpointError(f"'{path}': quantization_config gives module '{name}' the shape {shape}, "
-                                  f"the model's is {want}")
-
-
 def load_state_dict_file(file: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -392,24 +314,3 @@ def load_state_dict_file(file: str | os.PathLike, device: str = "cpu") -> dict[s
         return load_file(str(file), device=device)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read '{file}': {str(e).splitlines()[0]}")
-
-
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
-    """Rebuild the packed model from a checkpoint directory (safetensors only, no code run)."""
-    path = Path(path)
-    qc = read_quant_config(path)
-    sd = {}
-    for f in weight_files(path):
-        sd.update(load_state_dict_file(f, device))
-    dtype = _model_dtype([(k, t.dtype if t.is_floating_point() else None) for k, t in sd.items()], qc)
-    model = _empty_packed_model(path, qc, dtype)
-    _check_tensors(path, {k: tuple(t.shape) for k, t in sd.items()}, model)
-    model.load_state_dict(sd, strict=False, assign=True)
-    model.tie_weights()
-    missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers())
-               if p.device.type == "meta"]
-    if missing:
-        raise CheckpointError(f"'{path}' is missing tensor '{missing[0]}'")
-    model.config.quantization_config = qc
-    model.eval()
-    return model

@@ -161,7 +161,7 @@ def register() -> None:
                 raise OneBitError("onebit checkpoints cannot be offloaded to disk")
 
         def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
-            from ..embeddings import prepare_empty_embeddings
+            from ..surgery import prepare_empty_embeddings
             from ..surgery import prepare_empty
 
             qc = self.quantization_config.to_dict()

@@ -1,0 +1,123 @@
+"""Loading a packed checkpoint: rebuild the model it describes (api layer).
+
+:mod:`onebit.formats.checkpoint` reads the storage (safetensors tensors and headers, the
+``quantization_config`` and its version); here the model is rebuilt from it: the architecture on
+the meta device (:func:`empty_packed_model`), each quantized linear swapped for its method's empty
+module and the quantized embeddings / head for theirs (:mod:`onebit.surgery`), then the tensors
+assigned and checked.  :func:`validate_checkpoint` / :func:`checkpoint_ledger` do the same checks
+from the headers alone.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .embeddings import embed_dtype_names
+from .errors import CheckpointError, OneBitError
+from .formats.checkpoint import load_state_dict_file, read_headers, read_quant_config, weight_files
+from .formats.ledger import Ledger, ledger_from_specs
+from .surgery import prepare_empty, prepare_empty_embeddings
+
+
+def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
+    """Ledger of a packed checkpoint, read from its safetensors header(s) alone, after checking
+    them against the model the checkpoint describes (:func:`validate_checkpoint`)."""
+    qc = read_quant_config(path)
+    headers = read_headers(path)
+    specs = {k: (shape, dtype) for k, (shape, dtype, _) in headers.items()}
+    validate_checkpoint(path, qc, specs)
+    return ledger_from_specs(specs, qc.get("modules", {}), qc.get("embed"))
+
+
+_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
+    """The model a checkpoint describes, with no weights: the architecture on the meta device and
+    each quantized linear replaced by its method's ``empty_module`` (also on the meta device)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path))
+    except Exception as e:
+        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {str(e).splitlines()[0]}")
+    hf_config.quantization_config = None
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    prepare_empty(model, qc)
+    prepare_empty_embeddings(model, qc)
+    return model
+
+
+def _model_dtype(items, qc: dict) -> torch.dtype:
+    """The model's float dtype from its tensors ``(name, dtype)``: an embedding's if it has one in a
+    float dtype, else the first float tensor's; quantized embeddings (fp16 scales) do not count."""
+    skip = embed_dtype_names(qc)
+    items = [(k, d) for k, d in items if d is not None and k.rpartition(".")[0] not in skip]
+    return next((d for k, d in items if "embed" in k), None) or next((d for _, d in items), torch.float32)
+
+
+def _check_tensors(path: Path, shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Every tensor in the file is one the model has, with the shape the model expects."""
+    expected = dict(model.state_dict())
+    unexpected = sorted(set(shapes) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"'{path}' holds tensor '{unexpected[0]}' that the model does not have")
+    for k, shape in shapes.items():
+        if tuple(expected[k].shape) != tuple(shape):
+            raise CheckpointError(f"'{path}': tensor '{k}' has shape {list(shape)}, "
+                                  f"model expects {list(expected[k].shape)}")
+
+
+def validate_checkpoint(path: str | os.PathLike, qc: dict | None = None,
+                        specs: dict[str, tuple[tuple[int, ...], str]] | None = None) -> None:
+    """Check a checkpoint from its headers alone, as :func:`load_checkpoint` checks the tensors it
+    reads: no tensor the model lacks, every shape the one the method's ``empty_module`` expects,
+    no tensor missing; and the ``modules`` shapes in ``quantization_config`` those of the model."""
+    path = Path(path)
+    if qc is None:
+        qc = read_quant_config(path)
+    if specs is None:
+        specs = {k: (shape, dtype) for k, (shape, dtype, _) in read_headers(path).items()}
+    dtype = _model_dtype([(k, _TORCH_DTYPES.get(d)) for k, (_, d) in specs.items()], qc)
+    try:
+        model = empty_packed_model(path, qc, dtype)
+    except OneBitError as e:
+        raise CheckpointError(f"'{path}': {e}")
+    _check_tensors(path, {k: shape for k, (shape, _) in specs.items()}, model)
+    # what loading must fill: every parameter / buffer left on the meta device (tied ones once)
+    model.tie_weights()
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.device.type == "meta" and n not in specs:
+            raise CheckpointError(f"'{path}' is missing tensor '{n}'")
+    for name, shape in qc["modules"].items():
+        m = model.get_submodule(name)
+        want = [getattr(m, "out_features", None), getattr(m, "in_features", None)]
+        if None not in want and (not isinstance(shape, (list, tuple)) or list(shape) != want):
+            raise CheckpointError(f"'{path}': quantization_config gives module '{name}' the shape {shape}, "
+                                  f"the model's is {want}")
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
+    """Rebuild the packed model from a checkpoint directory (safetensors only, no code run)."""
+    path = Path(path)
+    qc = read_quant_config(path)
+    sd = {}
+    for f in weight_files(path):
+        sd.update(load_state_dict_file(f, device))
+    dtype = _model_dtype([(k, t.dtype if t.is_floating_point() else None) for k, t in sd.items()], qc)
+    model = empty_packed_model(path, qc, dtype)
+    _check_tensors(path, {k: tuple(t.shape) for k, t in sd.items()}, model)
+    model.load_state_dict(sd, strict=False, assign=True)
+    model.tie_weights()
+    missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers())
+               if p.device.type == "meta"]
+    if missing:
+        raise CheckpointError(f"'{path}' is missing tensor '{missing[0]}'")
+    model.config.quantization_config = qc
+    model.eval()
+    return model
