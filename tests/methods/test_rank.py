@@ -104,7 +104,7 @@ def test_blockwise_reconstruction_lowers_every_block_error(fp_260k, tmp_path):
 
     data = teacher_data(fp_260k, 16, 48, seed=0, cache_dir=tmp_path / "cache")
     model = copy.deepcopy(fp_260k)
-    qc, hist = reconstruct(model, RankConfig(), data, BlockConfig(steps=12, batch_size=4, lr=2e-3, warmup=2,
+    qc, hist = reconstruct(model, RankConfig(), data, BlockConfig(steps=8, batch_size=4, lr=2e-3, warmup=2,
                                                                    eval_samples=8), progress=False)
     assert len(hist) == fp_260k.config.num_hidden_layers
     assert all(h["err_final"] < h["err_init"] for h in hist), hist
