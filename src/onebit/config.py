@@ -40,11 +40,15 @@ class QuantConfig:
 
     method: ClassVar[str] = "base"
 
-    skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
+    skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP), metadata={
+        "help": "module name (or glob) to keep in full precision; repeatable (default: lm_head)",
+        "metavar": "NAME"})
     #: rotate the residual stream by a randomized Hadamard before quantizing (``onebit.rotation``;
     #: folded into the weights, so loading and export need nothing); ``rotate_seed`` picks it
-    rotate: bool = False
-    rotate_seed: int = 0
+    rotate: bool = field(default=False, metadata={
+        "help": "rotate the residual stream by a randomized Hadamard before quantizing (folded into "
+        "the weights; onebit.rotation)"})
+    rotate_seed: int = field(default=0, metadata={"help": "seed of the randomized Hadamard rotation"})
 
     def validate(self) -> None:
         """Raise :class:`OneBitError` for settings that cannot work."""
@@ -103,6 +107,9 @@ ACT_MODES = ("dynamic", "static")
 OBSERVERS = ("minmax", "ema", "percentile")
 ACT_BITS = (0, 2, 3, 4, 5, 6, 7, 8)
 EMBED_KINDS = ("none", "int8", "int4", "int2", "q1")  # onebit.embeddings.EmbedQuantConfig.kind
+INIT_METHODS = ("svd", "nmf")  # onebit.methods.svid.INIT_METHODS
+RTN_BITS = (2, 3, 4, 5, 6, 7, 8)  # onebit.methods.quant.RTN_BITS
+SCALE_DTYPES = ("float16", "bfloat16", "float32")  # storage dtypes a method's scale_dtype may name
 
 
 def dtype_name(dtype) -> str:

@@ -90,16 +90,31 @@ def test_harness_needs_or_runs_lm_eval(stories260k, capsys):
     assert "arc_easy: acc" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("cmd", [["eval", "ppl", "M"], ["eval", "kld", "T", "S"], ["eval", "all", "M", "--out", "o"],
-                                 ["compare", "M"]])
-@pytest.mark.parametrize("bad", ["0", "-5", "1", "x"])
+SEQLEN_CMDS = [["eval", "ppl", "M"], ["eval", "kld", "T", "S"], ["eval", "all", "M", "--out", "o"],
+               ["compare", "M"], ["distill", "T", "O"]]
+
+
+@pytest.mark.parametrize("cmd", SEQLEN_CMDS)
+@pytest.mark.parametrize("bad", ["-5", "1", "x"])
 def test_seqlen_below_two_is_refused_before_loading(capsys, cmd, bad):
-    """--seqlen 0 is not a synonym for 'the model's context' (omit the flag for that): one line, exit 2."""
+    """--seqlen 1 or negative: one line, exit 2, saying that 0 means the model's context."""
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--seqlen", bad])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("onebit: error: argument --seqlen:")
-    assert ("omit --seqlen" in err[0]) == (bad != "x")
+    assert ("0 for the model's context" in err[0]) == (bad != "x")
+
+
+@pytest.mark.parametrize("cmd", SEQLEN_CMDS)
+def test_seqlen_zero_is_the_models_context_everywhere(cmd):
+    from onebit.cli.main import build_parser
+
+    p = build_parser()
+    assert p.parse_args([*cmd, "--seqlen", "0"]).seqlen == 0
+    sub = p._subparsers._group_actions[0].choices[cmd[0]]
+    if cmd[0] == "eval":
+        sub = sub._subparsers._group_actions[0].choices[cmd[1]]
+    assert "0 = the model's context" in sub._option_string_actions["--seqlen"].help
 
 
 @pytest.mark.parametrize("cmd", [["ppl", "M"], ["zeroshot", "M"], ["kld", "T", "S"], ["harness", "M"],

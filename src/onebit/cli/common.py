@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -19,15 +20,19 @@ def setup_logging(verbosity: int) -> None:
     root = logging.getLogger("onebit")
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # transformers' own chatter (progress bars for loading weights, warnings) stays quiet
+    # transformers' own chatter (progress bars for loading weights, warnings) stays quiet: through
+    # the environment it reads when imported (importing it here would cost every command, even one
+    # that fails at once, seconds), or directly when something imported it already
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
-        from transformers.utils import logging as hf_logging
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        try:
+            from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except Exception:
+            pass
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
@@ -45,17 +50,44 @@ EVAL_DTYPE_HELP = ("dtype to evaluate in (default: %(default)s: onebit evaluates
                    "float16/bfloat16 math is many times slower; auto = as stored)")
 
 
+#: ``--seqlen`` help, the same in every command that takes it
+SEQLEN_HELP = "0 = the model's context, capped at 2048; otherwise at least 2 (default: %(default)s)"
+
+
 def seqlen_type(text: str) -> int:
-    """``--seqlen``: a window of at least 2 tokens.  Omitting the flag means the model's context
-    (capped at 2048); 0 or a negative number is an error, not a synonym for that."""
+    """``--seqlen``: a window of at least 2 tokens, or 0 for the model's context (capped at 2048;
+    the same as omitting the flag where its default is the context).  1 and negative numbers are
+    argument errors."""
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of tokens, got '{text}'")
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 tokens, got {v} (omit --seqlen for the "
-                                         "model's context, capped at 2048)")
+    if v != 0 and v < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 tokens, or 0 for the model's context "
+                                         f"(capped at 2048), got {v}")
     return v
+
+
+def one_line(text) -> str:
+    """An error message as one line: whitespace (newlines included) collapsed."""
+    return " ".join(str(text).split())
+
+
+#: a hub id: 'name' or 'org/name' (onebit.models._HUB_ID; repeated here so that this check runs before
+#: torch and transformers are imported)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_paths_exist(*specs: str | None) -> None:
+    """A model spec that is clearly a local path (not shaped like a hub id 'org/name') and does not
+    exist: the one-line error at once, before the command imports torch (onebit quantize /nope x)."""
+    from ..errors import OneBitError
+
+    for spec in specs:
+        if spec is None or Path(spec).expanduser().exists():
+            continue
+        if spec.startswith((".", "~")) or not _HUB_ID.match(spec):
+            raise OneBitError(f"model path '{spec}' does not exist")
 
 
 def _umask_mode() -> int:

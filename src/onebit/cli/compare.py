@@ -11,7 +11,7 @@ log = logging.getLogger("onebit")
 
 def register(sub) -> None:
     from ..compare import DEFAULT_MAX_WINDOWS, DEFAULT_METHODS, MODIFIERS
-    from .common import seqlen_type
+    from .common import SEQLEN_HELP, seqlen_type
     from .main import add_common
 
     p = sub.add_parser(
@@ -43,7 +43,7 @@ def register(sub) -> None:
     p.add_argument("--data", default="wikitext2", help="comma-separated datasets: wikitext2, c4, "
                    "tinystories or a text FILE (default: %(default)s)")
     p.add_argument("--seqlen", type=seqlen_type, default=None,
-                   help="perplexity window in tokens, at least 2 (default: the model's context, capped at 2048)")
+                   help="perplexity window in tokens; " + SEQLEN_HELP.replace("%(default)s", "the model's context"))
     p.add_argument("--max-windows", type=int, default=None, metavar="N",
                    help=f"perplexity (and KL) windows per dataset (default: {DEFAULT_MAX_WINDOWS}, "
                    "an answer in minutes; --full for all)")
@@ -70,6 +70,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from .common import check_paths_exist
+
+    check_paths_exist(args.model)  # before torch is imported
     from .. import compare as C
     from ..errors import OneBitError
     from ..models import check_model_spec
@@ -132,7 +135,7 @@ def run(args) -> int:
         write(done, partial=True)
 
     log.info("%s; %s", scope, zs)
-    rows = C.run_compare(args.model, methods, datasets, args.seqlen, max_windows, args.calib_samples,
+    rows = C.run_compare(args.model, methods, datasets, args.seqlen or None, max_windows, args.calib_samples,
                          args.calib_seqlen, args.distill, args.zeroshot_limit, progress_enabled(args), on_row,
                          isolate=args.isolate)
     write(rows, partial=False)

@@ -12,7 +12,7 @@ import sys
 
 from ..errors import OneBitError
 
-SUBCOMMANDS = ["quantize", "distill", "export", "eval", "compare", "generate", "info", "demo"]
+SUBCOMMANDS = ["quantize", "distill", "finetune", "export", "eval", "compare", "generate", "info", "demo"]
 
 EPILOG = """examples:
   onebit demo                                   quantize the default model, evaluate, generate
@@ -29,8 +29,9 @@ class OneBitArgumentParser(argparse.ArgumentParser):
     Subparsers are made by ``type(parent)``, so every subcommand and sub-subcommand has it."""
 
     def error(self, message: str):
-        msg = " ".join(message.split())
-        self.exit(2, f"onebit: error: {msg} (see '{self.prog} --help')\n")
+        from .common import one_line
+
+        self.exit(2, f"onebit: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from ..progress import set_plain_lines
-    from .common import setup_logging
+    from .common import one_line, setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             set_threads(args.threads)
         rc = args.func(args)
     except OneBitError as e:
-        print(f"onebit: error: {e}", file=sys.stderr)
+        print(f"onebit: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("onebit: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # disk full, permission denied, ...: outputs are atomic, nothing half-written
-        print(f"onebit: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"onebit: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         set_plain_lines(**prev)

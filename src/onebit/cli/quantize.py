@@ -11,6 +11,7 @@ log = logging.getLogger("onebit")
 def register(sub) -> None:
     from .common import add_dtype_arg
     from .main import add_common
+    from .method_flags import add_method_flags, method_names
 
     p = sub.add_parser(
         "quantize", help="quantize a model and write a packed checkpoint",
@@ -20,23 +21,9 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="hub id or local model directory")
     p.add_argument("out", metavar="OUT", help="output directory for the packed checkpoint")
     p.add_argument("--method", default="onebit",
-                   help="quantization method: onebit, onebit-w1a8, bitnet, ternary, rtn, gptq, awq, nf4, "
-                   "llm-int8 (default: %(default)s)")
-    p.add_argument("--init", default="svd", choices=["svd", "nmf"],
-                   help="OneBit: SVID factorisation of |W| (default: %(default)s)")
-    p.add_argument("--layernorm", action=argparse.BooleanOptionalAction, default=False,
-                   help="OneBit: non-affine LayerNorm on each layer's output (default: off; "
-                   "docs/methods.md has the measurement behind the default)")
-    p.add_argument("--scale-dtype", default="float16", choices=["float16", "bfloat16", "float32"],
-                   help="OneBit: storage dtype of the g/h value vectors (default: %(default)s)")
-    p.add_argument("--foldable", action="store_true", default=None,
-                   help="OneBit: tie the input scales (one g for q/k/v, one for gate/up, o/down's in "
-                   "v/up's h) so `onebit export` writes llama.cpp's Q1_0 exactly")
-    add_method_args(p)
+                   help=f"quantization method: {', '.join(method_names())} (default: %(default)s); its "
+                   "settings are the flags below, each marked with the methods that have it")
     add_embed_args(p)
-    p.add_argument("--skip", action="append", default=None, metavar="NAME",
-                   help="module name (or glob) to keep in full precision; repeatable "
-                   "(default: lm_head)")
     add_dtype_arg(p)
     p.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
                    help="quantize a local safetensors checkpoint one tensor at a time (read, quantize, "
@@ -44,48 +31,9 @@ def register(sub) -> None:
                    "for checkpoints of 2 GiB or more when the method needs no calibration")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_common(p)
+    add_method_flags(p)
+    p.add_argument("--asym", dest="sym", action="store_false", default=None, help="same as --no-sym")
     p.set_defaults(func=run)
-
-
-def add_method_args(p) -> None:
-    """Flags of the rtn/gptq/bitnet/ternary/onebit-w1a8 methods (names match config fields)."""
-    from ..config import ACT_BITS, ACT_MODES, CLIP_MODES, OBSERVERS  # torch-free: --help stays fast
-
-    g = p.add_argument_group("rtn / gptq", "uniform n-bit weights (see docs/methods.md)")
-    g.add_argument("--bits", type=int, default=None, help="weight bits, 2-8 (default 4)")
-    g.add_argument("--group-size", type=int, default=None, metavar="N",
-                   help="N > 0: one scale per N input columns; 0: per output channel (default); "
-                   "-1: one scale per tensor")
-    g.add_argument("--sym", action=argparse.BooleanOptionalAction, default=None,
-                   help="symmetric grid, no zero point (default) / --no-sym: asymmetric with zero point")
-    g.add_argument("--asym", dest="sym", action="store_false", default=None, help="same as --no-sym")
-    g.add_argument("--clip", choices=CLIP_MODES, default=None,
-                   help="range per group: min-max (default) or the MSE-optimal clip ratio")
-    g.add_argument("--damp", type=float, default=None, help="gptq: Hessian damping (default 0.01)")
-    g.add_argument("--block-size", type=int, default=None, help="gptq: lazy-update block (default 128)")
-    g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
-                   help="gptq: quantize columns by decreasing Hessian diagonal")
-    g.add_argument("--static-groups", action=argparse.BooleanOptionalAction, default=None,
-                   help="gptq: group scales fixed from the unmodified weights")
-    g.add_argument("--awq-grid", dest="n_grid", type=int, default=None, help="awq: alpha grid size (20)")
-    g.add_argument("--awq-alpha", dest="alpha", type=float, default=None,
-                   help="awq: a fixed alpha in [0, 1] instead of the search (0 = rtn)")
-    g.add_argument("--int8-threshold", dest="threshold", type=float, default=None,
-                   help="llm-int8: input features with calibration max|x| above it stay fp16 (6.0; inf: none)")
-    a = p.add_argument_group("activations and calibration")
-    a.add_argument("--act-bits", type=int, choices=ACT_BITS, default=None,
-                   help="activation bits (0 = float; bitnet/ternary/onebit-w1a8 default 8, others 0)")
-    a.add_argument("--act-mode", choices=ACT_MODES, default=None,
-                   help="dynamic: absmax per token at run time (default); static: calibrated scale")
-    a.add_argument("--act-observer", choices=OBSERVERS, default=None,
-                   help="static scales: minmax (default), ema or percentile")
-    a.add_argument("--act-percentile", type=float, default=None, help="percentile observer (99.9)")
-    a.add_argument("--calib-samples", type=int, default=None, help="calibration sequences (128)")
-    a.add_argument("--calib-seqlen", type=int, default=None, help="calibration tokens per sequence (256)")
-    a.add_argument("--calib-seed", type=int, default=None, help="calibration data seed (0)")
-    a.add_argument("--calib-file", default=None, metavar="FILE",
-                   help="calibrate on this training text (.txt/.jsonl) instead of teacher-generated "
-                   "text; evaluation files are refused")
 
 
 def add_embed_args(p) -> None:
@@ -117,30 +65,16 @@ def build_embed_config(args):
 
 
 def build_config(args):
-    """The method's config from CLI flags (methods may add flags of their own)."""
-    from ..errors import OneBitError
-    from ..registry import get_handler_cls
+    """The method's config from the CLI flags (kept for callers; ``method_flags.build_config``)."""
+    from .method_flags import build_config as build
 
-    cls = get_handler_cls(args.method).config_cls
-    kwargs = {}
-    import dataclasses
-
-    for key in (f.name for f in dataclasses.fields(cls)):
-        if key == "skip":
-            continue
-        if hasattr(args, key) and getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
-    cfg = cls(**kwargs)
-    if args.skip:
-        cfg.skip = list(args.skip)
-    try:
-        cfg.validate()
-    except (TypeError, ValueError) as e:
-        raise OneBitError(str(e))
-    return cfg
+    return build(args)
 
 
 def run(args) -> int:
+    from .common import check_paths_exist
+
+    check_paths_exist(args.model)  # before torch is imported: a mistyped path fails at once
     from ..api import quantize
     from ..config import parse_dtype
     from ..errors import OneBitError

@@ -54,6 +54,7 @@ from .common import calibration_ids
 from .quant import fake_quantize
 from .rtn import RTNConfig, UniformHandler
 from .sequential import capture_block_inputs, find_blocks, run_block
+from ..method_configs import AWQConfig  # noqa: F401  (torch-free; re-exported)
 
 log = logging.getLogger("onebit")
 
@@ -208,32 +209,6 @@ def fold_inverse_scale(prev: nn.Module, kind: str, s: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------- method
-@dataclass
-class AWQConfig(RTNConfig):
-    """AWQ settings: RTN's grid (bits, group_size, sym, clip, scale_dtype) plus
-
-    n_grid: α candidates ``0, 1/n, ..., (n-1)/n`` (AWQ's 20).  alpha: a fixed α instead of the
-    search (0 = unit scales = RTN).  fold: fold ``1 / s`` into the op before a layer where possible
-    (False: every layer keeps an explicit input scale).  input_scaled: filled by quantization,
-    the layers whose packed module stores ``input_scale`` (read back when loading).
-    """
-
-    method = "awq"
-
-    n_grid: int = 20
-    alpha: float | None = None
-    fold: bool = True
-    input_scaled: list[str] = field(default_factory=list)
-
-    def validate(self) -> None:
-        super().validate()
-        if not isinstance(self.n_grid, int) or self.n_grid < 1:
-            raise OneBitError(f"--awq-grid must be a positive integer, got {self.n_grid}")
-        if self.alpha is not None and not 0 <= self.alpha <= 1:
-            raise OneBitError(f"--awq-alpha must be in [0, 1], got {self.alpha}")
-
-    def needs_calibration(self) -> bool:
-        return True
 
 
 @register_method(AWQConfig)

@@ -13,8 +13,6 @@ calibrated per-layer scales.  Math: ``onebit.methods.quant`` (binarize, ternariz
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -23,25 +21,8 @@ from ..nn.bitnet_linear import BinaryLinear, BitNetLinearTrain, TernaryLinear
 from ..nn.onebit_a8_linear import OneBitLinearA8, OneBitLinearA8Train
 from ..nn.onebit_linear import OneBitLinearTrain
 from ..registry import register_method
-from .actquant import ActQuantConfig
 from .common import LayerwiseHandler
-from .onebit import OneBitConfig
-
-
-@dataclass
-class BitNetConfig(ActQuantConfig):
-    """BitNet W1A8: sign(W - mean W) with scale mean|W|; int8 per-token activations."""
-
-    method = "bitnet"
-    act_bits: int = 8
-
-
-@dataclass
-class TernaryConfig(ActQuantConfig):
-    """BitNet b1.58 W1.58A8: absmean ternary weights (2-bit codes); int8 per-token activations."""
-
-    method = "ternary"
-    act_bits: int = 8
+from ..method_configs import BitNetConfig, TernaryConfig, OneBitW1A8Config  # noqa: F401  (torch-free; re-exported)
 
 
 class _BitNetHandler(LayerwiseHandler):
@@ -66,18 +47,6 @@ class BitNetHandler(_BitNetHandler):
 @register_method(TernaryConfig)
 class TernaryHandler(_BitNetHandler):
     ternary = True
-
-
-@dataclass
-class OneBitW1A8Config(ActQuantConfig, OneBitConfig):
-    """OneBit layer (SVID init) with int8 activations on ``X ⊙ g``."""
-
-    method = "onebit-w1a8"
-    act_bits: int = 8
-
-    def validate(self) -> None:
-        OneBitConfig.validate(self)
-        ActQuantConfig.validate(self)
 
 
 @register_method(OneBitW1A8Config)

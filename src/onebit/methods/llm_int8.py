@@ -12,43 +12,18 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..config import QuantConfig
 from ..errors import OneBitError
 from ..nn.llm_int8_linear import LLMInt8Linear
 from ..registry import MethodHandler, register_method
 from .common import calibration_ids, check_finite_weight
 from .int8quant import outlier_columns
+from ..method_configs import LLMInt8Config  # noqa: F401  (torch-free; re-exported)
 
 log = logging.getLogger("onebit")
-
-
-@dataclass
-class LLMInt8Config(QuantConfig):
-    """threshold: input features with calibration max|x| above it stay fp16 (inf: none).
-    calib_*: calibration data as for GPTQ.  outliers: filled by quantization ({layer: count})."""
-
-    method = "llm-int8"
-
-    threshold: float = 6.0
-    calib_samples: int = 128
-    calib_seqlen: int = 256
-    calib_seed: int = 0
-    calib_file: str | None = None
-    outliers: dict[str, int] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if not isinstance(self.threshold, (int, float)) or math.isnan(self.threshold) or self.threshold <= 0:
-            raise OneBitError(f"--int8-threshold must be > 0 (inf: no outlier features), got {self.threshold}")
-        if self.calib_samples < 1 or self.calib_seqlen < 2:
-            raise OneBitError("--calib-samples must be >= 1 and --calib-seqlen >= 2")
-
-    def needs_calibration(self) -> bool:
-        return True
 
 
 @torch.no_grad()

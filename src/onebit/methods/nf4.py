@@ -7,34 +7,13 @@ quantization, 4.5 without (fp32 absmaxes), as the ledger counts them from the st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..config import QuantConfig
-from ..errors import OneBitError
 from ..nn.nf4_linear import NF4Linear
 from ..registry import MethodHandler, register_method
 from .common import check_finite_weight
-
-
-@dataclass
-class NF4Config(QuantConfig):
-    """NF4 settings: block_size (values per absmax, QLoRA's 64), double_quant (int8 absmaxes in
-    blocks of dq_block_size = 256 with an fp32 scale, and one fp32 offset; else fp32 absmaxes)."""
-
-    method = "nf4"
-
-    block_size: int = 64
-    double_quant: bool = True
-    dq_block_size: int = 256
-
-    def validate(self) -> None:
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise OneBitError(f"--nf4-block-size must be a positive integer, got {self.block_size}")
-        if not isinstance(self.dq_block_size, int) or self.dq_block_size < 1:
-            raise OneBitError(f"--nf4-dq-block-size must be a positive integer, got {self.dq_block_size}")
+from ..method_configs import NF4Config  # noqa: F401  (torch-free; re-exported)
 
 
 @register_method(NF4Config)

@@ -1,48 +1,14 @@
 """OneBit (Xu et al. 2024): sign bits + two fp16 value vectors, SVID-initialised."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..config import QuantConfig
-from ..errors import OneBitError
 from ..nn.onebit_linear import OneBitLinear, OneBitLinearTrain
 from ..registry import MethodHandler, register_method
 from .common import check_finite_weight, concrete_scale_dtype
 from .foldable import init_foldable, tie
-from .svid import INIT_METHODS
-
-
-@dataclass
-class OneBitConfig(QuantConfig):
-    """OneBit layer settings.
-
-    init: SVID factorisation of |W| ('svd' power iteration or 'nmf').
-    layernorm: non-affine LayerNorm on the layer output (the paper's code has
-      it; off by default because with SVID init alone it discards the output
-      scale, and it did not help after distillation at the sizes we measured).
-    scale_dtype: storage dtype of g and h ('float16' as in the paper).
-    foldable: tie the input scales so every g folds away and the model exports to llama.cpp's
-      Q1_0 exactly (one g shared by q/k/v and one by gate/up; o_proj's and down_proj's g live in
-      v_proj's and up_proj's h).  See onebit.methods.foldable.
-    """
-
-    method = "onebit"
-
-    init: str = "svd"
-    layernorm: bool = False
-    scale_dtype: str = "float16"
-    foldable: bool = False
-
-    def validate(self) -> None:
-        if self.foldable and self.layernorm:
-            raise OneBitError("--foldable cannot be combined with --layernorm (the LayerNorm on a "
-                              "layer's output does not fold into llama.cpp's Q1_0)")
-        if self.init not in INIT_METHODS:
-            raise OneBitError(f"unknown --init '{self.init}'; choose one of {', '.join(INIT_METHODS)}")
-        concrete_scale_dtype(self.scale_dtype)
+from ..method_configs import OneBitConfig  # noqa: F401  (torch-free; re-exported)
 
 
 @register_method(OneBitConfig)

@@ -6,32 +6,13 @@ Initialised by each block's mean |w|; trained by the same distillation as OneBit
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from ..config import QuantConfig
-from ..errors import OneBitError
 from ..nn.block_sign_linear import BlockSignLinear, BlockSignLinearTrain
 from ..registry import MethodHandler, register_method
 from .common import check_finite_weight, concrete_scale_dtype
-
-
-@dataclass
-class Q1Config(QuantConfig):
-    """Sign + per-block scale.  group_size: weights per scale along a row (128 = Q1_0);
-    scale_dtype: storage dtype of the scales (float16 = Q1_0)."""
-
-    method = "q1_0"
-
-    group_size: int = 128
-    scale_dtype: str = "float16"
-
-    def validate(self) -> None:
-        if not isinstance(self.group_size, int) or self.group_size < 8 or self.group_size % 8:
-            raise OneBitError(f"--group-size for q1_0 must be a positive multiple of 8, got {self.group_size}")
-        concrete_scale_dtype(self.scale_dtype)
+from ..method_configs import Q1Config  # noqa: F401  (torch-free; re-exported)
 
 
 @register_method(Q1Config)

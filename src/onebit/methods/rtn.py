@@ -5,8 +5,6 @@ Math: ``onebit.methods.quant`` (find_qparams / quantize_codes); packed module:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -14,41 +12,8 @@ from ..config import parse_dtype
 from ..errors import OneBitError
 from ..nn.quant_linear import QuantLinear, QuantLinearTrain
 from ..registry import register_method
-from .actquant import ActQuantConfig
 from .common import LayerwiseHandler
-from .quant import CLIP_MODES, RTN_BITS
-
-
-@dataclass
-class RTNConfig(ActQuantConfig):
-    """Round-to-nearest settings.
-
-    bits: 2..8.  group_size: -1 one scale per tensor, 0 per output channel, g > 0 groups of g
-    input columns (the last group of a row may be shorter).  sym: symmetric (no stored zero
-    point) or asymmetric (a uint8 zero point per group).  clip: 'minmax' or 'mse' (search the
-    clipping ratio with the least squared error per group).  scale_dtype: storage of scales.
-    """
-
-    method = "rtn"
-
-    bits: int = 4
-    group_size: int = 0
-    sym: bool = True
-    clip: str = "minmax"
-    scale_dtype: str = "float16"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.bits not in RTN_BITS:
-            raise OneBitError(f"--bits {self.bits} not supported by {self.method}; choose one of "
-                              f"{', '.join(map(str, RTN_BITS))}")
-        if not isinstance(self.group_size, int) or self.group_size < -1:
-            raise OneBitError(f"--group-size must be -1 (per tensor), 0 (per channel) or a positive "
-                              f"group size, got {self.group_size}")
-        if self.clip not in CLIP_MODES:
-            raise OneBitError(f"unknown --clip '{self.clip}'; choose one of {', '.join(CLIP_MODES)}")
-        if parse_dtype(self.scale_dtype) is None:
-            raise OneBitError("scale_dtype must be a concrete dtype, not 'auto'")
+from ..method_configs import RTNConfig  # noqa: F401  (torch-free; re-exported)
 
 
 class UniformHandler(LayerwiseHandler):
