@@ -14,6 +14,9 @@ def register(sub) -> None:
                    help="sampling temperature; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=50, help="top-k sampling (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    from .kvflags import add_kv_args
+
+    add_kv_args(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -21,9 +24,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..generate import generate_text
     from ..models import load_model, load_tokenizer
+    from .kvflags import kv_config
 
+    kv = kv_config(args)
     model = load_model(args.model)
     tok = load_tokenizer(args.model)
     print(generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                        args.seed))
+                        args.seed, kv_cache=kv))
     return 0
