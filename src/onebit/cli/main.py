@@ -12,7 +12,7 @@ import sys
 
 from ..errors import OneBitError
 
-SUBCOMMANDS = ["quantize", "distill", "export", "eval", "compare", "generate", "info", "demo"]
+SUBCOMMANDS = ["quantize", "distill", "finetune", "export", "eval", "compare", "generate", "info", "demo"]
 
 EPILOG = """examples:
   onebit demo                                   quantize the default model, evaluate, generate
