@@ -65,12 +65,18 @@ class SmoothQuantConfig(RTNConfig):
 
     method = "smoothquant"
 
-    bits: int = 8
-    act_bits: int = 8
-    alpha: float = 0.5
-    smooth: bool = True
-    fold: bool = True
-    input_scaled: list[str] = field(default_factory=list)
+    bits: int = field(default=8, metadata={"help": "weight bits, 2-8 (W8A8: 8)"})
+    act_bits: int = field(default=8, metadata={"help": "activation bits, 2-8 (8 = int8)"})
+    alpha: float = field(default=0.5, metadata={
+        "help": "migration strength in [0, 1]: s = max|X|^alpha / max|W|^(1-alpha) (the paper's 0.5)",
+        "aliases": ("--sq-alpha",)})
+    smooth: bool = field(default=True, metadata={
+        "help": "migrate the activation outliers (--no-smooth: s = 1, plain W8A8 with the same quantizers)"})
+    fold: bool = field(default=True, metadata={
+        "help": "fold 1/s into the op before a layer where possible (--no-fold: every layer keeps an "
+        "explicit input scale)"})
+    input_scaled: list[str] = field(default_factory=list, metadata={
+        "cli": False, "help": "filled by quantization: the layers whose packed module stores input_scale"})
 
     def validate(self) -> None:
         super().validate()
