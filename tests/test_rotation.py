@@ -136,3 +136,35 @@ def test_export_of_a_rotated_checkpoint_agrees_in_llama_cpp(tmp_path, fp_3m_mode
     kl = (lp.exp() * (lp - lq)).sum(-1).mean().item()
     top1 = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
     assert kl < 0.01 and top1 > 0.85, (kl, top1)
+
+
+def test_distill_rotate_puts_the_teacher_in_the_students_basis(stories260k, fp_260k, tmp_path, monkeypatch):
+    """``onebit distill --rotate``: the teacher is rotated like the student (hidden-state losses compare
+    the two), from a method config and from a rotated --student checkpoint's quantization_config."""
+    import onebit.rotation as rotation
+    from onebit.cli.main import main
+
+    seen = []
+    real = rotation.rotate_like
+
+    def spy(model, config):
+        out = real(model, config)
+        seen.append((model, rotation.rotation_settings(config)))
+        return out
+
+    monkeypatch.setattr(rotation, "rotate_like", spy)
+    small = ["--samples", "4", "--seqlen", "16", "--steps", "2", "--batch-size", "2", "--warmup", "1", "-q",
+             "--data-cache", str(tmp_path / "cache"), "--method", "q1_0"]
+    out = tmp_path / "kd"
+    assert main(["distill", stories260k, str(out), "--rotate", "--rotate-seed", "3", *small]) == 0
+    (teacher, settings), = seen
+    assert settings == (True, 3) and teacher._onebit_rotation[0] == 3
+    want = rotate_model(copy.deepcopy(fp_260k), seed=3).model.embed_tokens.weight
+    student = onebit.load(out)
+    assert student.config.quantization_config["rotate"] is True
+    assert torch.allclose(teacher.model.embed_tokens.weight, want)
+    assert torch.allclose(student.model.embed_tokens.weight, want)     # frozen: the student's basis
+    small.remove("--method"), small.remove("q1_0")
+    assert main(["distill", stories260k, str(tmp_path / "kd2"), "--student", str(out), *small]) == 0
+    teacher2, settings2 = seen[-1]
+    assert settings2 == (True, 3) and torch.allclose(teacher2.model.embed_tokens.weight, want)
