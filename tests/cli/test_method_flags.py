@@ -104,3 +104,18 @@ def test_a_hub_id_is_not_taken_for_a_missing_path():
     for bad in ("/no/such", "./nope", "~/nope", "a/b/c"):
         with pytest.raises(OneBitError, match="does not exist"):
             check_paths_exist(bad)
+
+
+OLD_QUANTIZE = ("--method --init --layernorm --no-layernorm --scale-dtype --foldable --bits --group-size --sym --no-sym "
+                "--asym --clip --damp --block-size --act-order --no-act-order --static-groups --no-static-groups "
+                "--awq-grid --awq-alpha --int8-threshold --act-bits --act-mode --act-observer --act-percentile "
+                "--calib-samples --calib-seqlen --calib-seed --calib-file --embed-quant --embed-group --embed-head "
+                "--no-embed-head --skip --dtype --streaming --no-streaming --overwrite").split()
+OLD_DISTILL = ("--student --method --init --layernorm --no-layernorm --scale-dtype --foldable --group-size --skip "
+               "--train-norms --samples --seqlen --alpha --clip --seed --steps --lr --blockwise-steps").split()
+
+
+@pytest.mark.parametrize("command,flags", [("quantize", OLD_QUANTIZE), ("distill", OLD_DISTILL)])
+def test_every_flag_of_before_still_parses(command, flags):
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    assert [f for f in flags if f not in sub._option_string_actions] == []
