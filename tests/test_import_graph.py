@@ -293,21 +293,11 @@ LAYERS = [
     ("cli", ["onebit.cli", "onebit"]),
 ]
 
-#: Upward imports that exist today, each with why; the test fails on any other, and on an entry here
-#: that is gone (so the list only shrinks).  Imports inside functions count the same as module-level
-#: ones (a function-level import is still a dependency; it only hides it until run time).
-KNOWN_UPWARD = {
-    ("onebit.methods.common", "onebit.surgery"):
-        "the layer-wise driver (swap each linear) lives in the handler base class, not in a pipeline",
-    ("onebit.methods.gptq", "onebit.surgery"):
-        "GPTQ's sequential driver swaps modules itself",
-    ("onebit.methods.gptq", "onebit.methods.sequential"):
-        "GPTQ's sequential driver (block capture, Hessians) lives in the handler",
-    ("onebit.methods.awq", "onebit.surgery"):
-        "AWQ's sequential driver swaps modules itself (as GPTQ's)",
-    ("onebit.methods.awq", "onebit.methods.sequential"):
-        "AWQ's sequential driver (block capture, input statistics) lives in the handler (as GPTQ's)",
-}
+#: Upward imports allowed, each with why (none today: issue 20 removed the last ones); the test
+#: fails on any other, and on an entry here that is gone (so the list only shrinks).  Imports inside
+#: functions count the same as module-level ones (a function-level import is still a dependency; it
+#: only hides it until run time).
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 
 def layer_of(module: str) -> int:

@@ -11,8 +11,10 @@ writer saves.
 untied) with :class:`onebit.embeddings.EmbedQuantConfig` — a setting apart from the linear
 method's config, recorded in ``quantization_config["embed"]``.
 
-The module surgery (``find_linears``, ``as_linear``, ``set_submodule``, ``prepare_empty``) lives in
-:mod:`onebit.surgery`; it is re-exported here.
+The driver (checks, calibration data, the layer-wise or block-sequential path, the swap) is
+:func:`onebit.pipelines.quantize.quantize_modules`.  The module surgery (``find_linears``,
+``as_linear``, ``set_submodule``, ``prepare_empty``) lives in :mod:`onebit.surgery`; it is
+re-exported here.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch import nn
 from .config import QuantConfig
 from .embeddings import EmbedQuantConfig
 from .pipelines.embeddings import quantize_embeddings  # noqa: F401  (re-exported)
+from .pipelines.quantize import quantize_modules
 from .errors import OneBitError
 from .registry import get_handler
 from .surgery import _is_conv1d, _matches, as_linear, find_linears, prepare_empty, set_submodule  # noqa: F401
@@ -53,8 +56,7 @@ def quantize(model: nn.Module, config: QuantConfig, progress: bool = True,
                           f"{', '.join(config.skip) or 'nothing'})")
     modules = {name: [lin.out_features, lin.in_features] for name, lin in targets}
     t0 = time.perf_counter()
-    for name, new in handler.quantize_model(model, targets, progress=progress, **kwargs).items():
-        set_submodule(model, name, new)
+    quantize_modules(handler, model, targets, progress=progress, **kwargs)
     log.info("quantized %d linear layers with %s in %.1fs", len(targets), config.method,
              time.perf_counter() - t0)
     qc = config.to_dict()

@@ -16,6 +16,7 @@ the same parameters as an uninterrupted run (tested).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -287,7 +288,7 @@ class Trainer:
         for i, ids in enumerate(micro):
             ids = ids.to(self.info.device)
             sync = i == len(micro) - 1 or not hasattr(self.model, "no_sync")
-            ctx = self.model.no_sync() if not sync else _null()
+            ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 out = self._loss(ids)
                 (out["loss"] / len(micro)).backward()
@@ -369,11 +370,3 @@ class Trainer:
         self.save_state()
         dist.barrier(self.info)
         return self.history
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

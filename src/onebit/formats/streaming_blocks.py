@@ -8,8 +8,8 @@ teacher cannot generate text without the whole model in memory) are run up
 to the first block, and then for each block in turn:
 
 1. its tensors are read from the checkpoint,
-2. the Hessian of each target linear's inputs is accumulated while the block runs,
-3. each linear is quantized (``handler.gptq_linear``) and swapped in,
+2. each target linear's inputs go to ``handler.observe`` while the block runs (GPTQ: Hessians),
+3. the block's linears are quantized (``handler.quantize_block``) and swapped in,
 4. its packed tensors and the block's other tensors are appended to the output shards,
 5. the block is run again, quantized, to give the next block its inputs,
 6. the block goes back to the meta device (freed).
@@ -74,7 +74,8 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
     from ..progress import Progress as tqdm
 
     from ..calibration import file_samples
-    from ..methods.sequential import block_hessians, capture_block_inputs, find_blocks, run_block
+    from ..methods.sequential import capture_block_inputs, find_blocks, run_block
+    from ..pipelines.sequential import observe_block
     from ..tokenizers import context_length, load_tokenizer
     from ..registry import get_handler
 
@@ -144,19 +145,19 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                 if mk.rpartition(".")[0] not in targets:
                     write(mk, mk, t)
             inputs = capture_block_inputs(model, blocks[0], ids, batch_size)
+            handler.begin_blocks(prefix)
             for bi in tqdm(range(len(blocks)), desc=f"stream-gptq [{config.method}]", unit="block",
                            disable=not progress):
                 mine_keys = [mk for mk in where if block_of(mk) == bi]
                 for mk in mine_keys:
                     _assign(model, mk, read(mk))
                 block = blocks[bi]
-                mine = {n: model.get_submodule(n) for n in names if n.startswith(f"{prefix}{bi}.")}
-                accs = block_hessians(block, mine, inputs)
-                for n, mod in mine.items():
-                    packed = handler.gptq_linear(n, as_linear(mod), accs[n].H)
+                bp = f"{prefix}{bi}."
+                mine = {n: model.get_submodule(n) for n in names if n.startswith(bp)}
+                observe_block(handler, block, mine, inputs)
+                for n, packed in handler.quantize_block(block, bp, {n: as_linear(m) for n, m in mine.items()}).items():
                     set_submodule(model, n, packed)
                     write_quantized(n, packed)
-                del accs
                 for mk in mine_keys:
                     owner = mk.rpartition(".")[0]
                     if owner not in mine:
@@ -167,9 +168,8 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                 gc.collect()
             # target linears outside the blocks (rare): H = I, i.e. round to nearest
             for n in (n for n in names if block_of(f"{n}.weight") is None):
-                mod = model.get_submodule(n)
-                packed = handler.gptq_linear(n, as_linear(mod), torch.eye(targets[n].in_features))
-                write_quantized(n, packed)
+                write_quantized(n, handler.quantize_outside(n, as_linear(model.get_submodule(n))))
+            handler.end_blocks({})
             for w in writers.values():
                 w.close()
             specs = finish_output(tmp, writers.values(), weight_map, sharded, src, qc, dtype)

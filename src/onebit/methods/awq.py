@@ -30,9 +30,10 @@ A norm folds only if it is ``y = w ⊙ x̂ (+ b)`` (LlamaRMSNorm-like or ``nn.La
 ``1 + w`` is not) and every layer reading it is a target.  The folded layers are plain
 :class:`~onebit.nn.quant_linear.QuantLinear` modules: same tensors and bits as RTN.
 
-Orchestration: like GPTQ, block by block on calibration data — the inputs of each block come
-from the already-quantized blocks before it; in a block every scale is searched on the block's
-float inputs, all are applied, then its layers are quantized.
+Orchestration: like GPTQ, a ``"blocks"`` driver (:mod:`onebit.pipelines.sequential`) — the inputs
+of each block come from the already-quantized blocks before it; ``observe`` collects each layer's
+:class:`InputStats` on the block's float inputs, then ``quantize_block`` searches every scale,
+applies them all, and quantizes the block's layers.
 """
 from __future__ import annotations
 
@@ -48,12 +49,8 @@ from ..errors import OneBitError
 from ..nn.awq_linear import AWQLinear
 from ..nn.quant_linear import QuantLinear, QuantLinearTrain
 from ..registry import register_method
-from ..surgery import set_submodule
-from .actquant import calibrate_static_scales
-from .common import calibration_ids
 from .quant import fake_quantize
 from .rtn import RTNConfig, UniformHandler
-from .sequential import capture_block_inputs, find_blocks, run_block
 from ..method_configs import AWQConfig  # noqa: F401  (torch-free; re-exported)
 
 log = logging.getLogger("onebit")
@@ -120,21 +117,6 @@ class InputStats:
         self.H.mul_(w).add_(x.T @ x / (self.n + m))
         self.absmean.mul_(w).add_(x.abs().sum(0) / (self.n + m))
         self.n += m
-
-
-def block_input_stats(block: nn.Module, modules: dict[str, nn.Module],
-                      inputs: list[tuple[torch.Tensor, dict]]) -> dict[str, InputStats]:
-    """Run ``block`` once on ``inputs``, collecting :class:`InputStats` of each module's input."""
-    stats, handles = {}, []
-    for name, mod in modules.items():
-        stats[name] = st = InputStats(mod.in_features, mod.weight.device)
-        handles.append(mod.register_forward_pre_hook(lambda m, args, _st=st: _st.add(args[0])))
-    try:
-        run_block(block, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
 
 
 # ------------------------------------------------------------------- where 1/s goes
@@ -215,7 +197,7 @@ def fold_inverse_scale(prev: nn.Module, kind: str, s: torch.Tensor) -> None:
 class AWQHandler(UniformHandler):
     config: AWQConfig
 
-    needs_calibration = True
+    driver = "blocks"
 
     def _quant(self) -> Callable[[torch.Tensor], torch.Tensor]:
         c = self.config
@@ -245,12 +227,43 @@ class AWQHandler(UniformHandler):
         return cls(in_features, out_features, c.bits, c.group_size, c.sym, bias, c.act_bits,
                    c.static_acts, parse_dtype(c.scale_dtype), bias_dtype=dtype, device="meta")
 
+    def begin_blocks(self, prefix: str) -> None:
+        self.config.input_scaled = []
+        self.alphas: dict[str, float] = {}
+        self._prefix = prefix
+        self._stats: dict[str, InputStats] = {}
+
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        st = self._stats.get(name)
+        if st is None:
+            st = self._stats[name] = InputStats(x.shape[-1], x.device)
+        st.add(x)
+
     @torch.no_grad()
-    def quantize_block(self, block: nn.Module, block_prefix: str, lins: dict[str, nn.Linear],
-                       inputs: list[tuple[torch.Tensor, dict]]) -> tuple[dict[str, nn.Module], dict]:
+    def quantize_block(self, block: nn.Module, prefix: str, lins: dict[str, nn.Linear]) -> dict[str, nn.Module]:
+        """Search, apply and quantize one block's layers (from the :class:`InputStats` observed);
+        each layer's α goes to ``self.alphas``."""
+        stats = {n: self._stats.pop(n, None) or InputStats(lin.in_features, lin.weight.device)
+                 for n, lin in lins.items()}
+        packed, alphas = self.search_block(block, prefix, lins, stats)
+        self.alphas.update(alphas)
+        return packed
+
+    def quantize_outside(self, name: str, linear: nn.Linear) -> nn.Module:
+        """s = 1: round to nearest."""
+        return self._packed(linear, None)
+
+    def end_blocks(self, packed: dict[str, nn.Module]) -> None:
+        self.config.input_scaled = sorted(n for n, m in packed.items() if isinstance(m, AWQLinear))
+        if self.alphas:
+            log.info("AWQ: α per layer: %s", ", ".join(f"{n.removeprefix(self._prefix)}={a:.2f}"
+                                                       for n, a in self.alphas.items()))
+
+    @torch.no_grad()
+    def search_block(self, block: nn.Module, block_prefix: str, lins: dict[str, nn.Linear],
+                     stats: dict[str, InputStats]) -> tuple[dict[str, nn.Module], dict]:
         """Search, apply and quantize one block's layers; ``({name: packed}, {name: α})``."""
         c = self.config
-        stats = block_input_stats(block, lins, inputs)
         groups = awq_groups(block, block_prefix, lins)
         quant = self._quant()
         plan = []
@@ -279,45 +292,3 @@ class AWQHandler(UniformHandler):
             if fold:
                 fold_inverse_scale(g.prev, g.prev_kind, s)
         return {n: self._packed(lins[n], scales[n]) for n in lins}, alphas
-
-    def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
-                       progress: bool = True, calib_ids: torch.Tensor | None = None, tokenizer=None,
-                       batch_size: int = 8, **kwargs) -> dict[str, nn.Module]:
-        from ..progress import Progress as tqdm
-
-        for name, lin in targets:
-            self.check_layer(name, lin)
-        self.config.input_scaled = []
-        ids = calibration_ids(model, self.config, calib_ids, tokenizer, progress)
-        names = [n for n, _ in targets]
-        lins = dict(targets)
-        found = find_blocks(model, names)
-        if found is None:
-            raise OneBitError("AWQ found no decoder blocks (nn.ModuleList) holding the linear layers")
-        bname, blocks = found
-        prefix = f"{bname}." if bname else ""
-        out: dict[str, nn.Module] = {}
-        self.alphas: dict[str, float] = {}
-        inputs = capture_block_inputs(model, blocks[0], ids, batch_size)
-        for bi, block in enumerate(tqdm(blocks, desc="awq", disable=not progress, unit="block")):
-            bp = f"{prefix}{bi}."
-            mine = {n: lins[n] for n in names if n.startswith(bp)}
-            packed, alphas = self.quantize_block(block, bp, mine, inputs)
-            self.alphas.update(alphas)
-            for n, m in packed.items():
-                out[n] = m
-                set_submodule(model, n, m)
-            inputs = run_block(block, inputs)
-        rest = [n for n in names if n not in out]
-        if rest:
-            log.warning("AWQ: %d linear layer(s) outside the decoder blocks quantized with s = 1 "
-                        "(round to nearest): %s", len(rest), ", ".join(rest[:4]))
-            for n in rest:
-                out[n] = self._packed(lins[n], None)
-        self.config.input_scaled = sorted(n for n, m in out.items() if isinstance(m, AWQLinear))
-        if self.alphas:
-            log.info("AWQ: α per layer: %s", ", ".join(f"{n.removeprefix(prefix)}={a:.2f}"
-                                                       for n, a in self.alphas.items()))
-        if self.config.static_acts:
-            calibrate_static_scales(model, out, ids, self.config, progress=progress)
-        return out

@@ -2,11 +2,11 @@
 error onto the not-yet-quantized columns through the inverse Hessian of the layer's inputs.
 
 Pure math: :func:`gptq_quantize_weight` (``W``, ``H`` -> codes, scale, zero in the same
-format as RTN).  Orchestration: :class:`GPTQHandler.quantize_model` runs the decoder blocks
-in order on calibration data: inputs of the first block are captured with a hook; for each
-block the Hessians of its linears' inputs are accumulated with the block in full precision,
-each linear is quantized, and the block is re-run with quantized weights to give the next
-block its inputs (so later blocks see the errors of earlier ones).
+format as RTN), :class:`HessianAccumulator` (``H = 2/n Σ x xᵀ``).  The handler is a ``"blocks"``
+driver (:mod:`onebit.pipelines.sequential` runs the decoder blocks in order on calibration data):
+``observe`` accumulates each linear's Hessian while its block runs in full precision,
+``quantize_block`` quantizes the block's linears; the pipeline then re-runs the block quantized
+to give the next block its inputs (so later blocks see the errors of earlier ones).
 
 Options: ``damp`` (fraction of mean diag(H) added to the diagonal), ``block_size`` (lazy
 batch updates), ``act_order`` (columns in order of decreasing diag(H)), ``static_groups``
@@ -26,12 +26,8 @@ from ..config import parse_dtype
 from ..errors import OneBitError
 from ..nn.quant_linear import QuantLinearTrain
 from ..registry import register_method
-from ..surgery import set_submodule
-from .actquant import calibrate_static_scales
-from .common import calibration_ids
 from .quant import check_group_size, find_qparams, num_groups
 from .rtn import RTNConfig, UniformHandler
-from .sequential import block_hessians, capture_block_inputs, find_blocks, run_block
 from ..method_configs import GPTQConfig  # noqa: F401  (torch-free; re-exported)
 
 log = logging.getLogger("onebit")
@@ -95,6 +91,22 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int, sym: bool 
     return codes, scale, zero
 
 
+class HessianAccumulator:
+    """Running ``H = 2/n Σ x xᵀ`` over the rows of every input seen (GPTQ's ``add_batch``)."""
+
+    def __init__(self, in_features: int, device=None):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        m = x.shape[0]
+        self.H *= self.n / (self.n + m)
+        self.n += m
+        x = x * (2 / self.n) ** 0.5
+        self.H += x.T @ x
+
+
 @register_method(GPTQConfig)
 class GPTQHandler(UniformHandler):
     config: GPTQConfig
@@ -113,7 +125,7 @@ class GPTQHandler(UniformHandler):
                                              c.act_bits, act_scale, sd)
         return train.to_packed()
 
-    needs_calibration = True
+    driver = "blocks"
 
     def quantize_linear(self, name: str, linear: nn.Linear, H: torch.Tensor | None = None,
                         **kwargs) -> nn.Module:
@@ -124,39 +136,23 @@ class GPTQHandler(UniformHandler):
         self.check_layer(name, linear)
         return self.gptq_linear(name, linear, H)
 
-    def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
-                       progress: bool = True, calib_ids: torch.Tensor | None = None, tokenizer=None,
-                       batch_size: int = 8, **kwargs) -> dict[str, nn.Module]:
-        from ..progress import Progress as tqdm
+    def begin_blocks(self, prefix: str) -> None:
+        self._hessians: dict[str, HessianAccumulator] = {}
 
-        for name, lin in targets:
-            self.check_layer(name, lin)
-        ids = calibration_ids(model, self.config, calib_ids, tokenizer, progress)
-        names = [n for n, _ in targets]
-        lins = dict(targets)
-        found = find_blocks(model, names)
-        if found is None:
-            raise OneBitError("GPTQ found no decoder blocks (nn.ModuleList) holding the linear layers")
-        bname, blocks = found
-        prefix = f"{bname}." if bname else ""
-        out: dict[str, nn.Module] = {}
-        inputs = capture_block_inputs(model, blocks[0], ids, batch_size)
-        for bi, block in enumerate(tqdm(blocks, desc="gptq", disable=not progress, unit="block")):
-            mine = {n: model.get_submodule(n) for n in names if n.startswith(f"{prefix}{bi}.")}
-            accs = block_hessians(block, mine, inputs)
-            for n in mine:
-                out[n] = self.gptq_linear(n, lins[n], accs[n].H.cpu())
-                set_submodule(model, n, out[n])
-            del accs
-            inputs = run_block(block, inputs)
-        rest = [n for n in names if n not in out]
-        if rest:
-            log.warning("GPTQ: %d linear layer(s) outside the decoder blocks quantized with H = I "
-                        "(round to nearest): %s", len(rest), ", ".join(rest[:4]))
-            for n in rest:
-                out[n] = self.quantize_linear(n, lins[n], H=torch.eye(lins[n].in_features))
-        if self.config.static_acts:
-            for n, m in out.items():
-                set_submodule(model, n, m)
-            calibrate_static_scales(model, out, ids, self.config, progress=progress)
+    def observe(self, name: str, x: torch.Tensor) -> None:
+        acc = self._hessians.get(name)
+        if acc is None:
+            acc = self._hessians[name] = HessianAccumulator(x.shape[-1], x.device)
+        acc.add(x)
+
+    def quantize_block(self, block: nn.Module, prefix: str, lins: dict[str, nn.Linear]) -> dict[str, nn.Module]:
+        out = {}
+        for n, lin in lins.items():
+            acc = self._hessians.pop(n, None)
+            H = acc.H.cpu() if acc is not None else torch.zeros(lin.in_features, lin.in_features)
+            out[n] = self.gptq_linear(n, lin, H)
         return out
+
+    def quantize_outside(self, name: str, linear: nn.Linear) -> nn.Module:
+        """H = I: round to nearest."""
+        return self.quantize_linear(name, linear, H=torch.eye(linear.in_features))

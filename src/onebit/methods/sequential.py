@@ -1,11 +1,12 @@
-"""Running a decoder block by block on calibration data (for GPTQ-style methods).
+"""Running a decoder block by block on calibration data (the block-sequential pipeline,
+:mod:`onebit.pipelines.sequential`, and block-wise distillation).
 
 :func:`find_blocks` locates the ``nn.ModuleList`` of decoder blocks holding the
 target linears; :func:`capture_block_inputs` runs the model up to the first
 block and records each batch's ``(hidden_states, kwargs)`` (attention mask,
 rotary embeddings, ... as the model passes them); :func:`run_block` runs a
-block on those inputs; :func:`hessian_hooks` accumulates ``H = 2/n Σ x xᵀ``
-of each linear's inputs while a block runs.
+block on those inputs.  What is accumulated from a block's inputs is the
+method's (``handler.observe``: GPTQ's Hessians, AWQ's input statistics).
 """
 from __future__ import annotations
 
@@ -62,44 +63,3 @@ def run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list
         o = block(hs, **kw)
         outs.append((o[0] if isinstance(o, (tuple, list)) else o, kw))
     return outs
-
-
-class HessianAccumulator:
-    """Running ``H = 2/n Σ x xᵀ`` over the rows of every input seen (GPTQ's ``add_batch``)."""
-
-    def __init__(self, in_features: int, device=None):
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        m = x.shape[0]
-        self.H *= self.n / (self.n + m)
-        self.n += m
-        x = x * (2 / self.n) ** 0.5
-        self.H += x.T @ x
-
-
-def hessian_hooks(modules: dict[str, nn.Module]) -> tuple[dict[str, HessianAccumulator], list]:
-    accs, handles = {}, []
-    for name, mod in modules.items():
-        in_f = mod.in_features if hasattr(mod, "in_features") else mod.nx
-        accs[name] = acc = HessianAccumulator(in_f, next(mod.parameters()).device)
-
-        def hook(m, args, _acc=acc):
-            _acc.add(args[0])
-
-        handles.append(mod.register_forward_pre_hook(hook))
-    return accs, handles
-
-
-def block_hessians(block: nn.Module, modules: dict[str, nn.Module],
-                   inputs: list[tuple[torch.Tensor, dict]]) -> dict[str, HessianAccumulator]:
-    """Run ``block`` on ``inputs`` once, accumulating the Hessian of each of ``modules``' inputs."""
-    accs, handles = hessian_hooks(modules)
-    try:
-        run_block(block, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return accs
