@@ -58,7 +58,8 @@ def memory() -> list[dict]:
     return rows
 
 
-def ppl(model_path: str, data: str, max_windows: int, chunk: int, seqlen: int | None) -> list[dict]:
+def ppl(model_path: str, data: str, max_windows: int, chunk: int, seqlen: int | None,
+        configs=CONFIGS) -> list[dict]:
     from onebit.eval.data import load_text
     from onebit.eval.perplexity import perplexity, tokenize_text
     from onebit.models import context_length, load_model, load_tokenizer
@@ -78,7 +79,7 @@ def ppl(model_path: str, data: str, max_windows: int, chunk: int, seqlen: int | 
 
     run("none (one forward)", None, None)
     run("fp (chunked)", None, chunk)
-    for kind, axis, group in CONFIGS:
+    for kind, axis, group in configs:
         run(f"{kind} {axis} g{group}", KVQuantConfig(kind, axis, group), chunk)
     return rows
 
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seqlen", type=int, default=None)
     ap.add_argument("--chunk", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--configs", default=None, help="kind:axis:group,... (default: all six)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.what == "memory":
@@ -101,7 +103,9 @@ def main(argv=None) -> int:
         return 0
     if not a.model:
         ap.error("ppl needs MODEL")
-    ppl(a.model, a.data, a.max_windows, a.chunk, a.seqlen)
+    configs = CONFIGS if not a.configs else [(k, x, int(g)) for k, x, g in
+                                             (c.split(":") for c in a.configs.split(","))]
+    ppl(a.model, a.data, a.max_windows, a.chunk, a.seqlen, configs)
     return 0
 
 

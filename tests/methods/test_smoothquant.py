@@ -153,3 +153,17 @@ def test_compare_spec():
     cfg = parse_method_spec("smoothquant-w8a8-static")
     assert cfg.act_mode == "static"
     assert parse_method_spec("rtn-w8a8").act_bits == 8
+
+
+def test_cli_flags_build_the_config():
+    from onebit.cli.main import build_parser
+    from onebit.cli.method_flags import build_config
+
+    args = build_parser().parse_args(["quantize", "M", "O", "--method", "smoothquant", "--sq-alpha", "0.8",
+                                      "--act-mode", "static", "--no-fold"])
+    cfg = build_config(args)
+    assert isinstance(cfg, SmoothQuantConfig)
+    assert (cfg.alpha, cfg.act_mode, cfg.fold, cfg.smooth, cfg.bits, cfg.act_bits) == (0.8, "static", False, True, 8, 8)
+    args = build_parser().parse_args(["quantize", "M", "O", "--method", "smoothquant", "--alpha", "2"])
+    with pytest.raises(OneBitError, match=r"alpha must be in \[0, 1\]"):
+        build_config(args)
