@@ -62,7 +62,7 @@ def test_different_layers_get_different_noise(fp_260k):
     ({"init_noise": -0.1}, "--init-noise must be a finite number >= 0"),
     ({"init_noise": float("nan")}, "--init-noise must be"),
     ({"init": "pca"}, "unknown --init 'pca'"),
-    ({"seed": "x"}, "--seed must be an integer"),
+    ({"init_seed": "x"}, "--init-seed must be an integer"),
     ({"scale_dtype": "auto"}, "concrete dtype"),
 ])
 def test_bad_settings_one_line_error(kw, match):
@@ -112,3 +112,12 @@ def test_blockwise_reconstruction_lowers_every_block_error(fp_260k, tmp_path):
     assert len(hist) == fp_260k.config.num_hidden_layers
     assert all(h["err_final"] < h["err_init"] for h in hist), hist
     assert all(isinstance(model.get_submodule(n), MoSLinear) for n in qc["modules"])
+
+
+def test_cli_bad_experts_one_line_exit_2(stories260k, tmp_path, capsys):
+    from onebit.cli.main import main
+
+    assert main(["quantize", stories260k, str(tmp_path / "o"), "--method", "onebit-mos", "--experts", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "onebit: error: --experts must be an integer >= 1, got 0"
+    assert not (tmp_path / "o").exists()

@@ -109,3 +109,12 @@ def test_blockwise_reconstruction_lowers_every_block_error(fp_260k, tmp_path):
     assert len(hist) == fp_260k.config.num_hidden_layers
     assert all(h["err_final"] < h["err_init"] for h in hist), hist
     assert all(isinstance(model.get_submodule(n), RankScaleLinear) for n in qc["modules"])
+
+
+def test_cli_bad_rank_one_line_exit_2(stories260k, tmp_path, capsys):
+    from onebit.cli.main import main
+
+    assert main(["quantize", stories260k, str(tmp_path / "o"), "--method", "onebit-rank", "--rank", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "onebit: error: --rank must be an integer >= 1, got -1"
+    assert not (tmp_path / "o").exists()

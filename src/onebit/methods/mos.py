@@ -33,7 +33,7 @@ class MoSConfig(QuantConfig):
     experts: scale experts k per layer (the paper uses 4); 1 is OneBit (+ an unused router).
     init: SVID of |W| the experts start from ('svd' or 'nmf').
     init_noise: relative std of the zero-mean noise on the experts, so they can diverge in training.
-    seed: seed of that noise (per layer: mixed with the layer's name).
+    init_seed: seed of that noise (per layer: mixed with the layer's name).
     scale_dtype: storage dtype of the experts and the router ('float16').
     """
 
@@ -41,13 +41,14 @@ class MoSConfig(QuantConfig):
     #: ``onebit compare`` spec: ``onebit-mos8`` sets ``experts = 8``
     spec_number = "experts"
 
-    experts: int = field(default=4, metadata={"help": "scale experts k per layer (default 4); 1 = OneBit"})
+    experts: int = field(default=4, metadata={"help": "scale experts k per layer (the paper: 4); 1 = OneBit"})
     init: str = field(default="svd", metadata={"help": "SVID of |W| the experts start from: svd or nmf"})
     init_noise: float = field(default=0.01, metadata={"help": "relative std of the zero-mean noise on "
-                                                              "the initial experts (default 0.01)"})
-    seed: int = field(default=0, metadata={"help": "seed of the initial expert noise (default 0)"})
+                                                              "the initial experts (so they can diverge)"})
+    init_seed: int = field(default=0, metadata={"help": "seed of the initial expert noise (mixed with "
+                                                        "each layer's name)"})
     scale_dtype: str = field(default="float16", metadata={"help": "storage dtype of the experts and "
-                                                                  "the router (default float16)"})
+                                                                  "the router"})
 
     def validate(self) -> None:
         check_count(self.experts, "--experts")
@@ -56,8 +57,8 @@ class MoSConfig(QuantConfig):
         if (not isinstance(self.init_noise, (int, float)) or isinstance(self.init_noise, bool)
                 or not math.isfinite(self.init_noise) or self.init_noise < 0):
             raise OneBitError(f"--init-noise must be a finite number >= 0, got {self.init_noise!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise OneBitError(f"--seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.init_seed, int) or isinstance(self.init_seed, bool):
+            raise OneBitError(f"--init-seed must be an integer, got {self.init_seed!r}")
         concrete_scale_dtype(self.scale_dtype)
 
 
@@ -68,7 +69,7 @@ class MoSHandler(MethodHandler):
     def train_module(self, name: str, linear: nn.Linear) -> MoSLinearTrain:
         """The trainable (latent-weight) form: SVID experts (+ noise), zero router."""
         check_finite_weight(name, linear)
-        seed = (self.config.seed + zlib.crc32(name.encode())) % 2**63
+        seed = (self.config.init_seed + zlib.crc32(name.encode())) % 2**63
         return MoSLinearTrain.from_linear(linear, self.config.experts, self.config.init,
                                           float(self.config.init_noise), seed)
 

@@ -40,11 +40,10 @@ class RankConfig(QuantConfig):
     spec_number = "rank"
 
     rank: int = field(default=2, metadata={"help": "scale pairs k: W ≈ sign(W) ⊙ (H Gᵀ), H out×k, "
-                                                   "G in×k; 1 = OneBit (default 2)"})
+                                                   "G in×k; 1 = OneBit"})
     init: str = field(default="svd", metadata={"help": "rank-k SVID of |W|: svd (greedy deflation) "
-                                                       "or nmf (default svd)"})
-    scale_dtype: str = field(default="float16", metadata={"help": "storage dtype of G and H "
-                                                                  "(default float16)"})
+                                                       "or nmf"})
+    scale_dtype: str = field(default="float16", metadata={"help": "storage dtype of G and H"})
 
     def validate(self) -> None:
         check_count(self.rank, "--rank")
