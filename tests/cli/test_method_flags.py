@@ -119,3 +119,13 @@ OLD_DISTILL = ("--student --method --init --layernorm --no-layernorm --scale-dty
 def test_every_flag_of_before_still_parses(command, flags):
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
     assert [f for f in flags if f not in sub._option_string_actions] == []
+
+
+def test_torch_free_mirrors_equal_their_sources():
+    """Constants repeated so that the parser and the configs stay torch-free."""
+    from onebit import config, models
+    from onebit.cli import common
+    from onebit.methods import quant, svid
+
+    assert config.INIT_METHODS == svid.INIT_METHODS and config.RTN_BITS == quant.RTN_BITS
+    assert common._HUB_ID.pattern == models._HUB_ID.pattern
