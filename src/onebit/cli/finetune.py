@@ -44,7 +44,7 @@ def register(sub) -> None:
     t.add_argument("--steps", type=int, default=100, help="optimiser steps (default: %(default)s)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
     t.add_argument("--warmup", type=int, default=10, help="linear warmup steps, then cosine (default: 10)")
-    t.add_argument("--seqlen", type=seqlen_type, default=256, help="tokens per window (default: %(default)s)")
+    t.add_argument("--seqlen", type=seqlen_type, default=256, help="tokens per window; 0 = the model's context, capped at 2048 (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=8, help="windows per step (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed of the windows and A's init (default: 0)")
     t.add_argument("--eval-windows", type=int, default=None, metavar="N",
@@ -70,7 +70,7 @@ def run(args) -> int:
     # ---- everything a user can get wrong fails here, before any loading or training
     cfg = FinetuneConfig(rank=args.rank, alpha=args.alpha,
                          targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-                         steps=args.steps, lr=args.lr, seqlen=args.seqlen, batch_size=args.batch_size,
+                         steps=args.steps, lr=args.lr, seqlen=args.seqlen or 2, batch_size=args.batch_size,
                          holdout=args.holdout, warmup=args.warmup, seed=args.seed,
                          eval_windows=args.eval_windows, merge=args.merge)
     cfg.validate()
@@ -86,6 +86,7 @@ def run(args) -> int:
     torch.manual_seed(args.seed)
     model = load_model(args.checkpoint)
     tok = load_tokenizer(args.checkpoint)
+    cfg.seqlen = args.seqlen or context_length(model)  # 0: the model's context (capped at 2048)
     if cfg.seqlen > context_length(model, cap=1 << 30):
         raise OneBitError(f"--seqlen {cfg.seqlen} exceeds the model's context {context_length(model, 1 << 30)}")
     ids = tokenize_text(tok, text)
