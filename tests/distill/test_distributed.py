@@ -59,3 +59,58 @@ def test_fsdp_resume_equals_uninterrupted(stories260k, tmp_path):
     assert part["step"] == full["step"] == 3
     for n, a in full["student"].items():
         assert torch.allclose(a, part["student"][n], rtol=0, atol=1e-6), n
+
+
+def _run_printing(prefix, out, cache, extra=()):
+    cmd = prefix + ["-m", "onebit.cli.main", "distill", *extra, out] + [a.format(cache=cache) for a in ARGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return torch.load(f"{out}.state/state.pt", weights_only=True), r.stdout
+
+
+def test_gradient_compression_under_ddp(stories260k, tmp_path):
+    """fp16 follows the uncompressed run's losses and weights within its rounding and sends half the
+    bytes; PowerSGD (rank 1, compressing from the third step on) sends fewer still."""
+    import json
+    import re
+
+    cache, runs = tmp_path / "cache", {}
+    for i, kind in enumerate(["none", "fp16", "powersgd"]):
+        state, stdout = _run_printing(_torchrun(5 + i), str(tmp_path / kind), cache,
+                                      ["--grad-compression", kind, stories260k])
+        m = re.search(r"gradients all-reduced per step \((\w+)\): ([\d,]+) bytes in the last step, ([\d,]+) in "
+                      r"the first", stdout)
+        assert m and m.group(1) == kind, stdout
+        last, first = (int(m.group(k).replace(",", "")) for k in (2, 3))
+        history = json.loads((tmp_path / f"{kind}.state" / "history.json").read_text())
+        runs[kind] = state, last, first, history[-1]["loss"]
+    none, fp16, psgd = runs["none"], runs["fp16"], runs["powersgd"]
+    assert none[0]["step"] == fp16[0]["step"] == psgd[0]["step"] == 3
+    assert fp16[1] * 2 == none[1] and fp16[2] * 2 == none[2]  # every gradient sent in 16 bits
+    assert psgd[2] == none[2]  # PowerSGD's first steps are plain fp32 all-reduces
+    assert psgd[1] < fp16[1] / 2  # then the rank-1 factors (and the vectors it leaves alone)
+    assert abs(fp16[3] - none[3]) <= 1e-3 * abs(none[3]), (fp16[3], none[3])
+    # fp16 rounding flushes or moves a few near-zero gradients, which Adam's normalisation turns into
+    # steps of up to ~lr (3e-3) on those weights; the rest agree within 1e-3
+    over, total = 0, 0
+    for n, a in none[0]["student"].items():
+        d = (a - fp16[0]["student"][n]).abs()
+        assert d.max() <= 3 * 3e-3, n
+        over, total = over + int((d > 1e-3).sum()), total + d.numel()
+    assert over <= 0.01 * total, (over, total)
+    assert abs(psgd[3] - none[3]) <= 5e-2 * abs(none[3])  # compressed, not broken
+
+
+def test_gradient_compression_refused_with_fsdp_and_a_no_op_in_one_process(stories260k, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "onebit.cli.main", "distill", stories260k]
+    r = subprocess.run(base + [str(tmp_path / "f"), "--strategy", "fsdp", "--grad-compression", "fp16"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("onebit: error:") and r.stderr.count("\n") == 1, r.stderr
+    assert "FSDP" in r.stderr and not (tmp_path / "f").exists()
+    cmd = base + [str(tmp_path / "one"), "--grad-compression", "powersgd"] + \
+        [a.format(cache=tmp_path / "cache") for a in ARGS if a != "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "does nothing in a single process" in r.stderr and "gradients all-reduced" not in r.stdout

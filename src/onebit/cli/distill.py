@@ -89,6 +89,11 @@ def register(sub) -> None:
     t.add_argument("--seed", dest="train_seed", type=int, metavar="N", default=0, help="seed of the batch order (default: %(default)s)")
     t.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
                    help="data-parallel engine under torchrun/accelerate launch (default: ddp)")
+    t.add_argument("--grad-compression", default="none", choices=["none", "fp16", "bf16", "powersgd"],
+                   help="DDP: compress the gradients all-reduced between processes (a communication hook; "
+                   "refused with fsdp, does nothing in one process; default: none)")
+    t.add_argument("--powersgd-rank", type=int, default=1, metavar="R",
+                   help="--grad-compression powersgd: rank of the low-rank gradient factors (default: 1)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     add_dtype_arg(t, default="float32")
     b = p.add_argument_group(
@@ -292,6 +297,7 @@ def _train(args, teacher, student, qc, data, tok, tcfg, state_dir: Path, prog: b
     import hashlib
     import json
 
+    from ..distill import dist
     from ..distill.student import freeze
     from ..distill.trainer import Trainer
 
@@ -310,9 +316,12 @@ def _train(args, teacher, student, qc, data, tok, tcfg, state_dir: Path, prog: b
                                                  r["step"], r["tokens"], r["wall"], r["ppl"]))
     if args.resume and resumable:
         trainer.load_state(state_dir)
+    comm = dist.compress_gradients(trainer.model, info, args.strategy, args.grad_compression, args.powersgd_rank)
     t0 = time.perf_counter()
     trainer.train(stop_at=args.stop_at, time_limit=args.time_limit)
     wall = time.perf_counter() - t0
+    if comm is not None and info.main:
+        print(comm.line())
     if info.main:
         (state_dir / "history.json").write_text(json.dumps(trainer.history, indent=1) + "\n")
     return trainer, wall
@@ -356,6 +365,9 @@ def run(args) -> int:
     cfg_q, bcfg, tcfg, state_dir = _check(args)
     e2e = args.steps > 0 or bcfg is None
     info = dist.init(None if args.device == "auto" else args.device)
+    if args.powersgd_rank < 1:
+        raise OneBitError(f"--powersgd-rank must be >= 1, got {args.powersgd_rank}")
+    dist.check_compression(args.grad_compression, info, args.strategy)  # fsdp: error; one process: warning
     prog = progress_enabled(args) and info.main
     if bcfg is not None and info.world > 1:
         raise OneBitError("block-wise reconstruction runs in one process (not under torchrun)")

@@ -11,12 +11,17 @@ so the same ``--batch-size`` gives the same optimisation at any world size.
 """
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
 from torch import nn
+
+from ..errors import OneBitError
+
+log = logging.getLogger("onebit")
 
 
 @dataclass
@@ -81,6 +86,93 @@ def wrap(student: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Module
         fully_shard(student)
         return student
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+#: ``--grad-compression`` choices: DDP communication hooks (torch.distributed.algorithms.ddp_comm_hooks)
+COMPRESSIONS = ("none", "fp16", "bf16", "powersgd")
+
+
+@dataclass
+class CommStats:
+    """Bytes of gradients all-reduced per optimiser step (per process), counted in a hook wrapping
+    the compression hook: the bucket's numel x the element size it is sent in (PowerSGD: its own
+    count of what it sends, the P and Q factors plus the tensors it leaves uncompressed)."""
+
+    kind: str
+    per_step: list[int] = field(default_factory=list)
+    _current: int = 0
+
+    def add(self, nbytes: int, last: bool) -> None:
+        self._current += int(nbytes)
+        if last:
+            self.per_step.append(self._current)
+            self._current = 0
+
+    def line(self) -> str:
+        if not self.per_step:
+            return f"gradients all-reduced ({self.kind}): no synchronised step"
+        return (f"gradients all-reduced per step ({self.kind}): {self.per_step[-1]:,d} bytes in the last step, "
+                f"{self.per_step[0]:,d} in the first")
+
+
+def check_compression(kind: str, info: DistInfo, strategy: str, warn: bool = True) -> bool:
+    """Whether ``--grad-compression kind`` applies: an error under FSDP (it reduce-scatters its
+    sharded gradients itself; DDP's communication hooks are not part of it), a warning and False
+    in a single process (no gradients are exchanged: the same command does compress under
+    ``torchrun --nproc-per-node N``)."""
+    if kind not in COMPRESSIONS:
+        raise OneBitError(f"unknown --grad-compression '{kind}'; choose one of {', '.join(COMPRESSIONS)}")
+    if strategy == "fsdp" and kind != "none":
+        raise OneBitError(f"--grad-compression {kind} works through DDP's communication hooks; FSDP has none "
+                          "(use --strategy ddp, or --grad-compression none)")
+    if kind != "none" and not info.active and warn:
+        log.warning("--grad-compression %s does nothing in a single process (no gradients are exchanged); "
+                    "it applies under torchrun --nproc-per-node N", kind)
+    return info.active and strategy == "ddp"
+
+
+def compress_gradients(model: nn.Module, info: DistInfo, strategy: str, kind: str = "none", rank: int = 1,
+                       start_iter: int = 2) -> CommStats | None:
+    """Register ``kind``'s DDP communication hook on the DDP-wrapped ``model`` (before its first
+    backward), wrapped in a counter of the bytes it sends; None where nothing is exchanged.
+
+    ``none`` registers nothing (DDP's built-in all-reduce of every trainable gradient, counted from
+    the parameters); ``fp16``/``bf16``: ``fp16_compress_hook``/``bf16_compress_hook`` (the bucket
+    cast to 16 bits, all-reduced, cast back); ``powersgd``: ``powerSGD_hook`` at matrix rank
+    ``rank``, with error feedback and warm start, plain all-reduce for the first ``start_iter``
+    steps (PowerSGD's own rule: it needs two steps before it compresses)."""
+    if not check_compression(kind, info, strategy, warn=False):  # the CLI checked (and warned) up front
+        return None
+    if rank < 1:
+        raise OneBitError(f"--powersgd-rank must be >= 1, got {rank}")
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+    stats = CommStats(kind)
+    if kind == "none":  # every synchronised step all-reduces every trainable gradient as it is
+        return CommStats(kind, [sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)])
+    if kind in ("fp16", "bf16"):
+        hook = default_hooks.fp16_compress_hook if kind == "fp16" else default_hooks.bf16_compress_hook
+
+        def counted(state, bucket):
+            stats.add(bucket.buffer().numel() * 2, bucket.is_last())
+            return hook(state, bucket)
+
+        model.register_comm_hook(None, counted)
+        return stats
+    state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=rank, start_powerSGD_iter=start_iter,
+                               use_error_feedback=True, warm_start=True)
+
+    def counted_psgd(state, bucket):
+        compressing, before = state.iter >= state.start_powerSGD_iter, state.total_numel_after_compression
+        fut = psgd.powerSGD_hook(state, bucket)
+        buf = bucket.buffer()
+        numel = state.total_numel_after_compression - before if compressing else buf.numel()
+        stats.add(numel * buf.element_size(), bucket.is_last())
+        return fut
+
+    model.register_comm_hook(state, counted_psgd)
+    return stats
 
 
 def unwrap(model: nn.Module) -> nn.Module:
