@@ -44,7 +44,8 @@ def register(sub) -> None:
     t.add_argument("--steps", type=int, default=100, help="optimiser steps (default: %(default)s)")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: %(default)s)")
     t.add_argument("--warmup", type=int, default=10, help="linear warmup steps, then cosine (default: 10)")
-    t.add_argument("--seqlen", type=seqlen_type, default=256, help="tokens per window; 0 = the model's context, capped at 2048 (default: %(default)s)")
+    t.add_argument("--seqlen", type=seqlen_type, default=256,
+                   help="tokens per window; 0 = the model's context, capped at 2048 (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=8, help="windows per step (default: %(default)s)")
     t.add_argument("--seed", type=int, default=0, help="seed of the windows and A's init (default: 0)")
     t.add_argument("--eval-windows", type=int, default=None, metavar="N",

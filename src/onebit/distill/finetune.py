@@ -21,8 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import OneBitError
-from ..nn.lora import (LoRA, _lora_hook, add_lora, adapter_spec, check_linear, grad_path, lora_modules,
-                       merge_lora)
+from ..nn.lora import LoRA, add_lora, adapter_spec, check_linear, grad_path, lora_modules, merge_lora
 from .trainer import lr_factor
 
 log = logging.getLogger("onebit")
@@ -202,7 +201,6 @@ def finish(model: nn.Module, qc: dict, adapters: dict[str, LoRA], handles, cfg: 
             merge_lora(mods[n])
         return
     model.config.onebit_adapters = adapter_spec(cfg.rank, cfg.alpha, {n: qc["modules"][n] for n in adapters})
-    assert all(_lora_hook in mods[n]._forward_hooks.values() for n in adapters)
 
 
 def finetune(model: nn.Module, qc: dict, train_ids: torch.Tensor, held_ids: torch.Tensor,
