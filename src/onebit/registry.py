@@ -181,8 +181,10 @@ def config_from_dict(d: dict) -> QuantConfig:
     """Rebuild a method's config from a checkpoint's ``quantization_config``."""
     if not isinstance(d, dict):
         raise CheckpointError("quantization_config is not a JSON object")
-    check_format_version(d.get("format_version"))
     name = d.get("method")
-    if not isinstance(name, str):
-        raise CheckpointError("quantization_config has no 'method' field")
-    return get_handler_cls(name).config_cls.from_dict(d)
+    _load_builtins()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        check_format_version(d.get("format_version"))  # a newer format is the reason to give first
+        if not isinstance(name, str):
+            raise CheckpointError("quantization_config has no 'method' field")
+    return get_handler_cls(name).config_cls.from_dict(d)  # from_dict checks the format version

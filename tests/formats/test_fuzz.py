@@ -48,7 +48,10 @@ def read_all(raw: bytes) -> None:
     try:
         for k in r.names():
             t = r.read(k)
-            assert sd is not None and torch.equal(t, sd[k])  # both readers agree on what is valid
+            # both readers agree on what is valid, bit for bit (a flipped byte may make a NaN)
+            assert sd is not None and t.dtype == sd[k].dtype and t.shape == sd[k].shape
+            assert torch.equal(t.contiguous().reshape(-1).view(torch.uint8),
+                               sd[k].contiguous().reshape(-1).view(torch.uint8))
     finally:
         r.close()
 
