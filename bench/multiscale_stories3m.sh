@@ -15,6 +15,11 @@ for m in $METHODS; do
   nice -n 19 onebit quantize $MODEL $OUT/s3m-$m --method $m --threads 1 | tail -2
   nice -n 19 onebit eval ppl $OUT/s3m-$m --data tinystories --max-windows 8 --threads 1 --json $OUT/ppl-$m.json | tail -1
 done
+for extra in "--rank 4" "--init nmf"; do       # onebit-rank variants
+  d=$OUT/s3m-onebit-rank-$(echo $extra | tr -d ' -')
+  nice -n 19 onebit quantize $MODEL $d --method onebit-rank $extra --threads 1 | tail -2
+  nice -n 19 onebit eval ppl $d --data tinystories --max-windows 8 --threads 1 | tail -1
+done
 nice -n 19 onebit eval ppl $MODEL --data tinystories --max-windows 8 --threads 1 | tail -1
 [ "$1" = distill ] || exit 0
 for m in $METHODS; do
