@@ -132,3 +132,11 @@ def test_demo_short(stories260k, tmp_path, monkeypatch, capsys):
     assert "OneBit-SVID" in so and "OneBit distilled" in so and "1-bit + KD" in so
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert list((tmp_path / "cache" / "distill-data").glob("teacher-*.safetensors"))
+
+
+def test_rotate_with_streaming_is_refused(stories260k, tmp_path):
+    """The rotation transforms the whole model in memory: --streaming --rotate is a one-line error."""
+    out = tmp_path / "rot"
+    rc, so, se = run_cli("quantize", stories260k, out, "--method", "onebit", "--rotate", "--streaming")
+    assert rc == 2 and se.strip().startswith("onebit: error:") and "--no-streaming" in se, se
+    assert len(se.strip().splitlines()) == 1 and not out.exists()

@@ -190,3 +190,18 @@ def test_q6_k_embeddings_and_the_fallback_for_rows_of_192(tmp_path, s3m_checkpoi
     top1 = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     # the 6-bit rounding of the embedding (and the tied head) only: KL 0.005 here, q8_0 0.0002
     assert 0 < kl < 0.02 and top1 >= 0.9, (kl, top1)
+
+
+def test_a_checkpoint_with_lora_adapters_is_refused(tmp_path, s3m_checkpoints):
+    """llama.cpp's 1-bit types cannot hold a LoRA adapter: export names the way out, writes nothing."""
+    import onebit
+    from onebit.distill.finetune import FinetuneConfig, finetune
+
+    model = onebit.load(s3m_checkpoints["q1_0"])
+    ids = torch.randint(0, model.config.vocab_size, (400,), generator=torch.Generator().manual_seed(0))
+    finetune(model, model.config.quantization_config, ids[:300], ids[300:],
+             FinetuneConfig(rank=2, alpha=4, targets=("q_proj",), steps=1, seqlen=32, batch_size=2, warmup=0))
+    onebit.save(model, tmp_path / "ft")
+    with pytest.raises(OneBitError, match="LoRA adapters"):
+        export_gguf(tmp_path / "ft", tmp_path / "x.gguf")
+    assert list(tmp_path.glob("*.gguf")) == [] and list(tmp_path.glob(".x.gguf*")) == []

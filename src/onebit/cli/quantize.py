@@ -94,6 +94,12 @@ def run(args) -> int:
             raise OneBitError("--embed-quant is not supported with --streaming yet; pass --no-streaming")
         log.warning("--embed-quant: quantizing in memory (the streaming path keeps embeddings as they are)")
         stream = False
+    if stream and getattr(cfg, "rotate", False):  # the rotation needs the whole model in memory
+        if getattr(args, "streaming", None):
+            raise OneBitError("--rotate is not supported with --streaming (the rotation transforms the whole "
+                              "model in memory); pass --no-streaming")
+        log.warning("--rotate: quantizing in memory (the streaming path cannot rotate)")
+        stream = False
     if stream:
         return run_streaming(args, cfg)
     t0 = time.perf_counter()

@@ -362,6 +362,9 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
     packed = ckpt.is_dir() and is_packed_checkpoint(ckpt)
     # an unquantized model (HF directory or GGUF) exports too, its linears in F16: the baseline
     model = load_checkpoint(ckpt) if packed else load_model(str(ckpt), dtype=torch.float32)
+    if getattr(model.config, "onebit_adapters", None):
+        raise OneBitError(f"'{checkpoint}' has LoRA adapters (onebit finetune), which llama.cpp's 1-bit "
+                          "types cannot hold; export the checkpoint they were trained on")
     tok_dir = ckpt if ckpt.is_dir() else None
     if not packed and gguf_source(str(ckpt)) is not None:
         raise OneBitError(f"'{checkpoint}' is already a GGUF file; quantize it first "
