@@ -81,7 +81,8 @@ class MethodHandler:
         """The trainable (fake-quant, straight-through) form of ``linear``.
 
         Its forward equals the packed module's forward for the same
-        parameters, and it has ``to_packed()`` returning that packed module.
+        parameters, and it has ``to_packed(scale_dtype=None)`` returning that packed module (one
+        signature for every method: ``scale_dtype`` is the stored scales' dtype, None the method's own).
         Distillation / QAT trains this form.
         """
         raise NotImplementedError(f"method '{self.config.method}' has no trainable form")

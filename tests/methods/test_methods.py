@@ -124,3 +124,32 @@ def test_calibration_from_training_file(fp_260k, tok_260k, tmp_path):
     cfg = GPTQConfig(bits=4, calib_file=str(f), calib_samples=4, calib_seqlen=32)
     onebit.quantize(model, cfg, progress=False, tokenizer=tok_260k)
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "QuantLinear"
+
+
+def test_every_trainable_form_has_one_to_packed_signature(fp_260k):
+    """``to_packed(scale_dtype=None)`` for every method with a trainable form: float32 scales give the
+    trainable forward, None the method's own scale dtype (float16 for most: within its rounding)."""
+    import inspect
+
+    from onebit.registry import available_methods, get_handler_cls
+
+    lin = fp_260k.model.layers[1].mlp.up_proj
+    x = torch.randn(2, 5, lin.in_features)
+    seen = 0
+    for name in available_methods():
+        cfg = get_handler_cls(name).config_cls()
+        try:
+            train = get_handler(cfg).train_module("model.layers.1.mlp.up_proj", lin)
+        except (NotImplementedError, OneBitError):
+            continue                                   # no trainable form (e.g. calibrated-only methods)
+        params = list(inspect.signature(train.to_packed).parameters.values())
+        assert [p.name for p in params] == ["scale_dtype"] and params[0].default is None, name
+        if getattr(train, "act_scale", None) is not None:
+            train.act_scale.fill_(0.02)
+        with torch.no_grad():
+            want = train(x)
+            assert torch.allclose(train.to_packed()(x), want, rtol=1e-2, atol=1e-2), name  # fp16 scales
+            if not getattr(train, "act_bits", 0):       # 8-bit activations: a rounding may flip
+                assert torch.allclose(train.to_packed(torch.float32)(x), want, rtol=1e-3, atol=1e-4), name
+        seen += 1
+    assert seen >= 8

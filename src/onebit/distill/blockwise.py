@@ -55,7 +55,7 @@ from ..errors import CheckpointError, OneBitError
 from ..fileio import chmod_umask
 from ..surgery import find_linears, set_submodule
 from .data import batch_indices
-from .student import _packed_form, param_groups
+from .student import param_groups
 
 log = logging.getLogger("onebit")
 
@@ -206,7 +206,7 @@ def _make_trainable(model, handler, targets) -> dict[str, nn.Module]:
 
 def _pack(model, mods: dict[str, nn.Module], scale_dtype) -> None:
     for name, mod in mods.items():
-        set_submodule(model, name, _packed_form(mod, scale_dtype))
+        set_submodule(model, name, mod.to_packed(scale_dtype))
 
 
 def _packed_state(model: nn.Module, block: nn.Module, prefix: str, names: list[str], train_norms: bool) -> dict:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 
 import torch
 from torch import nn
@@ -114,13 +113,6 @@ def param_groups(student: nn.Module, lr: float, lr_vectors: float, weight_decay:
     return groups
 
 
-def _packed_form(mod: nn.Module, scale_dtype: torch.dtype | None) -> nn.Module:
-    """``mod.to_packed(scale_dtype)`` for the methods whose packed form takes one, else ``mod.to_packed()``."""
-    if scale_dtype is not None and "scale_dtype" in inspect.signature(mod.to_packed).parameters:
-        return mod.to_packed(scale_dtype)
-    return mod.to_packed()
-
-
 def trained_modules(trainable) -> list[str]:
     """The modules that own trainable matrices (``name.weight``) in a list of trainable parameter names."""
     return sorted({n.rsplit(".", 1)[0] for n in trainable if n.endswith(".weight")})
@@ -144,11 +136,10 @@ def reset_latents(student: nn.Module, names) -> int:
         mod = student.get_submodule(name)
         if not (hasattr(mod, "to_packed") and hasattr(mod, "weight")):
             continue
-        packed = _packed_form(mod, mod.weight.dtype)
+        packed = mod.to_packed(mod.weight.dtype)
         if not hasattr(packed, "to_train"):
             continue
-        fresh = packed.to_train(mod.weight.dtype) if "dtype" in inspect.signature(packed.to_train).parameters \
-            else packed.to_train()
+        fresh = packed.to_train(mod.weight.dtype)
         for pn, p in fresh.named_parameters(recurse=False):  # in place: the optimiser keeps its tensors
             getattr(mod, pn).copy_(p)
         done += 1
@@ -160,7 +151,7 @@ def pack_student(student: nn.Module, qc: dict) -> nn.Module:
     """Replace every trained module by its packed form (in place) and set ``quantization_config``."""
     scale_dtype = parse_dtype(qc["scale_dtype"]) if isinstance(qc.get("scale_dtype"), str) else None
     for name in qc["modules"]:
-        set_submodule(student, name, _packed_form(student.get_submodule(name), scale_dtype))
+        set_submodule(student, name, student.get_submodule(name).to_packed(scale_dtype))
     student.config.quantization_config = qc
     student.eval()
     return student

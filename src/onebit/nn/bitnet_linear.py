@@ -117,7 +117,9 @@ class BitNetLinearTrain(ActQuantMixin, nn.Module):
         return y + self.bias if self.bias is not None else y
 
     @torch.no_grad()
-    def to_packed(self) -> _PackedBitNet:
+    def to_packed(self, scale_dtype: torch.dtype | None = None) -> _PackedBitNet:
+        """The packed module (the same signature as every trainable form's; BitNet's one scale per
+        tensor is always stored in float32, so ``scale_dtype`` changes nothing)."""
         b = self.bias
         cls = TernaryLinear if self.ternary else BinaryLinear
         m = cls(self.in_features, self.out_features, b is not None, self.act_bits,

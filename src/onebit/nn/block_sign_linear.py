@@ -87,7 +87,9 @@ class BlockSignLinearTrain(nn.Module):
         return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     @torch.no_grad()
-    def to_packed(self, scale_dtype: torch.dtype = torch.float16) -> "BlockSignLinear":
+    def to_packed(self, scale_dtype: torch.dtype | None = None) -> "BlockSignLinear":
+        """The packed module; ``scale_dtype``: its stored scales' dtype (None: float16)."""
+        scale_dtype = scale_dtype or torch.float16
         m = BlockSignLinear(self.in_features, self.out_features, self.group_size, self.bias is not None,
                             scale_dtype, self.bias.dtype if self.bias is not None else torch.float32,
                             device=self.weight.device)

@@ -76,7 +76,9 @@ class MoSLinearTrain(nn.Module):
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     @torch.no_grad()
-    def to_packed(self, scale_dtype: torch.dtype = torch.float16) -> "MoSLinear":
+    def to_packed(self, scale_dtype: torch.dtype | None = None) -> "MoSLinear":
+        """The packed module; ``scale_dtype``: its stored scales' dtype (None: float16)."""
+        scale_dtype = scale_dtype or torch.float16
         m = MoSLinear(self.in_features, self.out_features, self.experts, self.bias is not None,
                       scale_dtype, self.bias.dtype if self.bias is not None else torch.float32,
                       device=self.weight.device)

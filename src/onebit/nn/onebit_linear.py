@@ -63,7 +63,9 @@ class OneBitLinearTrain(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     @torch.no_grad()
-    def to_packed(self, scale_dtype: torch.dtype = torch.float16) -> "OneBitLinear":
+    def to_packed(self, scale_dtype: torch.dtype | None = None) -> "OneBitLinear":
+        """The packed module; ``scale_dtype``: its stored scales' dtype (None: float16)."""
+        scale_dtype = scale_dtype or torch.float16
         m = OneBitLinear(self.in_features, self.out_features, self.bias is not None, self.layernorm,
                          scale_dtype=scale_dtype,
                          bias_dtype=self.bias.dtype if self.bias is not None else torch.float32,

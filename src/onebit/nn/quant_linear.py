@@ -139,15 +139,17 @@ class QuantLinearTrain(ActQuantMixin, nn.Module):
         return y + self.bias if self.bias is not None else y
 
     @torch.no_grad()
-    def to_packed(self) -> QuantLinear:
+    def to_packed(self, scale_dtype: torch.dtype | None = None) -> QuantLinear:
+        """The packed module; ``scale_dtype``: its stored scales' dtype (None: this layer's own)."""
+        scale_dtype = scale_dtype or self.scale_dtype
         b = self.bias
         m = QuantLinear(self.in_features, self.out_features, self.bits, self.group_size, self.sym,
-                        b is not None, self.act_bits, self.act_scale is not None, self.scale_dtype,
+                        b is not None, self.act_bits, self.act_scale is not None, scale_dtype,
                         bias_dtype=b.dtype if b is not None else torch.float32, device=self.weight.device)
         s = self.effective_scale().detach()
         m.weight_packed.copy_(pack(quantize_codes(self.weight, s, self.zero, self.bits, self.group_size),
                                    self.bits))
-        m.scale.copy_(s.to(self.scale_dtype))
+        m.scale.copy_(s.to(scale_dtype))
         if m.zero is not None:
             m.zero.copy_(self.zero.to(torch.uint8))
         self._copy_act(m)

@@ -75,7 +75,9 @@ class RankScaleLinearTrain(nn.Module):
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     @torch.no_grad()
-    def to_packed(self, scale_dtype: torch.dtype = torch.float16) -> "RankScaleLinear":
+    def to_packed(self, scale_dtype: torch.dtype | None = None) -> "RankScaleLinear":
+        """The packed module; ``scale_dtype``: its stored scales' dtype (None: float16)."""
+        scale_dtype = scale_dtype or torch.float16
         m = RankScaleLinear(self.in_features, self.out_features, self.rank, self.bias is not None,
                             scale_dtype, self.bias.dtype if self.bias is not None else torch.float32,
                             device=self.weight.device)
