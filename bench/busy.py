@@ -6,7 +6,8 @@
 In one run: each workload runs in a fresh subprocess (libgomp reads its environment when torch is
 imported, so the policy can only be toggled per process) with the policy on (``policy``, the default
 a user gets) and off (``off``: ONEBIT_THREAD_POLICY=off, torch's defaults); optional variants:
-``spin`` (the policy with OMP_NUM_THREADS=<cpus>, i.e. the short spin alone) and ``one``
+``spin`` (the policy with OMP_NUM_THREADS=<cpus>, i.e. the short spin alone), ``spinN`` (threads
+for every CPU and GOMP_SPINCOUNT=N: a load that arrives after the start meets that spin) and ``one``
 (OMP_NUM_THREADS=1).  First on the machine as it is ("idle"), then with ``--hogs`` busy-loop
 processes that this script starts (at its own niceness) and stops.  Workloads (stories3M):
 
@@ -44,8 +45,10 @@ def variant_env(name: str, cpus: int) -> dict:
         env["OMP_NUM_THREADS"] = str(cpus)
     elif name == "one":
         env["OMP_NUM_THREADS"] = "1"
+    elif name.startswith("spin") and name[4:].isdigit():   # spinN: all CPUs' threads, GOMP_SPINCOUNT=N
+        env["OMP_NUM_THREADS"], env["GOMP_SPINCOUNT"] = str(cpus), name[4:]
     elif name != "policy":
-        raise SystemExit(f"busy.py: error: unknown variant {name!r} (policy, off, spin, one)")
+        raise SystemExit(f"busy.py: error: unknown variant {name!r} (policy, off, spin, spinN, one)")
     return env
 
 

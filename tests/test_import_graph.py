@@ -278,12 +278,12 @@ LAYERS = [
                                                              # samples, tokenizers by name
     ("math", ["onebit.methods.svid", "onebit.methods.quant", "onebit.methods.blockquant",
               "onebit.methods.nf4quant", "onebit.methods.int8quant",
-              "onebit.methods.multiscale", "onebit.methods.hadamard"]),  # rank-k SVID, mixture of scales, rotations
-    ("math", ["onebit.methods.smoothing"]),  # SmoothQuant's migration scales
+              "onebit.methods.multiscale", "onebit.methods.hadamard",   # rank-k SVID, mixture of scales, rotations
+              "onebit.methods.smoothing"]),                             # SmoothQuant's migration scales
     ("formats", ["onebit.formats"]),                         # packing, safetensors/GGUF I/O, ledger
     ("kernels", ["onebit.kernels"]),
-    ("nn", ["onebit.nn", "onebit.methods.actquant"]),        # modules calling math and kernels
-    ("nn", ["onebit.kvcache"]),  # the quantized KV cache (a transformers Cache) and its math
+    ("nn", ["onebit.nn", "onebit.methods.actquant",          # modules calling math and kernels
+            "onebit.kvcache"]),                              # the quantized KV cache (a transformers Cache)
     ("methods", ["onebit.registry", "onebit.methods", "onebit.embeddings"]),  # config + handler
     ("surgery", ["onebit.surgery", "onebit.methods.sequential", "onebit.rotation"]),  # find/swap modules, skeletons
     ("pipelines", ["onebit.pipelines", "onebit.formats.streaming",

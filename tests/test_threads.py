@@ -36,41 +36,50 @@ import json, os, sys
 import onebit
 from onebit import threads
 torch_before = "torch" in sys.modules
-spin = os.environ.get("GOMP_SPINCOUNT")
-threads.busy_cpus = lambda: 8
+spin_at_import = os.environ.get("GOMP_SPINCOUNT")
+threads.busy_cpus = lambda: {busy}
 import torch
-out = dict(torch_before=torch_before, spin=spin, policy=threads.POLICY, threads=torch.get_num_threads())
+out = dict(torch_before=torch_before, spin_at_import=spin_at_import, spin=os.environ.get("GOMP_SPINCOUNT"),
+           policy=threads.POLICY, threads=torch.get_num_threads())
 {extra}
 print(json.dumps(out))
 """
 
 
 def test_default_sets_short_spin_before_torch_and_fewer_threads_when_busy():
-    out = run_py(BUSY.format(extra=""))
+    out = run_py(BUSY.format(extra="", busy=8))
     assert out["torch_before"] is False  # import onebit leaves torch to later: the env can still act
-    assert out["spin"] == threads.SPINCOUNT
-    assert out["policy"]["spincount"] == int(threads.SPINCOUNT)
+    assert out["spin_at_import"] is None  # chosen as torch loads, for the CPUs' state then
+    assert out["spin"] == threads.SPINCOUNT_BUSY
+    assert out["policy"]["spincount"] == int(threads.SPINCOUNT_BUSY)
     assert out["policy"]["busy"] == 8
     assert out["threads"] == 1  # 8 busy, whatever the CPU count: one thread
     assert out["policy"]["threads"] == 1 or torch.get_num_threads() == 1
 
 
+def test_idle_machine_gets_the_longer_spin_and_every_thread():
+    out = run_py(BUSY.format(extra="", busy=0))
+    assert out["spin"] == threads.SPINCOUNT and int(threads.SPINCOUNT) > int(threads.SPINCOUNT_BUSY)
+    assert out["policy"]["busy"] == 0 and out["policy"]["threads"] is None
+    assert out["threads"] == torch.get_num_threads() or out["threads"] >= 1
+
+
 def test_user_omp_num_threads_wins():
-    out = run_py(BUSY.format(extra=""), OMP_NUM_THREADS="2")
+    out = run_py(BUSY.format(extra="", busy=8), OMP_NUM_THREADS="2")
     assert out["threads"] == 2  # busy, but the user said 2
-    assert out["policy"]["threads"] is None and out["policy"]["busy"] is None
+    assert out["policy"]["threads"] is None and out["spin"] == threads.SPINCOUNT_BUSY  # the spin still applies
     assert "OMP_NUM_THREADS" in out["policy"]["reason"]
 
 
 def test_user_wait_policy_and_spincount_win():
-    out = run_py(BUSY.format(extra=""), OMP_WAIT_POLICY="ACTIVE")
+    out = run_py(BUSY.format(extra="", busy=8), OMP_WAIT_POLICY="ACTIVE")
     assert out["spin"] is None and out["policy"]["spincount"] is None
-    out = run_py(BUSY.format(extra=""), GOMP_SPINCOUNT="7")
+    out = run_py(BUSY.format(extra="", busy=8), GOMP_SPINCOUNT="7")
     assert out["spin"] == "7" and out["policy"]["spincount"] is None
 
 
 def test_user_set_num_threads_after_import_wins():
-    out = run_py(BUSY.format(extra="torch.set_num_threads(2); out['after'] = torch.get_num_threads()"))
+    out = run_py(BUSY.format(extra="torch.set_num_threads(2); out['after'] = torch.get_num_threads()", busy=8))
     assert out["threads"] == 1 and out["after"] == 2
 
 
@@ -78,7 +87,7 @@ def test_cli_threads_wins_over_policy():
     extra = ("from onebit.cli.main import main\n"
              "out['rc'] = main(['info', '/nonexistent/ckpt', '--threads', '2', '-q'])\n"
              "out['after'] = torch.get_num_threads()")
-    out = run_py(BUSY.format(extra=extra))
+    out = run_py(BUSY.format(extra=extra, busy=8))
     assert out["threads"] == 1  # the policy's choice ...
     assert out["after"] == 2  # ... and --threads wins, even when the command then fails
     assert out["rc"] == 2

@@ -20,7 +20,7 @@ from .errors import OneBitError
 from .eval.data import is_evaluation_file
 
 
-def _cache_kw(model) -> str:
+def cache_kw(model) -> str:
     """transformers >= 5.24 renamed ``past_key_values`` to ``cache``; use whichever forward takes."""
     import inspect
 
@@ -55,7 +55,7 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
         raise OneBitError(f"need n >= 1 and seqlen >= 2 (got n={n}, seqlen={seqlen})")
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
-    cache_kw = _cache_kw(model)  # once: inspect.signature is not free at every decoding step
+    kw = cache_kw(model)  # once: inspect.signature is not free at every decoding step
     bos = bos_token_id if bos_token_id is not None else getattr(model.config, "bos_token_id", None)
     bos = 1 if bos is None else int(bos)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -67,7 +67,7 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
         ids[:, 1] = torch.randint(0, vocab, (b,), generator=gen)
         past, cur, pos = None, ids[:, :2].to(device), 2
         while pos < seqlen:
-            o = model(cur, **{cache_kw: past}, use_cache=True)
+            o = model(cur, **{kw: past}, use_cache=True)
             past = o.get("cache", None) if o.get("cache", None) is not None else o.get("past_key_values")
             logits = o.logits[:, -1].float()
             if pos < 1 + greedy_tokens:

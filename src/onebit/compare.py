@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import QuantConfig
-from .errors import OneBitError
+from .errors import OneBitError, first_line
 from .fileio import chmod_umask
 
 log = logging.getLogger("onebit")
@@ -291,7 +291,7 @@ def _child_quantize(model_spec: str, cfg: QuantConfig, distill: int, calib_path:
         save_checkpoint(model, ckpt)
         res = {"seconds": secs, "peak_rss_mib": _peak_rss_mib(), "rss_after_load_mib": rss_load}
     except Exception as e:  # noqa: BLE001 - reported by the parent as one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e, "")
         res = {"error": f"{type(e).__name__}: {first}" if not isinstance(e, OneBitError) else first}
     Path(result_path).write_text(json.dumps(res))
 

@@ -20,3 +20,10 @@ class OneBitError(ValueError):
 
 class CheckpointError(OneBitError):
     """A checkpoint that is missing, truncated, corrupt or from an unknown format version."""
+
+
+def first_line(e: BaseException, empty: str | None = None) -> str:
+    """The first line of an exception's message, for a one-line error that wraps it (``empty``, or
+    the exception's type name, when the message is blank)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else (type(e).__name__ if empty is None else empty)

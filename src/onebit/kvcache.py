@@ -26,12 +26,12 @@ the cache argument ``cache`` (>= 5.24) or ``past_key_values``: :func:`cache_kwar
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 
+from .calibration import cache_kw
 from .errors import OneBitError
 
 KV_KINDS = ("none", "int8", "int4")
@@ -269,7 +269,6 @@ def make_cache(config: KVQuantConfig | None):
     return QuantizedKVCache(config)
 
 
-def cache_kwarg(model) -> str:
-    """The name the model's forward takes the cache by: ``cache`` (transformers >= 5.24) or
-    ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+#: the name the model's forward takes the cache by: ``cache`` (transformers >= 5.24) or
+#: ``past_key_values`` (one place: :func:`onebit.calibration.cache_kw`)
+cache_kwarg = cache_kw

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .embeddings import embed_dtype_names
-from .errors import CheckpointError, OneBitError
+from .errors import CheckpointError, OneBitError, first_line
 from .formats.checkpoint import load_state_dict_file, read_headers, read_quant_config, weight_files
 from .formats.ledger import Ledger, ledger_from_specs
 from .surgery import prepare_empty, prepare_empty_embeddings
@@ -44,7 +44,7 @@ def empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
     try:
         hf_config = AutoConfig.from_pretrained(str(path))
     except Exception as e:
-        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {str(e).splitlines()[0]}")
+        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {first_line(e)}")
     hf_config.quantization_config = None
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)

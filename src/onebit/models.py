@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import OneBitError
+from .errors import OneBitError, first_line
 from .formats.checkpoint import is_packed_checkpoint, read_config
 from .loading import load_checkpoint
 from .paths import _repo_shared, shared_dir  # noqa: F401  (they lived here)
@@ -68,7 +68,7 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
             model = AutoModelForCausalLM.from_pretrained(str(src[0]), gguf_file=src[1],
                                                          dtype=dtype if dtype is not None else torch.float32)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise OneBitError(f"cannot load GGUF model '{spec}': {first}")
         from .formats.gguf_header import read_gguf_header
 
@@ -88,7 +88,7 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
         model = AutoModelForCausalLM.from_pretrained(str(p) if p.is_dir() else spec,
                                                      dtype=dtype if dtype is not None else "auto")
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise OneBitError(f"cannot load model '{spec}': {first}")
     model.to(device)
     model.eval()

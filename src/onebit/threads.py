@@ -4,11 +4,14 @@ Applied once, by ``apply_policy()`` at the top of ``onebit/__init__.py``, before
 torch (libgomp, torch's OpenMP runtime, reads its environment when torch is imported).  Two parts,
 each skipped where the user said otherwise (see docs/threads.md for the measurements):
 
-1. Short OpenMP spin: ``GOMP_SPINCOUNT=1000`` unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is
-   set.  libgomp's default lets an idle worker spin ~300 000 pause instructions (milliseconds)
-   before it sleeps; on a busy CPU those spinners burn the time slices the thread they wait for
-   needs, and every small parallel region waits a scheduler tick.  1000 is the value libgomp itself
-   uses when it knows the CPUs are oversubscribed.
+1. Shorter OpenMP spin, unless ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is set, chosen as torch is
+   imported: ``GOMP_SPINCOUNT=1000`` when other processes keep CPUs busy then, else 10000.
+   libgomp's default lets an idle worker spin ~300 000 pause instructions (milliseconds) before it
+   sleeps; on a busy CPU those spinners burn the time slices the thread they wait for needs, and
+   every small parallel region waits a scheduler tick.  1000 is the value libgomp itself uses when
+   it knows the CPUs are oversubscribed; on an idle machine it costs 1.2-2x (every region's workers
+   fall asleep and must be woken), which 10000 avoids while still bounding the spin if a load
+   arrives after the start (bench/results/busy_spin.log).
 2. Threads for the free CPUs: when other processes keep CPUs busy as torch is imported (run queue sampled
    from /proc/loadavg), ``torch.set_num_threads(max(1, cpus - busy))`` unless ``OMP_NUM_THREADS``
    is set.  An idle machine keeps torch's default.
@@ -24,7 +27,8 @@ import os
 import sys
 import time
 
-SPINCOUNT = "1000"
+SPINCOUNT = "10000"       # CPUs idle as torch is imported
+SPINCOUNT_BUSY = "1000"   # other processes keep CPUs busy as torch is imported
 ENV_OFF = "ONEBIT_THREAD_POLICY"
 
 #: what apply_policy decided: None until it ran; then a dict (see ``apply_policy``)
@@ -74,10 +78,21 @@ def apply_policy() -> dict:
         if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
             rec["reason"] = "OMP_WAIT_POLICY/GOMP_SPINCOUNT set by the user"
         else:
-            env["GOMP_SPINCOUNT"] = SPINCOUNT
-            rec["spincount"] = int(SPINCOUNT)
+            rec["spincount"] = "at torch's import"
         sys.meta_path.insert(0, _AfterTorch())
     return rec
+
+
+def _choose_spin() -> None:
+    """Right before torch's import (libgomp reads its environment then): the spin count for the
+    CPUs' state now."""
+    rec = POLICY
+    if rec["spincount"] is None:       # the user's OMP_WAIT_POLICY / GOMP_SPINCOUNT
+        return
+    rec["busy"] = busy_cpus()
+    value = SPINCOUNT_BUSY if rec["busy"] else SPINCOUNT
+    os.environ["GOMP_SPINCOUNT"] = value
+    rec["spincount"] = int(value)
 
 
 def _choose_threads() -> None:
@@ -88,7 +103,8 @@ def _choose_threads() -> None:
         return
     import torch
 
-    rec["busy"] = busy_cpus()
+    if rec["busy"] is None:            # sampled once, before torch's import, when the spin was chosen
+        rec["busy"] = busy_cpus()
     default = torch.get_num_threads()
     n = max(1, min(default, rec["cpus"] - rec["busy"]))
     if n != default:
@@ -97,8 +113,8 @@ def _choose_threads() -> None:
 
 
 class _AfterTorch:
-    """A ``sys.meta_path`` finder that runs ``_choose_threads`` right after torch is imported
-    (once), so that ``import onebit`` itself stays free of torch."""
+    """A ``sys.meta_path`` finder that runs ``_choose_spin`` right before and ``_choose_threads`` right
+    after torch is imported (once), so that ``import onebit`` itself stays free of torch."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "torch":
@@ -112,6 +128,7 @@ class _AfterTorch:
         exec_module = spec.loader.exec_module
 
         def exec_then_choose(module):
+            _choose_spin()
             exec_module(module)
             _choose_threads()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import OneBitError
+from .errors import OneBitError, first_line
 
 
 def gguf_source(spec: str) -> tuple[Path, str] | None:
@@ -35,13 +35,13 @@ def load_tokenizer(spec: str):
         try:
             return AutoTokenizer.from_pretrained(str(src[0]), gguf_file=src[1])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise OneBitError(f"cannot load the tokenizer of GGUF model '{spec}': {first}")
     try:
         return AutoTokenizer.from_pretrained(str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir()
                                              else spec)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise OneBitError(f"cannot load a tokenizer for '{spec}': {first}")
 
 

@@ -23,7 +23,7 @@ import os
 import zlib
 from pathlib import Path
 
-from ..errors import OneBitError
+from ..errors import OneBitError, first_line
 from ..paths import shared_dir
 
 EVAL_FILES = {
@@ -108,7 +108,7 @@ def _hub_rows(name, subset, split, **kw) -> list[str]:
     try:
         ds = datasets.load_dataset(name, subset, split=split, **kw)
     except Exception as e:
-        raise OneBitError(f"cannot download dataset '{name}': {str(e).splitlines()[0]}")
+        raise OneBitError(f"cannot download dataset '{name}': {first_line(e)}")
     return list(ds["text"])
 
 

@@ -34,6 +34,7 @@ from ..progress import Progress as tqdm
 
 from ..errors import OneBitError
 from .tasks import NORM_TASKS, PAPER_TASKS, Doc
+from ..calibration import cache_kw
 
 log = logging.getLogger("onebit")
 
@@ -138,13 +139,6 @@ def _last_logits(model, ids, mask, last):
     return lg, cache if cache is not None else out.past_key_values
 
 
-def _cache_kw(model) -> str:
-    """transformers >= 5.2x calls the KV-cache argument ``cache``; older ones ``past_key_values``."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def _score_shared(model, groups):
     """``groups``: list of (ctx, [cont, ...]).  Context once, continuations on its cache."""
@@ -176,7 +170,7 @@ def _score_shared(model, groups):
         mask = torch.cat([cmask[row_g], kmask], 1)
         pos = lc[row_g][:, None] + torch.arange(Lk)[None]
         out = model(kin.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                    use_cache=True, **{_cache_kw(model): cache})
+                    use_cache=True, **{cache_kw(model): cache})
         rest = F.log_softmax(out.logits.float(), -1).cpu()
     rows = []
     for r, c in enumerate(conts):

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..config import QUANT_METHOD, check_format_version
-from ..errors import CheckpointError, OneBitError
+from ..errors import CheckpointError, OneBitError, first_line
 from .ledger import Ledger
 
 log = logging.getLogger("onebit")
@@ -313,4 +313,4 @@ def load_state_dict_file(file: str | os.PathLike, device: str = "cpu") -> dict[s
     try:
         return load_file(str(file), device=device)
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read '{file}': {str(e).splitlines()[0]}")
+        raise CheckpointError(f"cannot read '{file}': {first_line(e)}")

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..config import QuantConfig, dtype_name
-from ..errors import CheckpointError, OneBitError
+from ..errors import CheckpointError, OneBitError, first_line
 from ..surgery import _is_conv1d, find_linears
 from .checkpoint import (INDEX_NAME, WEIGHTS_NAME, atomic_dir, copy_tokenizer_files, read_config,
                          read_safetensors_header, weight_files)
@@ -150,7 +150,7 @@ def meta_model(src: Path) -> nn.Module:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(hf_config)
     except (ValueError, KeyError, OSError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(f"'{src}/config.json': unsupported model: {first}")
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..config import QuantConfig
-from ..errors import OneBitError
+from ..errors import OneBitError, first_line
 from ..surgery import as_linear, set_submodule
 from .checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from .ledger import Ledger, ledger_from_specs
@@ -53,7 +53,7 @@ def _skeleton(src: Path) -> nn.Module:
         with init_empty_weights():
             return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(src)))
     except (ValueError, KeyError, OSError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(f"'{src}/config.json': unsupported model: {first}")
 
 

@@ -31,7 +31,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError, OneBitError
+from ..errors import CheckpointError, OneBitError, first_line
 
 log = logging.getLogger("onebit")
 
@@ -201,5 +201,5 @@ def from_pretrained(path: str | Path, **kwargs):
     except OneBitError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(f"cannot load '{path}': {first}")

@@ -51,8 +51,6 @@ def input_absmax(model: nn.Module, modules: dict[str, nn.Module], ids: torch.Ten
 class LLMInt8Handler(MethodHandler):
     config: LLMInt8Config
 
-    needs_calibration = True
-
     def quantize_linear(self, name: str, linear: nn.Linear, outliers: torch.Tensor | None = None,
                         **kwargs) -> nn.Module:
         check_finite_weight(name, linear)

@@ -40,7 +40,6 @@ from ..errors import OneBitError
 from ..nn.quant_linear import QuantLinear, QuantLinearTrain
 from ..nn.smoothquant_linear import SmoothQuantLinear
 from ..registry import register_method
-from .actquant import calibrate_static_scales
 from .awq import awq_groups, fold_inverse_scale
 from ..calibration import calibration_ids
 from .llm_int8 import input_absmax
@@ -103,16 +102,9 @@ def _find_blocks(model: nn.Module, names: list[str]) -> tuple[str, nn.ModuleList
     return best
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 @register_method(SmoothQuantConfig)
 class SmoothQuantHandler(UniformHandler):
     config: SmoothQuantConfig
-
-    needs_calibration = True
 
     def _packed(self, linear: nn.Linear, s: torch.Tensor | None) -> nn.Module:
         """Quantize ``linear`` (columns already ``W ⊙ s``) -> QuantLinear / SmoothQuantLinear."""
@@ -188,9 +180,7 @@ class SmoothQuantHandler(UniformHandler):
     def quantize_model(self, model: nn.Module, targets: list[tuple[str, nn.Linear]],
                        progress: bool = True, calib_ids: torch.Tensor | None = None, tokenizer=None,
                        batch_size: int = 8, **kwargs) -> dict[str, nn.Module]:
-        for name, lin in targets:
-            self.check_layer(name, lin)
-        c = self.config
+        c = self.config          # the pipeline has checked every layer (check_layer) already
         c.input_scaled = []
         ids = calibration_ids(model, c, calib_ids, tokenizer, progress)
         lins = dict(targets)
@@ -199,8 +189,4 @@ class SmoothQuantHandler(UniformHandler):
             explicit = self.smooth(model, lins, input_absmax(model, lins, ids, batch_size))
         out = {n: self._packed(lin, explicit.get(n)) for n, lin in targets}
         c.input_scaled = sorted(n for n, m in out.items() if isinstance(m, SmoothQuantLinear))
-        if c.static_acts:
-            for n, m in out.items():
-                _swap(model, n, m)
-            calibrate_static_scales(model, out, ids, c, progress=progress)
-        return out
+        return out      # the pipeline swaps them in, then calibrates static activation scales
