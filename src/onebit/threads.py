@@ -9,7 +9,7 @@ each skipped where the user said otherwise (see docs/threads.md for the measurem
    libgomp's default lets an idle worker spin ~300 000 pause instructions (milliseconds) before it
    sleeps; on a busy CPU those spinners burn the time slices the thread they wait for needs, and
    every small parallel region waits a scheduler tick.  1000 is the value libgomp itself uses when
-   it knows the CPUs are oversubscribed; on an idle machine it costs 1.2-2x (every region's workers
+   it knows the CPUs are oversubscribed; on an idle machine it costs 1.4-2.4x (every region's workers
    fall asleep and must be woken), which 10000 avoids while still bounding the spin if a load
    arrives after the start (bench/results/busy_spin.log).
 2. Threads for the free CPUs: when other processes keep CPUs busy as torch is imported (run queue sampled
