@@ -48,7 +48,7 @@ from typing import Callable
 
 from .config import QuantConfig
 from .errors import OneBitError, first_line
-from .fileio import chmod_umask
+from .fileio import atomic_write
 
 log = logging.getLogger("onebit")
 
@@ -530,15 +530,8 @@ def plot(rows: list[Row], path: str | os.PathLike, title: str = "") -> bool:
     if datasets:
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        chmod_umask(tmp)  # mkstemp makes it 0600
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return True

@@ -25,3 +25,31 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
 
     save_file(tensors, str(path), metadata=metadata)
     chmod_umask(path)
+
+
+def atomic_write(path: str | os.PathLike, write, suffix: str = "") -> None:
+    """Write ``path`` all at once: ``write(tmp)`` fills a temporary file beside it (the umask's mode),
+    which then replaces ``path``; on any error the temporary goes and ``path`` is untouched."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        chmod_umask(tmp)  # mkstemp (and safetensors) make it 0600
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` of a text file."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)

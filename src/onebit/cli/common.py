@@ -7,8 +7,9 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from ..fileio import write_text_atomic  # noqa: F401  (the CLI writers use it from here)
 
 log = logging.getLogger("onebit")
 
@@ -90,26 +91,7 @@ def check_paths_exist(*specs: str | None) -> None:
             raise OneBitError(f"model path '{spec}' does not exist")
 
 
-def _umask_mode() -> int:
-    from ..fileio import umask_mode
-
-    return umask_mode()
-
-
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, _umask_mode())  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -41,7 +41,6 @@ import logging
 import os
 import resource
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, OneBitError
-from ..fileio import chmod_umask
+from ..fileio import atomic_write
 from ..surgery import find_linears, set_submodule
 from .data import batch_indices
 from .student import param_groups
@@ -161,18 +160,6 @@ def _fingerprint(names: list[str], qc: dict, cfg: BlockConfig, data: torch.Tenso
                    if k != "eval_samples" and not (k == "loss_norm" and v == "global")},  # states before --block-loss
            "data": [list(data.shape), int(data.long().sum()), int((data.long() * 31 % 1009).sum())]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        chmod_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read_state(state_dir: Path | None, fp: str) -> dict:
@@ -378,9 +365,9 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
                  n_blocks, err_init, err_final, rec["seconds"], rec["peak_rss_mib"])
         if sdir is not None:
             state = _packed_state(model, block, f"{prefix}{i}.", [n for n, _ in bt], cfg.train_norms)
-            _atomic(_block_file(sdir, i), lambda tmp: save_file(state, tmp))
+            atomic_write(_block_file(sdir, i), lambda tmp: save_file(state, tmp))
             st = {"fingerprint": fp, "done": i + 1, "blocks": n_blocks, "history": history}
-            _atomic(sdir / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(st, indent=1) + "\n"))
+            atomic_write(sdir / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(st, indent=1) + "\n"))
     bar.close()
     if need_acts:
         log.info("block-wise: %d blocks in %.0fs, peak RSS %.0f MiB", n_blocks - done,

@@ -17,13 +17,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import OneBitError
-from ..fileio import chmod_umask
+from ..fileio import atomic_write
 
 log = logging.getLogger("onebit")
 
@@ -76,16 +75,7 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
         raise OneBitError(f"teacher-data cache '{file}' is missing")
     ids = teacher_samples(teacher, n, seqlen, seed=seed, greedy_tokens=greedy_tokens,
                           temperature=temperature, batch_size=batch_size, progress=progress).contiguous()
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=cache)
-    os.close(fd)
-    try:
-        save_file({"input_ids": ids}, tmp, metadata={k: str(v) for k, v in key.items()})
-        chmod_umask(tmp)  # mkstemp and save_file make it 0600
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(file, lambda tmp: save_file({"input_ids": ids}, tmp, metadata={k: str(v) for k, v in key.items()}))
     log.info("teacher data: generated %d x %d tokens, cached in %s", n, seqlen, file)
     return ids
 

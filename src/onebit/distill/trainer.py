@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, OneBitError
-from ..fileio import chmod_umask
+from ..fileio import atomic_write
 from . import dist
 from .data import batch_indices
 from .losses import KD_KINDS, distill_loss
@@ -211,17 +210,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "bounds": json.dumps([b for _, b in self.bounds]),
         }
-        d = self.state_file.parent
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_NAME}.", dir=d)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            chmod_umask(tmp)  # mkstemp makes it 0600
-            os.replace(tmp, self.state_file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(self.state_file, lambda tmp: torch.save(state, tmp))
 
     def load_state(self, path: str | os.PathLike | None = None) -> None:
         """Continue from a checkpoint (``state.pt`` or its directory); one-line errors if unusable."""
