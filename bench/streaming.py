@@ -127,7 +127,7 @@ def write_checkpoint(d: Path, layers: int, shard_bytes: int) -> int:
 READ_ALL = """
 import sys
 from onebit.formats.checkpoint import weight_files
-from onebit.formats.streaming import SafetensorsReader
+from onebit.formats.sharded import SafetensorsReader
 for f in weight_files(sys.argv[1]):
     r = SafetensorsReader(f)
     for k in r.names():

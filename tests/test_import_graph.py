@@ -286,8 +286,7 @@ LAYERS = [
             "onebit.kvcache"]),                              # the quantized KV cache (a transformers Cache)
     ("methods", ["onebit.registry", "onebit.methods", "onebit.embeddings"]),  # config + handler
     ("surgery", ["onebit.surgery", "onebit.methods.sequential", "onebit.rotation"]),  # find/swap modules, skeletons
-    ("pipelines", ["onebit.pipelines", "onebit.formats.streaming",
-                   "onebit.formats.streaming_blocks"]),     # quantize drivers
+    ("pipelines", ["onebit.pipelines"]),                     # quantize drivers (in memory, streaming)
     ("api", ["onebit.api", "onebit.models", "onebit.generate", "onebit.loading"]),
     ("tools", ["onebit.eval", "onebit.distill", "onebit.export", "onebit.integrations", "onebit.compare"]),
     ("cli", ["onebit.cli", "onebit"]),

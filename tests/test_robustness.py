@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import onebit
 from onebit.cli.main import main
 from onebit.errors import OneBitError
-from onebit.formats import streaming
+from onebit.pipelines import streaming
 from onebit.formats.packing import pack_signs, unpack_signs
 
 

@@ -16,7 +16,7 @@ from safetensors.torch import save
 
 from onebit.errors import OneBitError
 from onebit.formats.checkpoint import load_state_dict_file, read_quant_config, read_safetensors_header, weight_files
-from onebit.formats.streaming import SafetensorsReader
+from onebit.formats.sharded import SafetensorsReader
 
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])

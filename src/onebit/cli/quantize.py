@@ -86,7 +86,7 @@ def run(args) -> int:
     embed = build_embed_config(args)
     check_model_spec(args.model)
     prepare_output_dir(args.out, args.overwrite)   # OUT exists without --overwrite: fail early
-    from ..formats.streaming import should_stream
+    from ..pipelines.streaming import should_stream
 
     stream = should_stream(args.model, cfg, getattr(args, "streaming", None))
     if stream and embed.kind != "none":
@@ -127,13 +127,13 @@ def run(args) -> int:
 
 
 def run_streaming(args, cfg) -> int:
-    """``--streaming``: one tensor at a time (formats/streaming.py); methods that need
-    calibration (GPTQ) one decoder block at a time (formats/streaming_blocks.py)."""
+    """``--streaming``: one tensor at a time (pipelines/streaming.py); methods that need
+    calibration (GPTQ) one decoder block at a time (pipelines/streaming_blocks.py)."""
     from pathlib import Path
 
     from ..config import parse_dtype
     from ..errors import OneBitError
-    from ..formats.streaming import stream_quantize
+    from ..pipelines.streaming import stream_quantize
     from .common import progress_enabled
 
     if not Path(args.model).expanduser().is_dir():
@@ -143,7 +143,7 @@ def run_streaming(args, cfg) -> int:
 
     fn = stream_quantize
     if get_handler(cfg).needs_calibration:
-        from ..formats.streaming_blocks import stream_quantize_blocks as fn
+        from ..pipelines.streaming_blocks import stream_quantize_blocks as fn
     ledger = fn(Path(args.model).expanduser(), args.out, cfg, dtype=parse_dtype(args.dtype),
                 overwrite=args.overwrite, progress=progress_enabled(args))
     s = ledger.summary()

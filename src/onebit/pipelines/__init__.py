@@ -5,7 +5,7 @@ progress; the method handlers (:mod:`onebit.registry`) only turn weights into pa
   block-sequential path from what the handler declares;
 * :mod:`.layerwise` / :mod:`.sequential`: those two paths;
 * :mod:`.embeddings`: the quantized embedding / head swap (``embed=``);
-* ``onebit.formats.streaming`` / ``onebit.formats.streaming_blocks``: the same drivers reading and
+* ``onebit.pipelines.streaming`` / ``onebit.pipelines.streaming_blocks``: the same drivers reading and
   writing safetensors one tensor / one block at a time (same layer).
 
 Nothing is imported here (each driver imports torch / transformers when it runs).

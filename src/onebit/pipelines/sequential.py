@@ -7,7 +7,7 @@ inputs going to ``handler.observe`` (:func:`observe_block`), the handler packs t
 swapped in, and the block runs again, quantized, to give the next block its inputs — so later blocks
 see the errors of earlier ones.  Targets outside the blocks go to ``handler.quantize_outside``.
 
-The streaming driver (``onebit.formats.streaming_blocks``) runs the same steps one block in memory.
+The streaming driver (``onebit.pipelines.streaming_blocks``) runs the same steps one block in memory.
 """
 from __future__ import annotations
 

@@ -33,9 +33,10 @@ from torch import nn
 from ..config import QuantConfig
 from ..errors import OneBitError, first_line
 from ..surgery import as_linear, set_submodule
-from .checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
-from .ledger import Ledger, ledger_from_specs
-from .streaming import SafetensorsReader, SafetensorsWriter, finish_output, plan_tensors
+from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
+from ..formats.ledger import Ledger, ledger_from_specs
+from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
+from .streaming import plan_tensors
 
 log = logging.getLogger("onebit")
 
@@ -46,7 +47,7 @@ def _skeleton(src: Path) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..errors import CheckpointError
-    from .checkpoint import read_config
+    from ..formats.checkpoint import read_config
 
     read_config(src)
     try:
@@ -75,7 +76,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
 
     from ..calibration import file_samples
     from ..methods.sequential import capture_block_inputs, find_blocks, run_block
-    from ..pipelines.sequential import observe_block
+    from .sequential import observe_block
     from ..tokenizers import context_length, load_tokenizer
     from ..registry import get_handler
 

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 import onebit
 from onebit.errors import OneBitError
-from onebit.formats import streaming
+from onebit.pipelines import streaming
 from onebit.formats.checkpoint import INDEX_NAME, weight_files
-from onebit.formats.streaming import SafetensorsReader, SafetensorsWriter, should_stream, stream_quantize
+from onebit.pipelines.streaming import SafetensorsReader, SafetensorsWriter, should_stream, stream_quantize
 from onebit.models import load_model
 
 

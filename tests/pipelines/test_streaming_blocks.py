@@ -9,7 +9,7 @@ import torch
 import onebit
 from onebit.calibration import file_samples
 from onebit.errors import OneBitError
-from onebit.formats.streaming_blocks import stream_quantize_blocks
+from onebit.pipelines.streaming_blocks import stream_quantize_blocks
 from onebit.methods.gptq import GPTQConfig
 
 TEXT = ("Once upon a time there was a little girl named Lily. She liked to play in the park with "

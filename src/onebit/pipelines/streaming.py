@@ -15,111 +15,32 @@ file names, an index when the input had one), ``config.json`` with
 ``quantization_config``, ``generation_config.json`` and tokenizer files
 copied; written in a temporary directory renamed into place at the end.
 
-Reading and writing safetensors here is done by hand (the format is an
-8-byte header length, a JSON header, then the raw bytes) so that a tensor is
-read with one ``readinto`` (no mmap whose pages would count as resident for
-the whole shard) and written without holding the shard in memory: the data
-goes to a side file and the header is prepended when the shard is closed.
+Tensors are read and written one at a time by :mod:`onebit.formats.sharded` (storage); this
+module is the driver.
 
 Methods that need calibration activations (GPTQ) run block by block instead,
-with activations carried between blocks: ``formats/streaming_blocks.py``.
+with activations carried between blocks: ``pipelines/streaming_blocks.py``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import QuantConfig, dtype_name
+from ..config import QuantConfig
 from ..errors import CheckpointError, OneBitError, first_line
+from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, read_config, weight_files
+from ..formats.ledger import Ledger, ledger_from_specs
+from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
 from ..surgery import _is_conv1d, find_linears
-from .checkpoint import (INDEX_NAME, WEIGHTS_NAME, atomic_dir, copy_tokenizer_files, read_config,
-                         read_safetensors_header, weight_files)
-from .ledger import Ledger, ledger_from_specs
 
 log = logging.getLogger("onebit")
 
 #: checkpoints at least this big stream by default (methods without calibration, local safetensors)
 AUTO_STREAM_BYTES = 2 * 2**30
-
-_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-           "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32,
-           "I64": torch.int64, "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32,
-           "U64": torch.uint64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-_CODES = {v: k for k, v in _DTYPES.items()}
-
-
-# --------------------------------------------------------------------------- raw safetensors I/O
-class SafetensorsReader:
-    """One tensor at a time from a safetensors file whose header was validated."""
-
-    def __init__(self, file: str | os.PathLike):
-        self.file = Path(file)
-        self.header_len, header = read_safetensors_header(self.file)
-        self.specs = {k: v for k, v in header.items() if k != "__metadata__"}
-        self._f = open(self.file, "rb")
-
-    def names(self) -> list[str]:
-        """Tensor names in file order (sequential reads)."""
-        return sorted(self.specs, key=lambda k: self.specs[k]["data_offsets"][0])
-
-    def read(self, name: str) -> torch.Tensor:
-        spec = self.specs[name]
-        s, e = spec["data_offsets"]
-        dtype = _DTYPES[spec["dtype"]]
-        if e == s:
-            return torch.empty(spec["shape"], dtype=dtype)
-        buf = bytearray(e - s)
-        self._f.seek(8 + self.header_len + s)
-        if self._f.readinto(buf) != e - s:
-            raise CheckpointError(f"'{self.file}' is truncated (tensor '{name}')")
-        return torch.frombuffer(buf, dtype=dtype).reshape(spec["shape"])
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class SafetensorsWriter:
-    """Writes a safetensors file tensor by tensor; only the header is kept in memory."""
-
-    def __init__(self, file: str | os.PathLike, metadata: dict[str, str] | None = None):
-        self.file = Path(file)
-        self.metadata = dict(metadata or {})
-        self._data_path = self.file.with_name(self.file.name + ".data")
-        self._data = open(self._data_path, "wb")
-        self.entries: dict[str, dict] = {}
-        self.nbytes = 0
-
-    def add(self, name: str, t: torch.Tensor) -> None:
-        if name in self.entries:
-            raise ValueError(f"tensor '{name}' written twice")
-        t = t.detach().to("cpu").contiguous()
-        raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
-        n = raw.numel()
-        if n:
-            self._data.write(memoryview(raw.numpy()))
-        self.entries[name] = {"dtype": _CODES[t.dtype], "shape": list(t.shape),
-                              "data_offsets": [self.nbytes, self.nbytes + n]}
-        self.nbytes += n
-
-    def close(self) -> None:
-        self._data.close()
-        header = {"__metadata__": self.metadata, **self.entries} if self.metadata else dict(self.entries)
-        hb = json.dumps(header, separators=(",", ":")).encode()
-        hb += b" " * (-len(hb) % 8)  # data starts 8-byte aligned, as safetensors writes it
-        with open(self.file, "wb") as out, open(self._data_path, "rb") as data:
-            out.write(len(hb).to_bytes(8, "little"))
-            out.write(hb)
-            shutil.copyfileobj(data, out, 16 * 2**20)
-        self._data_path.unlink()
-
-    def specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return {k: (tuple(v["shape"]), v["dtype"]) for k, v in self.entries.items()}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -269,20 +190,6 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
     return ledger_from_specs(specs, modules)
 
 
-def finish_output(tmp: Path, writers, weight_map: dict[str, str], sharded: bool, src: Path, qc: dict,
-                  dtype) -> dict[str, tuple]:
-    """After the (closed) ``writers``: the shard index if ``sharded``, the configs; return the tensor specs."""
-    specs: dict[str, tuple] = {}
-    total = 0
-    for w in writers:
-        specs.update(w.specs())
-        total += w.nbytes
-    if sharded:
-        write_index(tmp, weight_map, total)
-    _write_configs(src, tmp, qc, dtype)
-    return specs
-
-
 def _as_linear(w: torch.Tensor, conv1d: bool, bias_at, readers, dtype) -> nn.Linear:
     """An ``nn.Linear`` holding ``w`` (Conv1D weights are stored [in, out]: transposed view)."""
     if conv1d:
@@ -294,25 +201,3 @@ def _as_linear(w: torch.Tensor, conv1d: bool, bias_at, readers, dtype) -> nn.Lin
         b = readers[bias_at[0]].read(bias_at[1])
         lin.bias = nn.Parameter(b.to(dtype) if dtype is not None else b, requires_grad=False)
     return lin
-
-
-def write_index(tmp: Path, weight_map: dict[str, str], total: int) -> None:
-    """``model.safetensors.index.json`` for the shards written in ``tmp``."""
-    (tmp / INDEX_NAME).write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-        indent=2) + "\n")
-
-
-def _write_configs(src: Path, tmp: Path, qc: dict, dtype) -> None:
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(str(src)).to_dict()
-    cfg["quantization_config"] = qc
-    if dtype is not None:
-        cfg["dtype"] = dtype_name(dtype)
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
-    if (src / "generation_config.json").is_file():
-        shutil.copyfile(src / "generation_config.json", tmp / "generation_config.json")
-    copy_tokenizer_files(src, tmp)
-    if not any((tmp / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        log.warning("'%s' has no tokenizer files; the checkpoint has none either", src)
