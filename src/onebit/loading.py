@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from .embeddings import embed_dtype_names
-from .errors import CheckpointError, OneBitError, first_line
+from .errors import CheckpointError, OneBitError
+from .formats.sharded import SAFETENSORS_DTYPES
 from .formats.checkpoint import load_state_dict_file, read_headers, read_quant_config, weight_files
 from .formats.ledger import Ledger, ledger_from_specs
-from .surgery import prepare_empty, prepare_empty_embeddings
+from .surgery import empty_model, prepare_empty, prepare_empty_embeddings
 
 
 def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
@@ -32,22 +33,14 @@ def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
     return ledger_from_specs(specs, qc.get("modules", {}), qc.get("embed"))
 
 
-_TORCH_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+#: the floating dtypes a model's own tensors can have (the packed codes are integers)
+_TORCH_DTYPES = {k: SAFETENSORS_DTYPES[k] for k in ("F16", "BF16", "F32", "F64")}
 
 
 def empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
     """The model a checkpoint describes, with no weights: the architecture on the meta device and
     each quantized linear replaced by its method's ``empty_module`` (also on the meta device)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        hf_config = AutoConfig.from_pretrained(str(path))
-    except Exception as e:
-        raise CheckpointError(f"'{path}/config.json' is not a usable model config: {first_line(e)}")
-    hf_config.quantization_config = None
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    model = empty_model(path, dtype=dtype, buffers=True, drop_quantization_config=True)
     prepare_empty(model, qc)
     prepare_empty_embeddings(model, qc)
     return model

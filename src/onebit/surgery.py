@@ -110,3 +110,34 @@ def prepare_empty_embeddings(model: nn.Module, qc: dict) -> nn.Module:
     if built:
         untie_mapping(model, set(built))
     return model
+
+
+def empty_model(src, dtype: torch.dtype | None = None, buffers: bool = False,
+                drop_quantization_config: bool = False) -> nn.Module:
+    """The model skeleton a Hugging Face directory's ``config.json`` describes, without weights (the
+    one meta-model builder: streaming, block streaming and checkpoint loading use it).  ``buffers``:
+    parameters on the meta device but buffers real (rotary tables: what running a block needs);
+    else everything on meta.  ``drop_quantization_config``: build the plain architecture of a packed
+    checkpoint (its linears are swapped afterwards)."""
+    from pathlib import Path
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .errors import CheckpointError, first_line
+    from .formats.checkpoint import read_config
+
+    src = Path(src)
+    read_config(src)  # a clear error for a missing / broken config.json
+    try:
+        hf_config = AutoConfig.from_pretrained(str(src))
+        if drop_quantization_config:
+            hf_config.quantization_config = None
+        kw = {"dtype": dtype} if dtype is not None else {}
+        if buffers:
+            with init_empty_weights():
+                return AutoModelForCausalLM.from_config(hf_config, **kw)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf_config, **kw)
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises: one line naming the file
+        raise CheckpointError(f"'{src}/config.json' describes no model transformers can build: {first_line(e)}")

@@ -22,11 +22,12 @@ from .checkpoint import INDEX_NAME, copy_tokenizer_files, read_safetensors_heade
 
 log = logging.getLogger("onebit")
 
-_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+#: safetensors dtype codes -> torch dtypes (one table: the streaming I/O and the loader use it)
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
            "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32,
            "I64": torch.int64, "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32,
            "U64": torch.uint64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-_CODES = {v: k for k, v in _DTYPES.items()}
+_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 
 
 # --------------------------------------------------------------------------- raw safetensors I/O
@@ -46,7 +47,7 @@ class SafetensorsReader:
     def read(self, name: str) -> torch.Tensor:
         spec = self.specs[name]
         s, e = spec["data_offsets"]
-        dtype = _DTYPES[spec["dtype"]]
+        dtype = SAFETENSORS_DTYPES[spec["dtype"]]
         if e == s:
             return torch.empty(spec["shape"], dtype=dtype)
         buf = bytearray(e - s)

@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from ..config import QuantConfig
-from ..errors import CheckpointError, OneBitError, first_line
-from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, read_config, weight_files
+from ..errors import CheckpointError, OneBitError
+from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
 from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
-from ..surgery import _is_conv1d, find_linears
+from ..surgery import _is_conv1d, empty_model, find_linears
 
 log = logging.getLogger("onebit")
 
@@ -63,16 +63,7 @@ def should_stream(model: str, config: QuantConfig, requested: bool | None) -> bo
 
 def meta_model(src: Path) -> nn.Module:
     """The model skeleton on the meta device (no weights, no memory)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    read_config(src)  # clear error for a missing / broken config.json
-    try:
-        hf_config = AutoConfig.from_pretrained(str(src))
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(hf_config)
-    except (ValueError, KeyError, OSError, TypeError) as e:
-        first = first_line(e)
-        raise CheckpointError(f"'{src}/config.json': unsupported model: {first}")
+    return empty_model(src)
 
 
 def _model_name(key: str, model_keys: set[str], prefix: str) -> str | None:

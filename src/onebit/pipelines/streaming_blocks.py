@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ..config import QuantConfig
-from ..errors import OneBitError, first_line
-from ..surgery import as_linear, set_submodule
+from ..errors import OneBitError
+from ..surgery import as_linear, empty_model, set_submodule
 from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
 from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
@@ -43,19 +43,7 @@ log = logging.getLogger("onebit")
 
 def _skeleton(src: Path) -> nn.Module:
     """Parameters on meta, buffers (rotary tables) real: what running the embeddings needs."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..errors import CheckpointError
-    from ..formats.checkpoint import read_config
-
-    read_config(src)
-    try:
-        with init_empty_weights():
-            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(src)))
-    except (ValueError, KeyError, OSError, TypeError) as e:
-        first = first_line(e)
-        raise CheckpointError(f"'{src}/config.json': unsupported model: {first}")
+    return empty_model(src, buffers=True)
 
 
 def _assign(model: nn.Module, name: str, t: torch.Tensor) -> None:
