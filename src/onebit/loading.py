@@ -20,16 +20,25 @@ from .errors import CheckpointError, OneBitError
 from .formats.sharded import SAFETENSORS_DTYPES
 from .formats.checkpoint import load_state_dict_file, read_headers, read_quant_config, weight_files
 from .formats.ledger import Ledger, ledger_from_specs
+from .config import QuantConfig
+from .registry import config_from_dict
 from .surgery import empty_model, prepare_empty, prepare_empty_embeddings
+
+
+def _read_configs(path) -> tuple[dict, "QuantConfig"]:
+    """A checkpoint's ``quantization_config`` and the method's config built from it: the format
+    version is checked here, once per load (by ``config_from_dict``)."""
+    qc = read_quant_config(path, check_version=False)
+    return qc, config_from_dict(qc)
 
 
 def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
     """Ledger of a packed checkpoint, read from its safetensors header(s) alone, after checking
     them against the model the checkpoint describes (:func:`validate_checkpoint`)."""
-    qc = read_quant_config(path)
+    qc, config = _read_configs(path)
     headers = read_headers(path)
     specs = {k: (shape, dtype) for k, (shape, dtype, _) in headers.items()}
-    validate_checkpoint(path, qc, specs)
+    validate_checkpoint(path, qc, specs, config=config)
     return ledger_from_specs(specs, qc.get("modules", {}), qc.get("embed"))
 
 
@@ -37,11 +46,11 @@ def checkpoint_ledger(path: str | os.PathLike) -> Ledger:
 _TORCH_DTYPES = {k: SAFETENSORS_DTYPES[k] for k in ("F16", "BF16", "F32", "F64")}
 
 
-def empty_packed_model(path: Path, qc: dict, dtype: torch.dtype) -> nn.Module:
+def empty_packed_model(path: Path, qc: dict, dtype: torch.dtype, config=None) -> nn.Module:
     """The model a checkpoint describes, with no weights: the architecture on the meta device and
     each quantized linear replaced by its method's ``empty_module`` (also on the meta device)."""
     model = empty_model(path, dtype=dtype, buffers=True, drop_quantization_config=True)
-    prepare_empty(model, qc)
+    prepare_empty(model, qc, config)
     prepare_empty_embeddings(model, qc)
     return model
 
@@ -67,18 +76,18 @@ def _check_tensors(path: Path, shapes: dict[str, tuple[int, ...]], model: nn.Mod
 
 
 def validate_checkpoint(path: str | os.PathLike, qc: dict | None = None,
-                        specs: dict[str, tuple[tuple[int, ...], str]] | None = None) -> None:
+                        specs: dict[str, tuple[tuple[int, ...], str]] | None = None, config=None) -> None:
     """Check a checkpoint from its headers alone, as :func:`load_checkpoint` checks the tensors it
     reads: no tensor the model lacks, every shape the one the method's ``empty_module`` expects,
     no tensor missing; and the ``modules`` shapes in ``quantization_config`` those of the model."""
     path = Path(path)
     if qc is None:
-        qc = read_quant_config(path)
+        qc, config = _read_configs(path)
     if specs is None:
         specs = {k: (shape, dtype) for k, (shape, dtype, _) in read_headers(path).items()}
     dtype = _model_dtype([(k, _TORCH_DTYPES.get(d)) for k, (_, d) in specs.items()], qc)
     try:
-        model = empty_packed_model(path, qc, dtype)
+        model = empty_packed_model(path, qc, dtype, config)
     except OneBitError as e:
         raise CheckpointError(f"'{path}': {e}")
     _check_tensors(path, {k: shape for k, (shape, _) in specs.items()}, model)
@@ -98,12 +107,12 @@ def validate_checkpoint(path: str | os.PathLike, qc: dict | None = None,
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
     """Rebuild the packed model from a checkpoint directory (safetensors only, no code run)."""
     path = Path(path)
-    qc = read_quant_config(path)
+    qc, config = _read_configs(path)
     sd = {}
     for f in weight_files(path):
         sd.update(load_state_dict_file(f, device))
     dtype = _model_dtype([(k, t.dtype if t.is_floating_point() else None) for k, t in sd.items()], qc)
-    model = empty_packed_model(path, qc, dtype)
+    model = empty_packed_model(path, qc, dtype, config)
     _check_tensors(path, {k: tuple(t.shape) for k, t in sd.items()}, model)
     model.load_state_dict(sd, strict=False, assign=True)
     model.tie_weights()

@@ -74,9 +74,11 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def prepare_empty(model: nn.Module, qconfig: dict) -> nn.Module:
-    """Swap the linears named in a checkpoint's ``quantization_config`` for empty packed modules."""
-    config = config_from_dict(qconfig)
+def prepare_empty(model: nn.Module, qconfig: dict, config=None) -> nn.Module:
+    """Swap the linears named in a checkpoint's ``quantization_config`` for empty packed modules
+    (``config``: the method's config already built from it, else built here)."""
+    if config is None:
+        config = config_from_dict(qconfig)
     handler = get_handler(config)
     modules = qconfig.get("modules")
     if not isinstance(modules, dict) or not modules:

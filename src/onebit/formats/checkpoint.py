@@ -208,14 +208,17 @@ def is_packed_checkpoint(path: str | os.PathLike) -> bool:
     return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
 
 
-def read_quant_config(path: str | os.PathLike) -> dict:
+def read_quant_config(path: str | os.PathLike, check_version: bool = True) -> dict:
+    """A onebit checkpoint's ``quantization_config``; ``check_version=False`` when the caller builds
+    the method's config from it next (``registry.config_from_dict`` checks the version: once per load)."""
     cfg = read_config(path)
     qc = cfg.get("quantization_config")
     if not isinstance(qc, dict):
         raise CheckpointError(f"'{path}' has no quantization_config in config.json: not a onebit checkpoint")
     if qc.get("quant_method") != QUANT_METHOD:
         raise CheckpointError(f"'{path}' was quantized by '{qc.get('quant_method')}', not onebit")
-    check_format_version(qc.get("format_version"))
+    if check_version:
+        check_format_version(qc.get("format_version"))
     return qc
 
 

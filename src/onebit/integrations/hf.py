@@ -125,7 +125,8 @@ def register() -> None:
             qc.setdefault("quant_method", QUANT_METHOD)
             if qc["quant_method"] != QUANT_METHOD:
                 raise CheckpointError(f"quantization_config is for '{qc['quant_method']}', not onebit")
-            config_from_dict(qc)  # future format version, unknown method or field -> CheckpointError
+            # future format version, unknown method or field -> CheckpointError; built once, reused
+            self.__dict__["_config"] = config_from_dict(qc)
             if not isinstance(qc.get("modules"), dict) or not qc["modules"]:
                 raise CheckpointError("quantization_config lists no quantized modules")
             self.__dict__["_qc"] = qc
@@ -165,7 +166,7 @@ def register() -> None:
             from ..surgery import prepare_empty
 
             qc = self.quantization_config.to_dict()
-            prepare_empty(model, qc)
+            prepare_empty(model, qc, self.quantization_config.__dict__.get("_config"))
             prepare_empty_embeddings(model, qc)   # quantized embeddings / head (format version 2)
             _skip_parent_inits(model, qc["modules"])
             if checkpoint_files:
