@@ -88,10 +88,13 @@ class LlamaCpp:
 
 
 class OneBitRuntime:
-    def __init__(self, ckpt: Path):
+    """A model in onebit's runtime (a checkpoint path, or a model already in memory): one prefill,
+    then single-token steps with the KV cache."""
+
+    def __init__(self, ckpt: Path | None = None, model: torch.nn.Module | None = None):
         import onebit
 
-        self.model = onebit.load(str(ckpt)).float().eval()
+        self.model = (model if model is not None else onebit.load(str(ckpt)).float()).eval()
 
     @torch.inference_mode()
     def run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:

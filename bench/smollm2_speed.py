@@ -33,31 +33,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
+from gguf_speed import OneBitRuntime  # noqa: E402  (the same loop as the TinyLlama-shape bench)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT.parent / "shared" / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LLAMA_FTYPES = {"Q4_0": 2, "TQ2_0": 37}
-
-
-class TorchRunner:
-    """A model in onebit's runtime: one prefill, then single-token steps with the KV cache."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model.eval()
-
-    @torch.inference_mode()
-    def run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
-        torch.set_num_threads(threads)
-        ids = torch.tensor([prompt])
-        t0 = time.perf_counter()
-        out = self.model(ids, use_cache=True)
-        t1 = time.perf_counter()
-        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        t2 = time.perf_counter()
-        for _ in range(new_tokens):
-            out = self.model(tok, past_key_values=past, use_cache=True)
-            past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        return len(prompt) / (t1 - t0), new_tokens / (time.perf_counter() - t2)
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -78,10 +58,10 @@ def build(args, work: Path) -> tuple[dict, dict]:
 
     fp = load_model(str(args.model), dtype=torch.float32)
     runners, sizes = {}, {}
-    runners["onebit fp32"] = TorchRunner(fp)
+    runners["onebit fp32"] = OneBitRuntime(model=fp)
     sizes["onebit fp32"] = weight_bytes(fp)
     bf = copy.deepcopy(fp).to(torch.bfloat16)
-    runners["onebit bf16"] = TorchRunner(bf)
+    runners["onebit bf16"] = OneBitRuntime(model=bf)
     sizes["onebit bf16"] = weight_bytes(bf)
     ckpts = {}
     tok = load_tokenizer(str(args.model)) if args.llamacpp else None
@@ -91,7 +71,7 @@ def build(args, work: Path) -> tuple[dict, dict]:
         t0 = time.perf_counter()
         onebit.quantize(m, get_handler_cls(method).config_cls(**kw), progress=False)
         print(f"quantized {name} in {time.perf_counter() - t0:.0f}s", flush=True)
-        runners[f"onebit {name}"] = TorchRunner(m)
+        runners[f"onebit {name}"] = OneBitRuntime(model=m)
         sizes[f"onebit {name}"] = weight_bytes(m)
         if args.llamacpp:
             ckpts[name] = work / name
