@@ -203,7 +203,7 @@ def _distill(teacher, cfg: QuantConfig, steps: int, data, progress: bool):
     from .distill.student import freeze, pack_student, student_from_teacher
     from .distill.trainer import TrainConfig, Trainer
 
-    student, qc = student_from_teacher(teacher, cfg)
+    student, qc = student_from_teacher(teacher, cfg, calib_ids=data)
     trainable = freeze(student, qc["modules"])
     Trainer(teacher, student, data, TrainConfig(steps=steps, batch_size=min(8, data.shape[0])),
             trainable, progress=progress).train()

@@ -210,3 +210,26 @@ def test_compiled_step_matches_eager(fp_260k, data):
     pe, pc = dict(eager.student.named_parameters()), dict(comp.student.named_parameters())
     for n in eager.trainable:
         torch.testing.assert_close(pc[n], pe[n], rtol=1e-3, atol=1e-4)
+
+
+def test_calibrated_method_student_starts_from_its_quantization(fp_260k, data):
+    """GPTQ's student is GPTQ's result in trainable form (not round-to-nearest): before any step
+    its forward equals the GPTQ-quantized model's, and differs from RTN's."""
+    from onebit.api import quantize
+    from onebit.method_configs import GPTQConfig, RTNConfig
+
+    cfg = GPTQConfig(bits=2, group_size=64)
+    with pytest.raises(OneBitError, match="needs calibration"):
+        student_from_teacher(fp_260k, cfg)
+    student, qc = student_from_teacher(fp_260k, GPTQConfig(bits=2, group_size=64), calib_ids=data)
+    assert student.config.quantization_config is None and qc["method"] == "gptq"
+    import copy
+    ref = quantize(copy.deepcopy(fp_260k), GPTQConfig(bits=2, group_size=64), calib_ids=data)
+    rtn, _ = student_from_teacher(fp_260k, RTNConfig(bits=2, group_size=64))
+    ids = data[:2, :32]
+    with torch.no_grad():
+        s, r, q = student(ids).logits, ref(ids).logits, rtn(ids).logits
+    torch.testing.assert_close(s, r, rtol=1e-4, atol=1e-4)
+    assert (s - q).abs().max() > 1e-2
+    names = freeze(student, qc["modules"])
+    assert names and all(student.get_parameter(n).requires_grad for n in names)

@@ -20,6 +20,9 @@ import logging
 import time
 from pathlib import Path
 
+#: training sequences a calibrated method (GPTQ, AWQ) quantizes its starting point with
+CALIB_SAMPLES = 128
+
 log = logging.getLogger("onebit")
 
 EVAL_NAMES = ("wikitext2", "c4", "tinystories")
@@ -229,6 +232,7 @@ def _load(args, cfg_q, bcfg):
     from ..config import parse_dtype
     from ..distill.student import check_compatible, student_from_checkpoint, student_from_teacher
     from ..models import load_model, load_tokenizer
+    from ..registry import get_handler
 
     teacher = load_model(args.teacher, dtype=parse_dtype(args.dtype))
     if cfg_q is not None and cfg_q.rotate:  # --rotate: the teacher in the student's rotated basis
@@ -244,9 +248,9 @@ def _load(args, cfg_q, bcfg):
 
         rotate_like(teacher, qc)  # a rotated student (quantization_config "rotate"): rotate the teacher too
         student.to(teacher.dtype)
-    elif bcfg is None:
+    elif bcfg is None and not get_handler(cfg_q).needs_calibration:
         student, qc = student_from_teacher(teacher, cfg_q)
-    return teacher, tok, student, qc
+    return teacher, tok, student, qc  # a calibrated method's student is built once the data is there
 
 
 def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
@@ -373,6 +377,10 @@ def run(args) -> int:
         raise OneBitError("block-wise reconstruction runs in one process (not under torchrun)")
     teacher, tok, student, qc = _load(args, cfg_q, bcfg)
     data = _data(args, teacher, tok, info, prog, bcfg is not None)
+    if student is None and bcfg is None:  # GPTQ/AWQ: start from the method's calibrated result
+        from ..distill.student import student_from_teacher
+
+        student, qc = student_from_teacher(teacher, cfg_q, calib_ids=data[:CALIB_SAMPLES])
     blocks = None
     if bcfg is not None:
         student, qc, hist, seconds = _blockwise(args, teacher, cfg_q, bcfg, data, state_dir, prog, e2e)

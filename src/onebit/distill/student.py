@@ -39,10 +39,17 @@ def check_compatible(teacher: nn.Module, student: nn.Module, student_name: str =
                               f"{key} = {a} (teacher) vs {b} ({student_name})")
 
 
-def student_from_teacher(teacher: nn.Module, config: QuantConfig) -> tuple[nn.Module, dict]:
-    """``(student, quantization_config)``: a deep copy of ``teacher`` with trainable quantized linears."""
+def student_from_teacher(teacher: nn.Module, config: QuantConfig,
+                         calib_ids: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
+    """``(student, quantization_config)``: a deep copy of ``teacher`` with trainable quantized linears.
+
+    A method that needs calibration (GPTQ, AWQ, SmoothQuant) starts from its calibrated result:
+    a copy of the teacher is quantized with ``calib_ids`` and its packed modules are turned back
+    into their trainable form (QAT from GPTQ's codes, not from round-to-nearest)."""
     config.validate()
     handler = get_handler(config)
+    if handler.needs_calibration:
+        return _calibrated_student(teacher, config, calib_ids)
     student = copy.deepcopy(teacher)
     targets = find_linears(student, config.skip)
     if not targets:
@@ -56,6 +63,15 @@ def student_from_teacher(teacher: nn.Module, config: QuantConfig) -> tuple[nn.Mo
     qc = config.to_dict()
     qc["modules"] = {name: [lin.out_features, lin.in_features] for name, lin in targets}
     return student, qc
+
+
+def _calibrated_student(teacher: nn.Module, config: QuantConfig, calib_ids) -> tuple[nn.Module, dict]:
+    from ..api import quantize
+
+    if calib_ids is None:
+        raise OneBitError(f"method '{config.method}' needs calibration data to start the student")
+    model = quantize(copy.deepcopy(teacher), copy.deepcopy(config), calib_ids=calib_ids)
+    return model, to_trainable(model, f"method '{config.method}'")
 
 
 def student_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
