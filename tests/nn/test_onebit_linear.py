@@ -68,3 +68,63 @@ def test_packed_module_has_no_parameters():
     packed = OneBitLinear(16, 8)
     assert list(packed.parameters()) == []
     assert packed.weight_packed.dtype == torch.uint8 and packed.weight_packed.shape == (8, 2)
+
+
+# ------------------------------------------------------------------ g/h/bias compute copies
+def _packed_fp16(seed=0, in_f=40, out_f=24):
+    torch.manual_seed(seed)
+    return OneBitLinearTrain.from_linear(torch.nn.Linear(in_f, out_f)).to_packed(torch.float16)
+
+
+def _expected(m, x):
+    """The forward computed from the stored tensors as they are now (no cache)."""
+    return m.dense_weight(torch.float32).matmul(x.unsqueeze(-1)).squeeze(-1) + m.bias.float()
+
+
+def test_compute_copies_are_float32_cached_and_not_saved():
+    m = _packed_fp16()
+    x = torch.randn(3, 40)
+    m(x)
+    g1 = m.compute("g")
+    assert g1.dtype == torch.float32 and m.compute("g") is g1           # cached: no per-call cast
+    assert torch.equal(g1, m.g.float())
+    assert m.g.dtype == torch.float16                                     # stored tensor unchanged
+    assert set(m.state_dict()) == {"weight_packed", "g", "h", "bias"}
+    assert m.state_dict()["h"].dtype == torch.float16
+
+
+def test_compute_copies_follow_load_state_dict():
+    m, other = _packed_fp16(0), _packed_fp16(1)
+    x = torch.randn(3, 40)
+    m(x)                                                                  # fills the cache
+    m.load_state_dict(other.state_dict())
+    assert torch.allclose(m(x), _expected(other, x), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(m(x), other(x))
+
+
+def test_compute_copies_follow_in_place_changes_and_casts():
+    m = _packed_fp16()
+    x = torch.randn(3, 40)
+    before = m(x)
+    with torch.no_grad():
+        m.h.mul_(2)                                                       # in place: version counter
+        m.g[0] = 3.0
+        m.bias.add_(1)
+    assert torch.allclose(m(x), _expected(m, x), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(m(x), before)
+    m.float()                                                             # cast: new storages
+    assert m.g.dtype == torch.float32 and m.compute("g") is m.g
+    assert torch.allclose(m(x), _expected(m, x), rtol=1e-4, atol=1e-4)
+    m.half()                                                              # and back, h changed
+    with torch.no_grad():
+        m.h.fill_(0.5)
+    assert torch.allclose(m(x.half()).float(), _expected(m, x), rtol=1e-2, atol=1e-2)
+
+
+def test_compute_copies_under_inference_mode():
+    m = _packed_fp16()
+    x = torch.randn(2, 40)
+    with torch.inference_mode():
+        y1 = m(x)
+        y2 = m(x)
+    assert torch.equal(y1, y2) and torch.allclose(y1, _expected(m, x), rtol=1e-4, atol=1e-4)

@@ -25,9 +25,10 @@ from .. import kernels  # noqa: F401
 from ..formats.packing import pack, pack_signs, packed_cols, unpack, unpack_signs
 from ..methods.actquant import ActQuantMixin
 from ..methods.quant import binarize, ternarize
+from .onebit_linear import ComputeCopies
 
 
-class _PackedBitNet(ActQuantMixin, nn.Module):
+class _PackedBitNet(ComputeCopies, ActQuantMixin, nn.Module):
     bits = 1
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, act_bits: int = 8,
@@ -44,7 +45,7 @@ class _PackedBitNet(ActQuantMixin, nn.Module):
             self.bias = None
 
     def _finish(self, y):
-        return y + self.bias.to(y.dtype) if self.bias is not None else y
+        return y + self.compute("bias", y.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -58,9 +59,11 @@ class BinaryLinear(_PackedBitNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quant_act(x)
-        ones = torch.ones(self.in_features, dtype=x.dtype, device=x.device)
-        y = torch.ops.onebit.binary_linear(x, self.weight_packed, ones,
-                                           self.scale.expand(self.out_features).contiguous(), self.in_features)
+        # g = 1, h = the scale per row: float32 compute copies (cached until the scale changes)
+        ones = self.derived("scale", "ones", lambda s: torch.ones(self.in_features, dtype=torch.float32,
+                                                                  device=s.device))
+        h = self.derived("scale", "h", lambda s: s.float().expand(self.out_features).contiguous())
+        y = torch.ops.onebit.binary_linear(x, self.weight_packed, ones, h, self.in_features)
         return self._finish(y)
 
     def dense_weight(self, dtype=torch.float32) -> torch.Tensor:

@@ -25,15 +25,15 @@ class OneBitLinearA8(ActQuantMixin, OneBitLinear):
         self._init_act(act_bits, act_static, device)
 
     def act_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.g.to(x.dtype)
+        return x * self.compute("g", x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xg = self.quant_act(self.act_input(x))
-        ones = torch.ones(self.in_features, dtype=x.dtype, device=x.device)
-        y = torch.ops.onebit.binary_linear(xg, self.weight_packed, ones, self.h, self.in_features)
+        ones = self.derived("g", "ones", lambda g: torch.ones(g.shape, dtype=torch.float32, device=g.device))
+        y = torch.ops.onebit.binary_linear(xg, self.weight_packed, ones, self.compute("h"), self.in_features)
         if self.layernorm:
             y = F.layer_norm(y, (self.out_features,), eps=LN_EPS)
-        return y + self.bias.to(y.dtype) if self.bias is not None else y
+        return y + self.compute("bias", y.dtype) if self.bias is not None else y
 
     def to_train(self, dtype: torch.dtype = torch.float32) -> "OneBitLinearA8Train":
         base = super().to_train(dtype)

@@ -13,6 +13,10 @@ Two forms with the same parameters and the same forward:
 The LayerNorm, when enabled, normalises ``Y`` over out_features without
 affine parameters (as the paper's code); a bias, if the original linear had
 one, is added last.
+
+The packed layer keeps float32 *compute copies* of ``g``, ``h`` and the bias (:class:`ComputeCopies`):
+the stored buffers (state dict, checkpoint, ledger) stay in ``scale_dtype``, and no forward casts
+them.  fp16 → fp32 is exact, so every backend rounds as with the stored tensors.
 """
 from __future__ import annotations
 
@@ -26,6 +30,51 @@ from ..methods.svid import svid
 from .ste import sign_ste
 
 LN_EPS = 1e-5
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor has no version counter (it cannot change in place)
+        return -1
+
+
+class ComputeCopies:
+    """Mixin for an ``nn.Module`` with small stored tensors (scales, bias) read by every forward:
+    :meth:`compute` returns one converted to ``dtype``, cached until the stored tensor changes
+    (moved or cast by ``.to()``/``.float()``/..., reloaded by ``load_state_dict``, or modified in
+    place: its storage and version counter are the cache key), so a decode step casts nothing.
+    The copies are plain attributes: not in the state dict, not saved."""
+
+    def compute(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The stored tensor ``name`` in ``dtype`` (itself when it already is)."""
+        t = getattr(self, name)
+        if t.dtype == dtype:
+            return t
+        return self.derived(name, dtype, lambda s: s.to(dtype))
+
+    def derived(self, name: str, tag, fn) -> torch.Tensor:
+        """``fn(stored tensor name)``, cached under ``(name, tag)`` until that tensor changes."""
+        t = getattr(self, name)
+        if torch.compiler.is_compiling():
+            return fn(t)
+        cache = self.__dict__.setdefault("_compute_copies", {})
+        key = (t.data_ptr(), t.device, t.dtype, _version(t))
+        hit = cache.get((name, tag))
+        if hit is None or hit[0] != key:
+            hit = cache[(name, tag)] = (key, fn(t.detach()))
+        return hit[1]
+
+    def drop_compute_copies(self) -> None:
+        self.__dict__.pop("_compute_copies", None)
+
+    def _apply(self, fn, recurse=True):
+        self.drop_compute_copies()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.drop_compute_copies()
+        return super()._load_from_state_dict(*args, **kwargs)
 
 
 class OneBitLinearTrain(nn.Module):
@@ -82,8 +131,10 @@ class OneBitLinearTrain(nn.Module):
                 f"bias={self.bias is not None}, layernorm={self.layernorm}")
 
 
-class OneBitLinear(nn.Module):
-    """Packed OneBit layer for inference (buffers only; no gradients)."""
+class OneBitLinear(ComputeCopies, nn.Module):
+    """Packed OneBit layer for inference (buffers only; no gradients).  ``g``/``h`` reach the
+    kernel as float32 compute copies (the CPU kernel computes in fp32 and would otherwise convert
+    the stored fp16 tensors at every call)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False,
                  layernorm: bool = False, scale_dtype: torch.dtype = torch.float16,
@@ -101,10 +152,11 @@ class OneBitLinear(nn.Module):
             self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.onebit.binary_linear(x, self.weight_packed, self.g, self.h, self.in_features)
+        y = torch.ops.onebit.binary_linear(x, self.weight_packed, self.compute("g"), self.compute("h"),
+                                           self.in_features)
         if self.layernorm:
             y = F.layer_norm(y, (self.out_features,), eps=LN_EPS)
-        return y + self.bias.to(y.dtype) if self.bias is not None else y
+        return y + self.compute("bias", y.dtype) if self.bias is not None else y
 
     @torch.no_grad()
     def to_train(self, dtype: torch.dtype = torch.float32) -> OneBitLinearTrain:
