@@ -24,6 +24,11 @@ The model is converted **in place**: at any moment one block is in its
 trainable form (latent weights + AdamW state), the blocks before it are
 packed and the blocks after it untouched.  Peak memory is the model + one
 trainable block + three activation caches (``n × seqlen × hidden`` each).
+The streaming mode (:mod:`onebit.distill.streaming`) runs the same steps
+(:func:`plan_blocks`, :func:`capture_inputs`, :func:`convert_block`,
+:func:`restore_block`, the state files of :mod:`onebit.distill.blockstate`)
+on a meta-device skeleton, reading one block's tensors at a time from the
+teacher's safetensors files and writing the packed checkpoint as it goes.
 An end-to-end distillation can follow (``onebit distill --blockwise-steps K
 --steps N``): the packed blocks go back to their trainable form
 (``student.to_trainable``).
@@ -34,9 +39,6 @@ recomputes both caches by running the teacher blocks and the packed blocks
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import resource
@@ -51,14 +53,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, OneBitError
-from ..fileio import atomic_write
 from ..surgery import find_linears, set_submodule
+from .blockstate import block_file, fingerprint, open_state, packed_state, write_block_state
 from .data import batch_indices
 from .student import param_groups
 
 log = logging.getLogger("onebit")
 
-STATE_JSON = "blocks.json"
 INPUTS = ("student", "teacher")
 
 
@@ -153,35 +154,114 @@ def block_error(block: nn.Module, x: torch.Tensor, y: torch.Tensor, kw: dict, ba
         return float(block_loss(ys, y, norm=norm))
 
 
-# ---------------------------------------------------------------------------- state on disk
-def _fingerprint(names: list[str], qc: dict, cfg: BlockConfig, data: torch.Tensor) -> str:
-    key = {"modules": names, "qc": {k: v for k, v in qc.items() if k != "modules"},
-           "cfg": {k: v for k, v in dataclasses.asdict(cfg).items()
-                   if k != "eval_samples" and not (k == "loss_norm" and v == "global")},  # states before --block-loss
-           "data": [list(data.shape), int(data.long().sum()), int((data.long() * 31 % 1009).sum())]}
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+# ---------------------------------------------------------------------------- the steps both modes share
+@dataclass
+class BlockPlan:
+    """What converting a model block by block needs to know (in memory and streaming alike)."""
+    handler: object
+    names: list[str]          # the target linears
+    prefix: str               # "model.layers."
+    blocks: nn.ModuleList
+    qc: dict                  # the checkpoint's quantization_config
+    scale_dtype: torch.dtype | None
+
+    def targets(self, model: nn.Module, i: int) -> list[tuple[str, nn.Module]]:
+        return [(n, model.get_submodule(n)) for n in self.names if n.startswith(f"{self.prefix}{i}.")]
 
 
-def _read_state(state_dir: Path | None, fp: str) -> dict:
-    if state_dir is None or not (state_dir / STATE_JSON).is_file():
-        return {"fingerprint": fp, "done": 0, "history": []}
-    try:
-        st = json.loads((state_dir / STATE_JSON).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot resume: '{state_dir / STATE_JSON}' is unreadable ({type(e).__name__})")
-    if st.get("fingerprint") != fp:
-        raise CheckpointError(f"cannot resume from '{state_dir}': its block-wise run used another method, "
-                              "data or setting (start again with another --state-dir, or without --resume)")
-    return st
+def plan_blocks(model: nn.Module, config) -> BlockPlan:
+    """The method's handler, the target linears and the decoder blocks of ``model`` (whose linears
+    may be on the meta device); one-line errors for a model block-wise reconstruction cannot convert."""
+    from ..config import parse_dtype
+    from ..methods.sequential import find_blocks
+    from ..registry import get_handler
+
+    handler = get_handler(config)
+    targets = find_linears(model, config.skip)
+    if not targets:
+        raise OneBitError("model has no linear layers to quantize")
+    names = [n for n, _ in targets]
+    found = find_blocks(model, names)
+    if found is None:
+        raise OneBitError("block-wise reconstruction needs decoder blocks (an nn.ModuleList) holding the linears")
+    bname, blocks = found
+    prefix = f"{bname}." if bname else ""
+    outside = [n for n in names if not (n.startswith(prefix) and n[len(prefix):].split(".")[0].isdigit())]
+    if outside:
+        raise OneBitError(f"block-wise reconstruction: linear '{outside[0]}' is outside the decoder blocks "
+                          "(skip it with --skip, or use end-to-end distillation)")
+    qc = config.to_dict()
+    qc["modules"] = {n: [lin.out_features, lin.in_features] for n, lin in targets}
+    scale_dtype = parse_dtype(qc["scale_dtype"]) if isinstance(qc.get("scale_dtype"), str) else None
+    return BlockPlan(handler, names, prefix, blocks, qc, scale_dtype)
 
 
-def _block_file(state_dir: Path, i: int) -> Path:
-    return state_dir / f"block-{i:04d}.safetensors"
+def capture_inputs(model: nn.Module, plan: BlockPlan, data: torch.Tensor, cfg: BlockConfig):
+    """``(x_t, x_s, kw, batch)``: the first block's inputs for the teacher and the student (equal)."""
+    from ..methods.sequential import capture_block_inputs
+
+    b = min(cfg.batch_size, data.shape[0])
+    caught = capture_block_inputs(model, plan.blocks[0], data, b)
+    kw = caught[0][1]
+    x_t = torch.cat([hs for hs, _ in caught]).detach()
+    del caught
+    log.info("block-wise: %d blocks, %d x %d calibration tokens, activation caches %.0f MiB",
+             len(plan.blocks), data.shape[0], data.shape[1], x_t.numel() * x_t.element_size() * 3 / 2**20)
+    return x_t, x_t.clone(), kw, b
 
 
-# ---------------------------------------------------------------------------- the pipeline
-def _block_targets(model: nn.Module, names: list[str], prefix: str, i: int) -> list[tuple[str, nn.Module]]:
-    return [(n, model.get_submodule(n)) for n in names if n.startswith(f"{prefix}{i}.")]
+def restore_block(model: nn.Module, plan: BlockPlan, i: int, sdir: Path, acts) -> tuple:
+    """Block ``i``, finished in an earlier run: its packed form from the state; ``acts`` (``(x_t, x_s,
+    kw, b)`` or None) advanced through it.  Returns the advanced ``(x_t, x_s)`` (or ``(None, None)``)."""
+    from safetensors.torch import load_file
+
+    block = plan.blocks[i]
+    y_t = run_block(block, acts[0], acts[2], acts[3]) if acts is not None else None
+    mods = _make_trainable(model, plan.handler, plan.targets(model, i))
+    _pack(model, mods, plan.scale_dtype)
+    saved = load_file(str(block_file(sdir, i)))
+    missing = block.load_state_dict({k[len(f"{plan.prefix}{i}."):]: v for k, v in saved.items()}, strict=False)
+    if missing.unexpected_keys:
+        raise CheckpointError(f"cannot resume: '{block_file(sdir, i)}' does not fit block {i}")
+    if acts is None:
+        return None, None
+    return y_t, run_block(block, acts[1], acts[2], acts[3])
+
+
+def convert_block(model: nn.Module, plan: BlockPlan, i: int, acts, cfg: BlockConfig, bar=None,
+                  on_block: Callable[[int, nn.Module], None] | None = None) -> tuple:
+    """Train block ``i`` (fp weights in place) to reproduce the teacher, pack it in place and advance
+    both caches: ``(x_t, x_s, record)`` with ``acts = (x_t, x_s, kw, b)``."""
+    x_t, x_s, kw, b = acts
+    block = plan.blocks[i]
+    t0 = time.perf_counter()
+    y_t = run_block(block, x_t, kw, b)
+    x_in = x_s if cfg.inputs == "student" else x_t
+    mods = _make_trainable(model, plan.handler, plan.targets(model, i))
+    ev = slice(0, max(1, min(cfg.eval_samples, x_s.shape[0])))
+    err_init = block_error(block, x_s[ev], y_t[ev], kw, b, cfg.loss_norm)
+    loss = _train_block(block, mods, x_in, y_t, kw, cfg, cfg.seed * 1_000_003 + i, bar)
+    if on_block is not None:
+        on_block(i, model)
+    _pack(model, mods, plan.scale_dtype)
+    del mods, x_in
+    x_s = run_block(block, x_s, kw, b)
+    err_final = float(block_loss(x_s[ev], y_t[ev], norm=cfg.loss_norm))
+    rec = {"block": i, "err_init": round(err_init, 6), "err_final": round(err_final, 6),
+           "last_loss": round(loss, 6), "seconds": round(time.perf_counter() - t0, 2),
+           "peak_rss_mib": round(peak_rss_mib(), 1)}
+    log.info("block %d/%d: relative output error %.4f -> %.4f (%.1fs, peak RSS %.0f MiB)", i + 1,
+             len(plan.blocks), err_init, err_final, rec["seconds"], rec["peak_rss_mib"])
+    return y_t, x_s, rec
+
+
+def save_block_state(model: nn.Module, plan: BlockPlan, i: int, sdir: Path | None, fp: str,
+                     history: list[dict], train_norms: bool) -> None:
+    """Block ``i``'s packed tensors (+ norms if trained) to ``sdir``, then ``blocks.json`` (done = i + 1)."""
+    if sdir is not None:
+        names = [n for n, _ in plan.targets(model, i)]
+        write_block_state(sdir, fp, i, len(plan.blocks), history,
+                          packed_state(model, plan.blocks[i], f"{plan.prefix}{i}.", names, train_norms))
 
 
 def _make_trainable(model, handler, targets) -> dict[str, nn.Module]:
@@ -194,20 +274,6 @@ def _make_trainable(model, handler, targets) -> dict[str, nn.Module]:
 def _pack(model, mods: dict[str, nn.Module], scale_dtype) -> None:
     for name, mod in mods.items():
         set_submodule(model, name, mod.to_packed(scale_dtype))
-
-
-def _packed_state(model: nn.Module, block: nn.Module, prefix: str, names: list[str], train_norms: bool) -> dict:
-    """The tensors of block ``prefix`` that conversion changed: its packed modules (+ norms if trained)."""
-    out = {}
-    for n in names:
-        for k, v in model.get_submodule(n).state_dict().items():
-            out[f"{n}.{k}"] = v.detach().contiguous().clone()
-    if train_norms:
-        for mn, mod in block.named_modules():
-            if "norm" in type(mod).__name__.lower():
-                for k, v in mod.state_dict().items():
-                    out[f"{prefix}{mn}.{k}"] = v.detach().contiguous().clone()
-    return out
 
 
 def _train_block(block: nn.Module, mods: dict, x_in: torch.Tensor, y_t: torch.Tensor, kw: dict,
@@ -251,6 +317,7 @@ def _train_block(block: nn.Module, mods: dict, x_in: torch.Tensor, y_t: torch.Te
     return loss
 
 
+# ---------------------------------------------------------------------------- the in-memory pipeline
 def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
                 state_dir: str | os.PathLike | None = None, progress: bool = True,
                 on_block: Callable[[int, nn.Module], None] | None = None,
@@ -266,112 +333,45 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
     ``on_block(i, model)`` is called while block ``i`` is in trainable form
     (after training, before packing).  With ``resume`` the blocks already
     finished in ``state_dir`` (same method, data and settings) are reused;
-    without it an earlier state there is removed first.
+    without it an earlier state there is removed first.  The streaming mode
+    (the teacher read block by block from its safetensors files) is
+    :func:`onebit.distill.streaming.stream_reconstruct`.
     """
-    from safetensors.torch import load_file, save_file
-
-    from ..config import parse_dtype
-    from ..methods.sequential import capture_block_inputs, find_blocks
     from ..progress import Progress as tqdm
-    from ..registry import get_handler
 
     config.validate()
     cfg.validate()
-    handler = get_handler(config)
-    targets = find_linears(model, config.skip)
-    if not targets:
-        raise OneBitError("model has no linear layers to quantize")
-    names = [n for n, _ in targets]
-    found = find_blocks(model, names)
-    if found is None:
-        raise OneBitError("block-wise reconstruction needs decoder blocks (an nn.ModuleList) holding the linears")
-    bname, blocks = found
-    prefix = f"{bname}." if bname else ""
-    outside = [n for n in names if not (n.startswith(prefix) and n[len(prefix):].split(".")[0].isdigit())]
-    if outside:
-        raise OneBitError(f"block-wise reconstruction: linear '{outside[0]}' is outside the decoder blocks "
-                          "(skip it with --skip, or use end-to-end distillation)")
-    qc = config.to_dict()
-    qc["modules"] = {n: [lin.out_features, lin.in_features] for n, lin in targets}
-    scale_dtype = parse_dtype(qc["scale_dtype"]) if isinstance(qc.get("scale_dtype"), str) else None
+    plan = plan_blocks(model, config)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-
     sdir = Path(state_dir) if state_dir is not None else None
-    fp = _fingerprint(names, qc, cfg, data)
-    if sdir is not None and not resume and (sdir / STATE_JSON).is_file():
-        (sdir / STATE_JSON).unlink()
-        for f in sdir.glob("block-*.safetensors"):
-            f.unlink()
-    st = _read_state(sdir, fp)
-    done, history = int(st["done"]), list(st["history"])
-    if sdir is not None:
-        sdir.mkdir(parents=True, exist_ok=True)
-    n_blocks = len(blocks)
+    fp = fingerprint(plan.names, plan.qc, cfg, data)
+    done, history = open_state(sdir, fp, resume)
+    n_blocks = len(plan.blocks)
     t_start = time.perf_counter()
-    need_acts = done < n_blocks
-    if need_acts:
-        b = min(cfg.batch_size, data.shape[0])
-        caught = capture_block_inputs(model, blocks[0], data, b)
-        kw = caught[0][1]
-        x_t = torch.cat([hs for hs, _ in caught]).detach()
-        del caught
-        x_s = x_t.clone()  # the student's own activations (its inputs, or only reported)
-        n_ev = max(1, min(cfg.eval_samples, data.shape[0]))
-        log.info("block-wise: %d blocks, %d x %d calibration tokens, activation caches %.0f MiB",
-                 n_blocks, data.shape[0], data.shape[1], x_t.numel() * x_t.element_size() * 3 / 2**20)
+    acts = None
+    if done < n_blocks:
+        x_t, x_s, kw, b = capture_inputs(model, plan, data, cfg)
+        acts = (x_t, x_s, kw, b)
     if done:
         log.info("block-wise: resuming after block %d of %d (%s)", done, n_blocks, sdir)
     bar = tqdm(total=(n_blocks - done) * cfg.steps, desc=f"block-wise [{config.method}]", unit="step",
                disable=not progress or done >= n_blocks)
     for i in range(n_blocks):
-        block = blocks[i]
-        bt = _block_targets(model, names, prefix, i)
         if i < done:  # finished in an earlier run: rebuild its packed form from the state
-            y_t = run_block(block, x_t, kw, b) if need_acts else None
-            mods = _make_trainable(model, handler, bt)
-            _pack(model, mods, scale_dtype)
-            saved = load_file(str(_block_file(sdir, i)))
-            missing = block.load_state_dict({k[len(f"{prefix}{i}."):]: v for k, v in saved.items()},
-                                            strict=False)
-            if missing.unexpected_keys:
-                raise CheckpointError(f"cannot resume: '{_block_file(sdir, i)}' does not fit block {i}")
-            if need_acts:
-                x_s = run_block(block, x_s, kw, b)
-                x_t = y_t
-            continue
-        t0 = time.perf_counter()
-        y_t = run_block(block, x_t, kw, b)
-        x_in = x_s if cfg.inputs == "student" else x_t
-        mods = _make_trainable(model, handler, bt)
-        ev = slice(0, n_ev)
-        err_init = block_error(block, x_s[ev], y_t[ev], kw, b, cfg.loss_norm)
-        bar.set_description(f"block-wise [{config.method}] block {i + 1}/{n_blocks}")
-        loss = _train_block(block, mods, x_in, y_t, kw, cfg, cfg.seed * 1_000_003 + i, bar)
-        if on_block is not None:
-            on_block(i, model)
-        _pack(model, mods, scale_dtype)
-        del mods
-        x_s = run_block(block, x_s, kw, b)
-        err_final = float(block_loss(x_s[ev], y_t[ev], norm=cfg.loss_norm))
-        x_t = y_t
-        del x_in
-        rec = {"block": i, "err_init": round(err_init, 6), "err_final": round(err_final, 6),
-               "last_loss": round(loss, 6), "seconds": round(time.perf_counter() - t0, 2),
-               "peak_rss_mib": round(peak_rss_mib(), 1)}
-        history.append(rec)
-        log.info("block %d/%d: relative output error %.4f -> %.4f (%.1fs, peak RSS %.0f MiB)", i + 1,
-                 n_blocks, err_init, err_final, rec["seconds"], rec["peak_rss_mib"])
-        if sdir is not None:
-            state = _packed_state(model, block, f"{prefix}{i}.", [n for n, _ in bt], cfg.train_norms)
-            atomic_write(_block_file(sdir, i), lambda tmp: save_file(state, tmp))
-            st = {"fingerprint": fp, "done": i + 1, "blocks": n_blocks, "history": history}
-            atomic_write(sdir / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(st, indent=1) + "\n"))
+            x_t, x_s = restore_block(model, plan, i, sdir, acts)
+        else:
+            bar.set_description(f"block-wise [{config.method}] block {i + 1}/{n_blocks}")
+            x_t, x_s, rec = convert_block(model, plan, i, acts, cfg, bar, on_block)
+            history.append(rec)
+            save_block_state(model, plan, i, sdir, fp, history, cfg.train_norms)
+        if acts is not None:
+            acts = (x_t, x_s, acts[2], acts[3])
     bar.close()
-    if need_acts:
+    if acts is not None:
         log.info("block-wise: %d blocks in %.0fs, peak RSS %.0f MiB", n_blocks - done,
                  time.perf_counter() - t_start, peak_rss_mib())
-    model.config.quantization_config = qc
+    model.config.quantization_config = plan.qc
     model.eval()
-    return qc, history
+    return plan.qc, history
