@@ -49,14 +49,18 @@ def model_fingerprint(model) -> str:
 
 def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int = 3,
                  temperature: float = 1.0, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = False, generate: bool = True, batch_size: int = 64) -> torch.Tensor:
-    """``[n, seqlen]`` teacher-generated token ids, read from / written to the cache."""
+                 progress: bool = False, generate: bool = True, batch_size: int = 64,
+                 fingerprint: str | None = None) -> torch.Tensor:
+    """``[n, seqlen]`` teacher-generated token ids, read from / written to the cache.
+
+    ``fingerprint``: the teacher's :func:`model_fingerprint` computed elsewhere (streaming block-wise
+    reconstruction reads a cache with ``teacher=None``, ``generate=False``)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     from ..calibration import teacher_samples
 
-    key = dict(fp=model_fingerprint(teacher), n=n, seqlen=seqlen, seed=seed, greedy=greedy_tokens,
+    key = dict(fp=fingerprint or model_fingerprint(teacher), n=n, seqlen=seqlen, seed=seed, greedy=greedy_tokens,
                temperature=temperature, batch=batch_size,
                sampler="cdf")  # calibration.sample_rows; the multinomial-sampled caches do not match
     name = "teacher-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
