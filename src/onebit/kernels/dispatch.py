@@ -1,12 +1,16 @@
 """Backend selection for the packed ops.
 
-The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` default to the pure-torch
-reference (kernels/reference.py).  Device kernels are added with ``torch.library.register_kernel``
-through :func:`register_backend`:
+The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` / ``quant_linear`` /
+``block_sign_linear`` default to the pure-torch reference (kernels/reference.py).  Device kernels
+are added with ``torch.library.register_kernel`` through :func:`register_backend` (a backend
+registers any subset of the ops; the others keep the reference on that device):
 
 * ``cpu``: the C++ kernels (kernels/cpu), JIT-built on the first call, registered by
-  :func:`register_backends`; if the build fails the same registered function calls the reference
-  (one logged warning).
+  :func:`register_backends` for all four ops; if the build fails, for a dtype they do not take, or
+  (quant_linear) for bits other than 2, 4, 8, the same registered function calls the reference
+  (one logged warning for a failed build).  ``ONEBIT_CPU_QMM_THRESHOLD``: batch rows from which
+  quant_linear / block_sign_linear dequantize blocks of rows and call a BLAS GEMM instead of their
+  GEMV (default :data:`QUANT_MM_THRESHOLD`).
 * ``cuda``: the Triton kernels (kernels/triton), which register themselves
   (``onebit.kernels.triton.register``, called by ``import onebit.kernels``) only when triton
   imports and CUDA is available.  This module never imports a backend other than the C++ one.
@@ -20,9 +24,13 @@ Environment (read on every call, so benchmarks and tests can switch):
 * ``ONEBIT_CPU_ALGO``: ``simd`` (default) | ``lut`` (T-MAC style table GEMV) | ``kmask``
   (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x) | ``shift`` (AVX-512
   vpsllvd + vpternlogd; the default for fp32, and for every dtype without AVX512-BF16) | ``bf16dp``
-  (AVX512-BF16 dot products; the default for bf16/fp16 inputs), for measurements.
-* ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands blocks of the packed
-  weight and calls a BLAS GEMM instead of the direct kernel (default: never; measured slower here).
+  (AVX512-BF16 dot products; the default for bf16/fp16 inputs) | ``i8`` (x quantized to int8
+  per block of 128 on the fly; not exact, opt-in) | ``table`` (AVX2 ±1 table + FMA, the old AVX2
+  path) | ``xor`` (AVX2 sign flip by xor; the AVX2 default is the same flip by vblendvps), for
+  measurements.
+* ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands tiles of the packed
+  weight and calls a BLAS GEMM instead of the direct kernel (default ``-1``: per ISA, AVX2 from a
+  measured batch size, AVX-512 and scalar never; docs/kernels.md).
 """
 from __future__ import annotations
 
@@ -31,12 +39,13 @@ import os
 
 import torch
 
-from .reference import binary_linear_ref, ternary_linear_ref
+from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
 
 log = logging.getLogger("onebit.kernels")
 
 _ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
-_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5}
+_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5,
+         "i8": 6, "table": 7, "xor": 8}
 _registered: dict[str, str] = {}
 
 
@@ -58,7 +67,7 @@ def cpu_params() -> tuple[int, int, int]:
         raise ValueError(f"ONEBIT_CPU_ISA must be one of {sorted(_ISA)}, got {isa!r}")
     if algo not in _ALGO:
         raise ValueError(f"ONEBIT_CPU_ALGO must be one of {sorted(_ALGO)}, got {algo!r}")
-    thr = int(os.environ.get("ONEBIT_CPU_MM_THRESHOLD", str(1 << 40)))
+    thr = int(os.environ.get("ONEBIT_CPU_MM_THRESHOLD", "-1"))  # -1: the kernel's per-ISA default
     return _ISA[isa], thr, _ALGO[algo]
 
 

@@ -31,6 +31,8 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -148,6 +150,210 @@ __attribute__((target("avx2,fma"))) void bin_avx2(const float* x, int64_t M, int
       for (int64_t j = 0; j < KB; ++j)
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 8 * j), _mm256_load_ps(T[w0[j]]), a0);
       y[m * ldy + n] = hsum256(a0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: AVX2 sign flip (exact)
+// No table, no multiply: the 32 bits of a step are broadcast to every dword and vpsllvd moves bit
+// 8c+i to the sign position of lane i of chunk c; then either
+//   BLEND: t = blendv(-x, x, shifted)          (vblendvps picks by the sign bit: 1 op), or
+//   XOR:   t = x ^ (~shifted & signbit)        (2 ops),
+// acc += t.  Two accumulators per row, 4 rows per x load.  Trailing bytes: one more step on the
+// zero-padded bits (x is zero past in_features, so t = ±0 there).
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
+template <bool BLEND>
+AVX2_TARGET inline __m256 flip8(__m256 xv, __m256 nx, __m256i b, __m256i sh, __m256i sgn) {
+  const __m256i s = _mm256_sllv_epi32(b, sh);
+  if (BLEND) return _mm256_blendv_ps(nx, xv, _mm256_castsi256_ps(s));
+  return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(xv), _mm256_andnot_si256(s, sgn)));
+}
+
+// 32 columns of 4 rows (a lambda would lose the target attribute)
+template <bool BLEND>
+AVX2_TARGET inline __attribute__((always_inline)) void flip_step(const float* xj, const uint32_t* bits,
+                                                                 __m256 (*a)[2], const __m256i* sh,
+                                                                 __m256i sgn) {
+  __m256 xv[4], nx[4];
+  for (int c = 0; c < 4; ++c) {
+    xv[c] = _mm256_loadu_ps(xj + 8 * c);
+    nx[c] = BLEND ? _mm256_xor_ps(xv[c], _mm256_castsi256_ps(sgn)) : xv[c];
+  }
+  for (int r = 0; r < 4; ++r) {
+    const __m256i b = _mm256_set1_epi32(int(bits[r]));
+    for (int c = 0; c < 4; ++c)
+      a[r][c & 1] = _mm256_add_ps(a[r][c & 1], flip8<BLEND>(xv[c], nx[c], b, sh[c], sgn));
+  }
+}
+
+template <bool BLEND>
+AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                               int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const __m256i sgn = _mm256_set1_epi32(int(0x80000000u));
+  __m256i sh[4];
+  for (int c = 0; c < 4; ++c)
+    sh[c] = _mm256_setr_epi32(31 - 8 * c, 30 - 8 * c, 29 - 8 * c, 28 - 8 * c, 27 - 8 * c,
+                              26 - 8 * c, 25 - 8 * c, 24 - 8 * c);
+  const int64_t K4 = KB / 4, rem = KB - 4 * K4;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t n = n0; n < n1; n += 4) {
+      const int rows = int(std::min<int64_t>(4, n1 - n));
+      const uint8_t* w[4];
+      for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
+      __m256 a[4][2];
+      for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm256_setzero_ps();
+      uint32_t bits[4];
+      for (int64_t j = 0; j < K4; ++j) {
+        for (int r = 0; r < 4; ++r) std::memcpy(&bits[r], w[r] + 4 * j, 4);
+        flip_step<BLEND>(xm + 32 * j, bits, a, sh, sgn);
+      }
+      if (rem) {
+        for (int r = 0; r < 4; ++r) {
+          bits[r] = 0;
+          std::memcpy(&bits[r], w[r] + 4 * K4, rem);
+        }
+        flip_step<BLEND>(xm + 32 * K4, bits, a, sh, sgn);
+      }
+      for (int r = 0; r < rows; ++r) y[m * ldy + n + r] = hsum256(_mm256_add_ps(a[r][0], a[r][1]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: int8 activations
+// (algo=i8, not exact).  x (after x*g, rounded as the reference) is quantized per block of
+// QB = 128 columns: s_b = max|x_b| / 127, q = round_half_even(x / s_b) in [-127, 127] (0 where
+// s_b = 0).  With P_b = sum of q over the +1 columns of block b and S_b = sum of q over block b,
+//   y = sum_b s_b (2 P_b - S_b) = 2 sum_b s_b P_b - C,   C = sum_b s_b S_b (once per x row);
+// every P_b is an exact integer.  AVX2: per 32 weights, the 4 bit bytes are spread to 32 bytes
+// (vpshufb), masked to one bit per byte (vpand) and clamped to 0/1 (vpminub); vpmaddubsw(0/1, q)
+// adds pairs into int16 (4 chunks stay below 1016), vpmaddwd per block, cvt + fma by s_b.
+constexpr int64_t QB = 128;
+
+struct QuantX {
+  std::vector<int8_t> q;  // [M, ldq], zero padded
+  std::vector<float> s;   // [M, nb]
+  std::vector<float> c;   // [M]: sum_b s_b S_b
+  int64_t ldq = 0, nb = 0;
+};
+
+QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K) {
+  QuantX r;
+  r.nb = (K + QB - 1) / QB;
+  r.ldq = r.nb * QB + 32;
+  r.q.assign(M * r.ldq, 0);
+  r.s.assign(M * r.nb, 0.f);
+  r.c.assign(M, 0.f);
+  at::parallel_for(0, M, 4, [&](int64_t b0, int64_t e0) {
+    for (int64_t m = b0; m < e0; ++m) {
+      const float* xr = xs + m * ldx;
+      double c = 0;
+      for (int64_t b = 0; b < r.nb; ++b) {
+        const int64_t k0 = b * QB, k1 = std::min(K, k0 + QB);
+        float amax = 0.f;
+        for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+        const float s = amax / 127.0f;
+        r.s[m * r.nb + b] = s;
+        if (s == 0.f) continue;
+        int64_t sum = 0;
+        for (int64_t k = k0; k < k1; ++k) {
+          float v = std::nearbyint(xr[k] / s);
+          v = std::min(127.f, std::max(-127.f, v));
+          r.q[m * r.ldq + k] = int8_t(v);
+          sum += int64_t(v);
+        }
+        c += double(s) * double(sum);
+      }
+      r.c[m] = float(c);
+    }
+  });
+  return r;
+}
+
+void bin_i8_scalar(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
+                   int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t m = m0; m < m0 + M; ++m) {
+    const int8_t* q = qx.q.data() + m * qx.ldq;
+    const float* s = qx.s.data() + m * qx.nb;
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* w = W + n * KB;
+      float acc = 0.f;
+      for (int64_t b = 0; b < qx.nb; ++b) {
+        int32_t p = 0;
+        for (int64_t j = b * QB / 8; j < std::min(KB, (b + 1) * QB / 8); ++j)
+          for (int i = 0; i < 8; ++i)
+            if ((w[j] >> i) & 1) p += q[8 * j + i];
+        acc += s[b] * float(p);
+      }
+      y[(m - m0) * ldy + n] = 2.f * acc - qx.c[m];
+    }
+  }
+}
+
+AVX2_TARGET void bin_i8_avx2(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
+                             int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const __m256i idx = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                       2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bm = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+  const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
+  const int64_t nb = qx.nb, full = KB / (QB / 8);  // blocks whose 16 bit bytes are all in the row
+  for (int64_t m = m0; m < m0 + M; ++m) {
+    const int8_t* q = qx.q.data() + m * qx.ldq;
+    const float* s = qx.s.data() + m * nb;
+    for (int64_t n = n0; n < n1; n += 4) {
+      const int rows = int(std::min<int64_t>(4, n1 - n));
+      const uint8_t* w[4];
+      for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
+      __m256 f[4];
+      for (int r = 0; r < 4; ++r) f[r] = _mm256_setzero_ps();
+      alignas(16) uint8_t tail[4][QB / 8];
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* wb[4];
+        for (int r = 0; r < 4; ++r) {
+          if (b < full) {
+            wb[r] = w[r] + b * (QB / 8);
+          } else {  // last, partial block: zero-padded copy (q is zero there anyway)
+            std::memset(tail[r], 0, QB / 8);
+            std::memcpy(tail[r], w[r] + b * (QB / 8), KB - b * (QB / 8));
+            wb[r] = tail[r];
+          }
+        }
+        __m256i a[4];
+        for (int r = 0; r < 4; ++r) a[r] = _mm256_setzero_si256();
+        for (int c = 0; c < QB / 32; ++c) {
+          const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * QB + 32 * c));
+          for (int r = 0; r < 4; ++r) {
+            uint32_t bits;
+            std::memcpy(&bits, wb[r] + 4 * c, 4);
+            __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), idx);
+            v = _mm256_min_epu8(_mm256_and_si256(v, bm), one8);
+            a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(v, xq));
+          }
+        }
+        const __m256 sv = _mm256_set1_ps(s[b]);
+        for (int r = 0; r < 4; ++r)
+          f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(a[r], one16)), sv, f[r]);
+      }
+      for (int r = 0; r < rows; ++r) y[(m - m0) * ldy + n + r] = 2.f * hsum256(f[r]) - qx.c[m];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: expand to ±1 fp32
+// rows [n0, n1) -> buf [n1 - n0, ldb] (ldb >= 8 KB), ±1.0f from the bits, AVX2 (sllv + and + or)
+AVX2_TARGET void expand_bin_f32_avx2(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
+                                     float* buf, int64_t ldb) {
+  const __m256i sgn = _mm256_set1_epi32(int(0x80000000u)), one = _mm256_set1_epi32(0x3F800000);
+  const __m256i sh = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* w = W + n * KB;
+    float* o = buf + (n - n0) * ldb;
+    for (int64_t j = 0; j < KB; ++j) {
+      const __m256i s = _mm256_sllv_epi32(_mm256_set1_epi32(int(w[j])), sh);
+      // bit 1 -> +1.0 (sign clear), bit 0 -> -1.0: sign = ~bit
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * j),
+                          _mm256_or_si256(_mm256_andnot_si256(s, sgn), one));
     }
   }
 }
@@ -495,6 +701,14 @@ AVX512_TARGET void ter_avx512(const float* x, int64_t M, int64_t ldx, const uint
 using RowKernel = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
                            int64_t, float*, int64_t);
 
+// algo codes (kernels/dispatch.py _ALGO): 0 default, 1 lut, 2 kmask, 3 psum, 4 shift, 5 bf16dp,
+// 6 i8 (int8 activations), 7 table (AVX2 ±1 table + FMA), 8 xor (AVX2 sign flip by xor)
+constexpr int64_t ALGO_I8 = 6, ALGO_TABLE = 7, ALGO_XOR = 8;
+// mm_threshold < 0 (auto): batch rows from which AVX2 expands tiles and calls a GEMM (measured,
+// docs/kernels.md); AVX-512 and scalar never do unless asked
+constexpr int64_t AVX2_MM_THRESHOLD = 4, NEVER_MM = int64_t(1) << 40;
+constexpr int64_t AVX2_TILE_BYTES = 512 * 1024;  // expanded fp32 tile: fits L2
+
 int64_t resolve_isa(int64_t isa) {
   const int64_t best = best_isa();
   if (isa < 0 || isa > best) return best;
@@ -609,7 +823,28 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                                   [&] { prologue<scalar_t, float>(x2, gp, K, xs.data_ptr<float>(), ldx); });
 
   const uint8_t* W = packed.data_ptr<uint8_t>();
-  if (M >= mm_threshold) {
+  const int64_t use = resolve_isa(isa);
+  if (mm_threshold < 0) mm_threshold = use == ISA_AVX2 && !ternary ? AVX2_MM_THRESHOLD : NEVER_MM;
+  if (M >= mm_threshold && !ternary && use == ISA_AVX2) {
+    // batched, AVX2: tiles of weight rows expanded to ±1 fp32 (sized to stay in L2), one fp32
+    // GEMM per tile (MKL/oneDNN); x is already rounded as the reference, the result is rounded
+    // to the input dtype by the epilogue
+    const int64_t kp = ((K + 15) / 16) * 16, ldb = std::max(kp, 8 * KB);
+    const int64_t NB = std::max<int64_t>(16, std::min<int64_t>(512, (AVX2_TILE_BYTES / (4 * ldb)) / 16 * 16));
+    at::Tensor xt = xs.narrow(1, 0, K);
+    at::Tensor wbuf = at::empty({std::min(NB, N), ldb}, x.options().dtype(at::kFloat));
+    at::Tensor tmp = at::empty({M * std::min(NB, N)}, x.options().dtype(at::kFloat));
+    for (int64_t n0 = 0; n0 < N; n0 += NB) {
+      const int64_t n1 = std::min(N, n0 + NB);
+      float* wp = wbuf.data_ptr<float>();
+      at::parallel_for(n0, n1, 8, [&](int64_t b, int64_t e) {
+        expand_bin_f32_avx2(W, KB, b, e, wp + (b - n0) * ldb, ldb);
+      });
+      at::Tensor t = tmp.narrow(0, 0, M * (n1 - n0)).view({M, n1 - n0});
+      at::mm_out(t, xt, wbuf.narrow(0, 0, n1 - n0).narrow(1, 0, K).t());
+      acc.narrow(1, n0, n1 - n0).copy_(t);
+    }
+  } else if (M >= mm_threshold) {
     // batched: expand blocks of weight rows in the activation dtype, one GEMM per block
     const int64_t NB = 1024;
     at::Tensor xt = xs.narrow(1, 0, K).to(dt);
@@ -623,7 +858,6 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
       acc.narrow(1, n0, n1 - n0).copy_(at::mm(xt, wb.t()));
     }
   } else {
-    const int64_t use = resolve_isa(isa);
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
     // bf16 dot products: default for bf16/fp16 inputs (1-2 parts); for fp32 (3 parts) the
@@ -651,6 +885,14 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
       auto fn = np == 1 ? bin_bf16dp<1> : np == 2 ? bin_bf16dp<2> : bin_bf16dp<3>;
       blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         fn(pp + m0 * ldp, M * ldp, mb, ldp, W, KB, r0, r1, ap + m0 * N, N);
+      });
+    } else if (!ternary && algo == ALGO_I8) {
+      const QuantX qx = quantize_x(xp, M, ldx, K);
+      blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+        if (use == ISA_SCALAR)
+          bin_i8_scalar(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
+        else
+          bin_i8_avx2(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
       });
     } else if (!ternary && algo == 3 && use == ISA_AVX512) {
       // centred copy of x, its mean and its (tiny) sum, per row
@@ -689,8 +931,10 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
         });
       }
     } else {
+      RowKernel avx2 = algo == ALGO_TABLE ? bin_avx2 : algo == ALGO_XOR ? bin_avx2_flip<false>
+                                                                      : bin_avx2_flip<true>;
       RowKernel fn = ternary ? (use == ISA_AVX512 ? ter_avx512 : use == ISA_AVX2 ? ter_avx2 : ter_scalar)
-                             : (use == ISA_AVX512 ? bin_avx512_shift : use == ISA_AVX2 ? bin_avx2 : bin_scalar);
+                             : (use == ISA_AVX512 ? bin_avx512_shift : use == ISA_AVX2 ? avx2 : bin_scalar);
       blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         fn(xp + m0 * ldx, mb, ldx, W, KB, r0, r1, ap + m0 * N, N);
       });
