@@ -1,16 +1,12 @@
 """Backend selection for the packed ops.
 
-The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` / ``quant_linear`` /
-``block_sign_linear`` default to the pure-torch reference (kernels/reference.py).  Device kernels
-are added with ``torch.library.register_kernel`` through :func:`register_backend` (a backend
-registers any subset of the ops; the others keep the reference on that device):
+The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` default to the pure-torch
+reference (kernels/reference.py).  Device kernels are added with ``torch.library.register_kernel``
+through :func:`register_backend`:
 
 * ``cpu``: the C++ kernels (kernels/cpu), JIT-built on the first call, registered by
-  :func:`register_backends` for all four ops; if the build fails, for a dtype they do not take, or
-  (quant_linear) for bits other than 2, 4, 8, the same registered function calls the reference
-  (one logged warning for a failed build).  ``ONEBIT_CPU_QMM_THRESHOLD``: batch rows from which
-  quant_linear / block_sign_linear dequantize blocks of rows and call a BLAS GEMM instead of their
-  GEMV (default :data:`QUANT_MM_THRESHOLD`).
+  :func:`register_backends`; if the build fails the same registered function calls the reference
+  (one logged warning).
 * ``cuda``: the Triton kernels (kernels/triton), which register themselves
   (``onebit.kernels.triton.register``, called by ``import onebit.kernels``) only when triton
   imports and CUDA is available.  This module never imports a backend other than the C++ one.
@@ -39,13 +35,12 @@ import os
 
 import torch
 
-from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
+from .reference import binary_linear_ref, ternary_linear_ref
 
 log = logging.getLogger("onebit.kernels")
 
 _ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
-_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5,
-         "i8": 6, "table": 7, "xor": 8}
+_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5}
 _registered: dict[str, str] = {}
 
 
