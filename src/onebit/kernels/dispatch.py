@@ -40,7 +40,8 @@ from .reference import binary_linear_ref, ternary_linear_ref
 log = logging.getLogger("onebit.kernels")
 
 _ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
-_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5}
+_ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5,
+         "i8": 6, "table": 7, "xor": 8}
 _registered: dict[str, str] = {}
 
 
