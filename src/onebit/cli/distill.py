@@ -30,6 +30,7 @@ EVAL_NAMES = ("wikitext2", "c4", "tinystories")
 
 def register(sub) -> None:
     from .common import SEQLEN_HELP, add_dtype_arg, seqlen_type
+    from .distill_stream import add_streaming_arg
     from .main import add_common
     from .method_flags import add_method_flags, method_names
 
@@ -125,6 +126,7 @@ def register(sub) -> None:
                    "windows do (default: 0.5 with --blockwise-steps, else 0)")
     b.add_argument("--block-samples", type=int, default=None, metavar="N",
                    help="calibration sequences for the blocks (default: all --samples)")
+    add_streaming_arg(b)
     e = p.add_argument_group("evaluation and checkpoints")
     e.add_argument("--eval-data", default=None,
                    help="held-aside text for periodic perplexity (tinystories, wikitext2, c4 or a file)")
@@ -365,8 +367,10 @@ def run(args) -> int:
     from ..errors import OneBitError
     from ..formats.checkpoint import save_checkpoint
     from .common import progress_enabled
+    from .distill_stream import run_streaming, use_streaming
 
     cfg_q, bcfg, tcfg, state_dir = _check(args)
+    stream = use_streaming(args, bcfg is not None)  # its refusals, before anything loads
     e2e = args.steps > 0 or bcfg is None
     info = dist.init(None if args.device == "auto" else args.device)
     if args.powersgd_rank < 1:
@@ -375,6 +379,10 @@ def run(args) -> int:
     prog = progress_enabled(args) and info.main
     if bcfg is not None and info.world > 1:
         raise OneBitError("block-wise reconstruction runs in one process (not under torchrun)")
+    if stream:
+        code = run_streaming(args, cfg_q, bcfg, state_dir, prog)
+        dist.finish(info)
+        return code
     teacher, tok, student, qc = _load(args, cfg_q, bcfg)
     data = _data(args, teacher, tok, info, prog, bcfg is not None)
     if student is None and bcfg is None:  # GPTQ/AWQ: start from the method's calibrated result

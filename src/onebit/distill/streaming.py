@@ -50,18 +50,33 @@ from .blockwise import (BlockConfig, capture_inputs, convert_block, peak_rss_mib
 log = logging.getLogger("onebit")
 
 
-def checkpoint_bytes(src: str | os.PathLike) -> int | None:
-    """Bytes of a local safetensors checkpoint's weight files, or None when it is not one."""
+def checkpoint_bytes(src: str | os.PathLike, dtype: torch.dtype | None = None) -> int | None:
+    """Bytes of a local safetensors checkpoint's tensors (floating ones counted at ``dtype`` when
+    given: what loading it takes), or None when it is not one."""
+    from ..formats.checkpoint import read_safetensors_header
+    from ..formats.sharded import SAFETENSORS_DTYPES
+
     p = Path(src).expanduser()
     if not (p / "config.json").is_file():
         return None
     try:
         files = weight_files(p)
+        if not files or not all(f.is_file() and f.suffix == ".safetensors" for f in files):
+            return None
+        total = 0
+        for f in files:
+            for k, spec in read_safetensors_header(f)[1].items():
+                if k == "__metadata__":
+                    continue
+                t = SAFETENSORS_DTYPES.get(spec["dtype"], torch.uint8)
+                size = (dtype if dtype is not None and t.is_floating_point else t).itemsize
+                numel = 1
+                for d in spec["shape"]:
+                    numel *= d
+                total += numel * size
+        return total
     except CheckpointError:
         return None
-    if not files or not all(f.is_file() and f.suffix == ".safetensors" for f in files):
-        return None
-    return sum(f.stat().st_size for f in files)
 
 
 def available_memory() -> int | None:
@@ -81,13 +96,9 @@ def should_stream(src: str, requested: bool | None, dtype: torch.dtype | None, c
     teacher and, with an end-to-end stage, a student copy)."""
     if requested is not None:
         return requested
-    size = checkpoint_bytes(src)
+    size = checkpoint_bytes(src, dtype)
     avail = available_memory()
-    if size is None or avail is None:
-        return False
-    if dtype is not None and dtype.is_floating_point:  # fp16 on disk loaded as fp32: twice the bytes
-        size = size * torch.finfo(dtype).bits // 16
-    return size * copies > avail
+    return size is not None and avail is not None and size * copies > avail
 
 
 # ---------------------------------------------------------------------------- the teacher-data cache key
@@ -134,11 +145,12 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
                        cfg: BlockConfig, state_dir: str | os.PathLike | None = None,
                        dtype: torch.dtype | None = None, progress: bool = True,
                        on_block: Callable[[int, nn.Module], None] | None = None, resume: bool = False,
-                       overwrite: bool = False) -> tuple[Ledger, list[dict]]:
+                       overwrite: bool = False, device: str | torch.device = "cpu") -> tuple[Ledger, list[dict]]:
     """Block-wise reconstruction of the safetensors checkpoint in ``src`` into the packed checkpoint
     ``out``, one block in memory at a time; ``(ledger, history)`` as :func:`blockwise.reconstruct`
     (same ``data``, ``cfg``, state directory and ``on_block``).  ``dtype``: the teacher's tensors are
-    converted to it as read (the CLI's ``--dtype``, float32 by default)."""
+    converted to it as read (the CLI's ``--dtype``, float32 by default).  ``device``: where the block,
+    the tensors outside the blocks and the activation caches live (one GPU holds one block)."""
     from ..progress import Progress as tqdm
 
     config.validate()
@@ -153,6 +165,10 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
             readers[f] = SafetensorsReader(f)
         model = empty_model(src, dtype=dtype, buffers=True)
         model.eval()
+        for mod in model.modules():  # the real buffers (rotary tables) go where the blocks run
+            for k, b in mod._buffers.items():
+                if b is not None:
+                    mod._buffers[k] = b.to(device)
         _, where = _plan(src, readers, model, config)
         plan = plan_blocks(model, config)
         prefix, n_blocks = plan.prefix, len(plan.blocks)
@@ -160,7 +176,7 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
         def read(mk: str) -> torch.Tensor:
             f, k = where[mk]
             t = readers[f].read(k)
-            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+            return (t.to(dtype) if dtype is not None and t.is_floating_point() else t).to(device)
 
         def block_of(mk: str) -> int | None:
             head = mk[len(prefix):].split(".", 1)[0] if mk.startswith(prefix) else ""
