@@ -7,13 +7,17 @@ reference; fast backends register device-specific kernels with
 ``torch.library.register_kernel("onebit::binary_linear", "cpu"|"cuda", fn)``.
 ``torch.ops.onebit.ternary_linear(x, packed, scale, in_features)`` computes
 ``(x · Qᵀ) ⊙ scale`` from 2-bit ternary codes (BitNet b1.58).
+``torch.ops.onebit.quant_linear(x, packed, scale, zero, bits, group_size, in_features)``: n-bit
+codes with per-tensor / channel / group scales (RTN, GPTQ, AWQ, the int8/4/2 LM head);
+``torch.ops.onebit.block_sign_linear(x, packed, scales, group_size, in_features)``: sign bits with
+one scale per block of a row (q1_0 linears, the q1 LM head).
 A fake (meta) implementation makes the op traceable by ``torch.compile``.
 """
 from __future__ import annotations
 
 import torch
 
-from .reference import binary_linear_ref, quant_linear_ref, ternary_linear_ref
+from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
 
 
 @torch.library.custom_op("onebit::binary_linear", mutates_args=())
@@ -53,4 +57,18 @@ def quant_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zer
 def _(x, packed, scale, zero, bits, group_size, in_features):
     torch._check(x.shape[-1] == in_features)
     torch._check(packed.shape[1] * 8 >= in_features * bits)
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+# sign bits with one scale per block of group_size weights of a row: y = x · (sign ⊙ scale)ᵀ
+@torch.library.custom_op("onebit::block_sign_linear", mutates_args=())
+def block_sign_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group_size: int,
+                      in_features: int) -> torch.Tensor:
+    return block_sign_linear_ref(x, packed, scales, group_size, in_features)
+
+
+@block_sign_linear.register_fake
+def _(x, packed, scales, group_size, in_features):
+    torch._check(x.shape[-1] == in_features)
+    torch._check(packed.shape[1] * 8 >= in_features)
     return x.new_empty(*x.shape[:-1], packed.shape[0])

@@ -74,3 +74,24 @@ def quant_linear_ref(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
             z = z.repeat_interleave(group_size, dim=1)[:, :in_features]
         parts.append(torch.nn.functional.linear(x, (q - z) * s.to(dtype)))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def block_sign_linear_ref(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group_size: int,
+                          in_features: int) -> torch.Tensor:
+    """``y = x · Ŵᵀ`` with ``Ŵ = sign(W) ⊙ scales[row, col // group_size]`` (llama.cpp Q1_0 when
+    ``group_size`` is 128 and the scales fp16).
+
+    packed: uint8 ``[out, ceil(in/8)]`` from ``formats.packing.pack_signs`` (bit 1 -> +1, 0 -> -1);
+    scales: ``[out, ceil(in / group_size)]`` (the last block of a row may be shorter).  Each weight
+    is ``±scales.to(x.dtype)`` (exact); the rows are expanded ``ROW_BLOCK`` at a time.
+    """
+    dtype = x.dtype
+    out = packed.shape[0]
+    nb = scales.shape[1]
+    parts = []
+    for r in range(0, out, ROW_BLOCK):
+        w = unpack_signs(packed[r:r + ROW_BLOCK], in_features, dtype)
+        s = scales[r:r + ROW_BLOCK].to(dtype)
+        s = s.repeat_interleave(group_size, dim=1)[:, :in_features] if nb > 1 else s
+        parts.append(torch.nn.functional.linear(x, w * s))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

@@ -1,9 +1,12 @@
-"""Build and load the C++ CPU kernels (``onebit_cpu.cpp``) on first use.
+"""Build and load the C++ CPU kernels (``onebit_cpu.cpp`` + ``quant_cpu.cpp``, one extension) on first use.
 
-``torch.utils.cpp_extension.load`` compiles the source once (about 30-60 s with gcc, needs a C++
+``onebit_cpu.cpp`` holds the OneBit/ternary kernels (a pybind11 module: ``load().binary_linear``);
+``quant_cpu.cpp`` the block-scaled formats (quant_linear, block_sign_linear), registered with the
+dispatcher when the library loads (:func:`quant_ops`: ``torch.ops.onebit_cpu_quant``).
+``torch.utils.cpp_extension.load`` compiles the sources once (about 30-60 s with gcc, needs a C++
 compiler and ninja) into a cache directory and reloads it in later processes:
 ``$ONEBIT_KERNEL_CACHE``, else ``$TORCH_EXTENSIONS_DIR/onebit``, else ``~/.cache/onebit/torch_extensions``
-(one sub-directory per torch/Python version and SHA-256 of the source and compiler flags, so
+(one sub-directory per torch/Python version and SHA-256 of both sources and the compiler flags, so
 checkouts with the same source share one build and different sources never rebuild each other's;
 the source is built from a copy inside that directory, so every checkout's build command is the same).  If the build fails
 (no compiler, no ninja, ...) :func:`load` logs one warning naming the cause and returns ``None``,
@@ -23,6 +26,7 @@ import torch
 log = logging.getLogger("onebit.kernels")
 
 SOURCE = Path(__file__).with_name("onebit_cpu.cpp")
+QUANT_SOURCE = Path(__file__).with_name("quant_cpu.cpp")
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
 
 _lock = threading.Lock()
@@ -45,9 +49,15 @@ def _base_dir() -> Path:
     return Path.home() / ".cache" / "onebit" / "torch_extensions"
 
 
+def sources() -> list[Path]:
+    return [SOURCE, QUANT_SOURCE]
+
+
 def build_key() -> str:
-    """SHA-256 (first 16 hex digits) of the C++ source, the flags and the compiler."""
-    h = hashlib.sha256(SOURCE.read_bytes())
+    """SHA-256 (first 16 hex digits) of the C++ sources, the flags and the compiler."""
+    h = hashlib.sha256()
+    for src in sources():
+        h.update(hashlib.sha256(src.read_bytes()).digest())
     h.update(repr((CFLAGS, LDFLAGS, os.environ.get("CXX", ""))).encode())
     return h.hexdigest()[:16]
 
@@ -66,15 +76,18 @@ def _build():
 
     d = cache_dir()
     d.mkdir(parents=True, exist_ok=True)
-    src = d / SOURCE.name  # the build reads this copy: the same path for every checkout
-    code = SOURCE.read_bytes()
-    if not src.is_file() or src.read_bytes() != code:
-        tmp = d / f".{SOURCE.name}.{os.getpid()}"
-        tmp.write_bytes(code)
-        os.replace(tmp, src)
+    copies = []
+    for source in sources():
+        src = d / source.name  # the build reads this copy: the same path for every checkout
+        code = source.read_bytes()
+        if not src.is_file() or src.read_bytes() != code:
+            tmp = d / f".{source.name}.{os.getpid()}"
+            tmp.write_bytes(code)
+            os.replace(tmp, src)
+        copies.append(str(src))
     if not _built(d):
         log.info("building the CPU kernels in %s (first use only, ~30-60 s)", d)
-    return cpp_extension.load(name=NAME, sources=[str(src)], build_directory=str(d),
+    return cpp_extension.load(name=NAME, sources=copies, build_directory=str(d),
                               extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False)
 
 
@@ -93,6 +106,14 @@ def load():
                             "using the pure-torch reference kernels", _state["error"])
             _state["tried"] = True
     return _state["module"]
+
+
+def quant_ops():
+    """``torch.ops.onebit_cpu_quant`` (quant_linear, block_sign_linear, best_isa) once the extension
+    is loaded; ``None`` if it cannot be built."""
+    if load() is None:
+        return None
+    return torch.ops.onebit_cpu_quant
 
 
 def loaded() -> bool:
