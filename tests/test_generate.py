@@ -67,3 +67,15 @@ def test_generate_text_runtimes_agree_greedy(fp_260k, tok_260k):
     assert s1 == s2
     with pytest.raises(OneBitError, match="runtime"):
         generate_text(fp_260k, tok_260k, PROMPT, 4, runtime="jit")
+
+
+def test_cli_runtime_flags(stories260k, capsys):
+    from onebit.cli.main import main
+
+    outs = []
+    for rt in ("static", "hf"):
+        assert main(["generate", stories260k, "--prompt", "Once upon", "--max-new-tokens", "8",
+                     "--temperature", "0", "--runtime", rt]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith("Once upon")
+    assert main(["generate", stories260k, "--runtime", "jit"]) == 2

@@ -14,6 +14,11 @@ def register(sub) -> None:
                    help="sampling temperature; 0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=50, help="top-k sampling (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--runtime", choices=["static", "hf"], default="static",
+                   help="static: onebit's decode loop with a static KV cache; hf: transformers' generate "
+                   "(always used with --kv-cache int8/int4) (default: %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the static loop's decode step (pays only on long generations)")
     from .kvflags import add_kv_args
 
     add_kv_args(p)
@@ -30,5 +35,5 @@ def run(args) -> int:
     model = load_model(args.model)
     tok = load_tokenizer(args.model)
     print(generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                        args.seed, kv_cache=kv))
+                        args.seed, kv_cache=kv, runtime=args.runtime, compile=args.compile))
     return 0
