@@ -1,12 +1,16 @@
 """Backend selection for the packed ops.
 
-The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` default to the pure-torch
-reference (kernels/reference.py).  Device kernels are added with ``torch.library.register_kernel``
-through :func:`register_backend`:
+The ops ``torch.ops.onebit.binary_linear`` / ``ternary_linear`` / ``quant_linear`` /
+``block_sign_linear`` default to the pure-torch reference (kernels/reference.py).  Device kernels
+are added with ``torch.library.register_kernel`` through :func:`register_backend` (a backend
+registers any subset of the ops; the others keep the reference on that device):
 
 * ``cpu``: the C++ kernels (kernels/cpu), JIT-built on the first call, registered by
-  :func:`register_backends`; if the build fails the same registered function calls the reference
-  (one logged warning).
+  :func:`register_backends` for all four ops; if the build fails, for a dtype they do not take, or
+  (quant_linear) for bits other than 2, 4, 8, the same registered function calls the reference
+  (one logged warning for a failed build).  ``ONEBIT_CPU_QMM_THRESHOLD``: batch rows from which
+  quant_linear / block_sign_linear dequantize blocks of rows and call a BLAS GEMM instead of their
+  GEMV (default :data:`QUANT_MM_THRESHOLD`).
 * ``cuda``: the Triton kernels (kernels/triton), which register themselves
   (``onebit.kernels.triton.register``, called by ``import onebit.kernels``) only when triton
   imports and CUDA is available.  This module never imports a backend other than the C++ one.
@@ -35,7 +39,7 @@ import os
 
 import torch
 
-from .reference import binary_linear_ref, ternary_linear_ref
+from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
 
 log = logging.getLogger("onebit.kernels")
 
@@ -95,6 +99,40 @@ def ternary_linear_cpu(x, packed, scale, in_features):
     return mod.ternary_linear(x, packed, scale, in_features, isa, thr)
 
 
+#: batch rows from which the quant ops take their GEMM path (dequantized row blocks + BLAS)
+#: instead of the GEMV; ``python bench/quant_kernels.py`` measures the crossover
+QUANT_MM_THRESHOLD = 32
+_QUANT_BITS = (2, 4, 8)
+
+
+def quant_mm_threshold() -> int:
+    return int(os.environ.get("ONEBIT_CPU_QMM_THRESHOLD", str(QUANT_MM_THRESHOLD)))
+
+
+def _quant_ops():
+    if forced_reference():
+        return None
+    from .cpu import loader
+
+    return loader.quant_ops()
+
+
+def quant_linear_cpu(x, packed, scale, zero, bits, group_size, in_features):
+    ops = _quant_ops()
+    if ops is None or not _cpu_ok(x) or bits not in _QUANT_BITS:
+        return quant_linear_ref(x, packed, scale, zero, bits, group_size, in_features)
+    return ops.quant_linear(x, packed, scale, zero, bits, group_size, in_features, cpu_params()[0],
+                            quant_mm_threshold())
+
+
+def block_sign_linear_cpu(x, packed, scales, group_size, in_features):
+    ops = _quant_ops()
+    if ops is None or not _cpu_ok(x):
+        return block_sign_linear_ref(x, packed, scales, group_size, in_features)
+    return ops.block_sign_linear(x, packed, scales, group_size, in_features, cpu_params()[0],
+                                 quant_mm_threshold())
+
+
 def backend(device: str | torch.device = "cpu") -> str:
     """Name of the backend a call on ``device`` uses now (building the CPU kernels if needed)."""
     dev = torch.device(device).type
@@ -114,18 +152,35 @@ def backend(device: str | torch.device = "cpu") -> str:
     return _registered[dev]
 
 
-def register_backend(device: str, name: str, binary_linear, ternary_linear) -> None:
-    """Make ``binary_linear`` / ``ternary_linear`` (the ops' signatures) the ``device`` kernels of
-    the packed ops, reported as backend ``name`` (idempotent: a device keeps its first backend)."""
-    if device in _registered:
-        return
-    torch.library.register_kernel("onebit::binary_linear", device, binary_linear)
-    torch.library.register_kernel("onebit::ternary_linear", device, ternary_linear)
-    _registered[device] = name
+#: the packed ops a backend may register kernels for
+OPS = ("binary_linear", "ternary_linear", "quant_linear", "block_sign_linear")
+_kernels: dict[tuple[str, str], str] = {}  # (device, op) -> backend name
+
+
+def register_backend(device: str, name: str, binary_linear=None, ternary_linear=None, **kernels) -> None:
+    """Make the given functions (the ops' signatures; keywords named after :data:`OPS`, any subset)
+    the ``device`` kernels of those ops, reported as backend ``name``.  Idempotent: an op keeps
+    the first kernel registered for it on a device; ops given no kernel keep the reference."""
+    given = {"binary_linear": binary_linear, "ternary_linear": ternary_linear, **kernels}
+    unknown = sorted(set(given) - set(OPS))
+    if unknown:
+        raise ValueError(f"unknown packed ops {unknown}; known: {list(OPS)}")
+    for op, fn in given.items():
+        if fn is None or (device, op) in _kernels:
+            continue
+        torch.library.register_kernel(f"onebit::{op}", device, fn)
+        _kernels[(device, op)] = name
+    _registered.setdefault(device, name)
+
+
+def registered_kernels(device: str) -> dict[str, str]:
+    """{op: backend name} of the ops with a registered kernel on ``device``."""
+    return {op: n for (dev, op), n in _kernels.items() if dev == device}
 
 
 def register_backends() -> dict[str, str]:
     """Register the C++ CPU kernels (idempotent); returns {device: backend} of every backend
     registered so far (``cuda`` too once the Triton backend has registered itself)."""
-    register_backend("cpu", "cpu", binary_linear_cpu, ternary_linear_cpu)
+    register_backend("cpu", "cpu", binary_linear_cpu, ternary_linear_cpu,
+                     quant_linear=quant_linear_cpu, block_sign_linear=block_sign_linear_cpu)
     return dict(_registered)

@@ -7,7 +7,7 @@ weight); when ``in_features`` is not a multiple of the block the last block of a
   trainable scales ``[out, ceil(in / block)]``, initialised by each block's mean |w| (the
   scale that minimises the squared error for fixed signs);
 * :class:`BlockSignLinear`: packed signs (``weight_packed``, onebit's bit order) and fp16
-  ``scales``.
+  ``scales``; the forward is ``torch.ops.onebit.block_sign_linear`` (no dense copy of the weight).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels  # noqa: F401  (registers torch.ops.onebit)
 from ..formats.packing import pack_signs, packed_cols, unpack_signs
 from .ste import sign_ste
 
@@ -125,7 +126,8 @@ class BlockSignLinear(nn.Module):
                             self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.dense_weight(x.dtype))
+        y = torch.ops.onebit.block_sign_linear(x, self.weight_packed, self.scales, self.group_size,
+                                               self.in_features)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     @torch.no_grad()

@@ -9,23 +9,18 @@ Stored tensors, under the module's prefix (so the ledger counts them):
 :class:`QuantEmbedding` replaces an ``nn.Embedding``: it gathers the packed rows of the ids and
 dequantizes only those.  :class:`QuantLMHead` replaces the output projection: logits are
 ``x · Ŵᵀ``, computed by ``torch.ops.onebit.quant_linear`` (int8/int4/int2: the same op as the
-RTN linears; it dequantizes 2048 vocabulary rows at a time, so no dense copy of the table is
-kept) or, for ``q1``, by the same chunked loop here.  A tied head holds **no tensors**: it reads
+RTN linears) or, for ``q1``, by ``torch.ops.onebit.block_sign_linear`` (the q1_0 linears' op: the
+codes ``[w >= 0]`` packed 1 bit each are ``pack_signs``' layout); no dense copy of the table is kept.  A tied head holds **no tensors**: it reads
 the embedding module's ``weight_packed`` / ``scales`` (one table, stored once, used by both).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels  # noqa: F401  (registers torch.ops.onebit)
 from ..formats.packing import pack, packed_cols, unpack
 from ..methods.blockquant import check_kind, dequantize_rows, num_groups, quantize_rows
-
-#: vocabulary rows dequantized at once by the q1 head (bounds the temporary dense block)
-ROW_BLOCK = 2048
-
 
 class _Table(nn.Module):
     """The packed table and its dequantization (shared by the embedding and the untied head)."""
@@ -105,10 +100,8 @@ def _head_logits(x: torch.Tensor, table: _Table, rows: int, cols: int) -> torch.
     if table.bits > 1:
         return torch.ops.onebit.quant_linear(x, table.weight_packed, table.scales, None, table.bits,
                                              table.group_size, cols)
-    parts = [F.linear(x, table._rows(table.weight_packed[r:r + ROW_BLOCK], table.scales[r:r + ROW_BLOCK],
-                                     cols, x.dtype))
-             for r in range(0, rows, ROW_BLOCK)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    # q1: codes [w >= 0] packed by pack(q, 1) are pack_signs' layout, value (2q - 1) · d = ±d
+    return torch.ops.onebit.block_sign_linear(x, table.weight_packed, table.scales, table.group_size, cols)
 
 
 class QuantLMHead(_Table):
