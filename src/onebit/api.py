@@ -28,6 +28,7 @@ from .embeddings import EmbedQuantConfig
 from .pipelines.embeddings import quantize_embeddings  # noqa: F401  (re-exported)
 from .pipelines.quantize import quantize_modules
 from .errors import OneBitError
+from . import rotation
 from .registry import get_handler
 from .surgery import _is_conv1d, _matches, as_linear, find_linears, prepare_empty, set_submodule  # noqa: F401
 
@@ -47,9 +48,7 @@ def quantize(model: nn.Module, config: QuantConfig, progress: bool = True,
     config.validate()
     handler = get_handler(config)
     if getattr(config, "rotate", False):  # residual-stream Hadamard rotation, folded into the weights
-        from .rotation import rotate_like
-
-        rotate_like(model, config)
+        rotation.rotate_like(model, config)
     targets = find_linears(model, config.skip)
     if not targets:
         raise OneBitError("model has no linear layers to quantize (after skipping "

@@ -10,20 +10,21 @@ Two sources, never an evaluation file:
 """
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 from pathlib import Path
 
 import torch
-from .progress import Progress as tqdm
 
 from .errors import OneBitError
 from .eval.data import is_evaluation_file
+from .progress import Progress as tqdm
+from .tokenizers import context_length, load_tokenizer
 
 
 def cache_kw(model) -> str:
     """transformers >= 5.24 renamed ``past_key_values`` to ``cache``; use whichever forward takes."""
-    import inspect
-
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
@@ -134,10 +135,6 @@ def calibration_ids(model, config, calib_ids: torch.Tensor | None = None, tokeni
     else text the teacher ``model`` generates (:func:`teacher_samples`).  ``seqlen`` is
     ``config.calib_seqlen`` capped at the model's context.
     """
-    import logging
-
-    from .tokenizers import context_length, load_tokenizer
-
     if calib_ids is not None:
         return calib_ids
     seqlen = min(config.calib_seqlen, context_length(model))

@@ -37,6 +37,7 @@ from torch import nn
 
 from .config import EMBED_KINDS  # noqa: F401  (re-exported)
 from .errors import CheckpointError, OneBitError
+from .methods.blockquant import KINDS, check_kind
 
 log = logging.getLogger("onebit")
 
@@ -59,8 +60,6 @@ class EmbedQuantConfig:
     head: bool = True
 
     def resolved_group(self) -> int:
-        from .methods.blockquant import KINDS
-
         return KINDS[self.kind][1] if self.group_size is None else self.group_size
 
     def validate(self) -> None:
@@ -68,8 +67,6 @@ class EmbedQuantConfig:
             raise OneBitError(f"unknown --embed-quant '{self.kind}'; choose one of {', '.join(EMBED_KINDS)}")
         if self.kind == "none":
             return
-        from .methods.blockquant import check_kind
-
         try:
             check_kind(self.kind, self.resolved_group())
         except ValueError as e:
@@ -127,8 +124,7 @@ def quantized_embeddings(model: nn.Module, config: "EmbedQuantConfig | str | Non
     """``(spec, {name: new module})``: the quantized input embedding (and head) that replace the
     model's, and the ``"embed"`` spec describing them; ``(None, {})`` for ``kind="none"``.  Nothing
     is swapped here: :func:`onebit.pipelines.embeddings.quantize_embeddings` does the swap."""
-    from .methods.blockquant import check_kind
-    from .nn.quant_embedding import QuantEmbedding, QuantLMHead
+    from .nn.quant_embedding import QuantEmbedding, QuantLMHead  # the kernels: only when one is built
 
     config = EmbedQuantConfig.coerce(config)
     config.validate()
@@ -189,8 +185,6 @@ def record_spec(model: nn.Module, spec: dict) -> None:
 
 def check_spec(spec: Any) -> dict:
     """The ``"embed"`` entry of a ``quantization_config``, validated (one-line CheckpointError)."""
-    from .methods.blockquant import check_kind
-
     if not isinstance(spec, dict) or not isinstance(spec.get("modules"), dict) or not spec["modules"]:
         raise CheckpointError("quantization_config 'embed' lists no modules")
     try:
@@ -211,7 +205,7 @@ def empty_embeddings(model: nn.Module, qc: dict) -> dict[str, nn.Module]:
     """``{name: empty quantized module}`` (meta device) for the modules a checkpoint's ``"embed"``
     spec names, tied heads reading their embedding's table; ``{}`` for checkpoints without it.
     Nothing is swapped here: :func:`onebit.surgery.prepare_empty_embeddings` does the swap."""
-    from .nn.quant_embedding import QuantEmbedding, QuantLMHead
+    from .nn.quant_embedding import QuantEmbedding, QuantLMHead  # the kernels: only when one is built
 
     spec = qc.get("embed")
     if spec is None:

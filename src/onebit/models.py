@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .errors import OneBitError, first_line
-from .formats.checkpoint import is_packed_checkpoint, read_config
+from .formats.checkpoint import is_packed_checkpoint, read_config, read_headers
+from .formats.gguf_header import check_gguf_file, read_gguf_header
 from .loading import load_checkpoint
 from .paths import _repo_shared, shared_dir  # noqa: F401  (they lived here)
 from .tokenizers import context_length, gguf_source, load_tokenizer  # noqa: F401  (they lived here)
@@ -30,8 +31,6 @@ def _looks_like_path(spec: str) -> bool:
 
 def check_gguf(path: Path) -> None:
     """One line for a GGUF file that cannot be read (truncated, not GGUF, unknown version)."""
-    from .formats.gguf_header import check_gguf_file
-
     check_gguf_file(path)
 
 
@@ -70,8 +69,6 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             first = first_line(e)
             raise OneBitError(f"cannot load GGUF model '{spec}': {first}")
-        from .formats.gguf_header import read_gguf_header
-
         pre = read_gguf_header(src[0] / src[1]).metadata.get("tokenizer.ggml.pre")
         if isinstance(pre, str):  # kept in config.json, so `onebit export` writes the same one back
             model.config.onebit_gguf_tokenizer_pre = pre
@@ -79,8 +76,6 @@ def load_model(spec: str, dtype: torch.dtype | None = None, device: str = "cpu")
     if p.is_dir():
         read_config(p)  # clear error for a broken config.json
         if any(p.glob("*.safetensors")):  # truncated / corrupt weights: one line naming the file
-            from .formats.checkpoint import read_headers
-
             read_headers(p)
     from transformers import AutoModelForCausalLM
 

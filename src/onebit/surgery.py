@@ -14,13 +14,15 @@ so every layer above it (pipelines, loading, tools) can use it.
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from .embeddings import empty_embeddings, untie_mapping
-from .errors import OneBitError
+from .errors import CheckpointError, OneBitError, first_line
+from .formats.checkpoint import read_config
 from .registry import config_from_dict, get_handler
 
 
@@ -96,7 +98,7 @@ def prepare_empty(model: nn.Module, qconfig: dict, config=None) -> nn.Module:
         set_submodule(model, name, new)
     adapters = getattr(getattr(model, "config", None), "onebit_adapters", None)
     if adapters:  # LoRA adapters on the packed layers (onebit finetune): rebuilt here, filled by the loader
-        from .nn.lora import attach_adapters
+        from .nn.lora import attach_adapters  # onebit.nn loads the kernels: only when adapters exist
 
         attach_adapters(model, adapters)
     return model
@@ -121,13 +123,8 @@ def empty_model(src, dtype: torch.dtype | None = None, buffers: bool = False,
     parameters on the meta device but buffers real (rotary tables: what running a block needs);
     else everything on meta.  ``drop_quantization_config``: build the plain architecture of a packed
     checkpoint (its linears are swapped afterwards)."""
-    from pathlib import Path
-
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .errors import CheckpointError, first_line
-    from .formats.checkpoint import read_config
 
     src = Path(src)
     read_config(src)  # a clear error for a missing / broken config.json

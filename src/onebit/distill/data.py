@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .. import calibration  # module attribute: tests patch calibration.teacher_samples
 from ..errors import OneBitError
 from ..fileio import atomic_write
 
@@ -58,8 +59,6 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from ..calibration import teacher_samples
-
     key = dict(fp=fingerprint or model_fingerprint(teacher), n=n, seqlen=seqlen, seed=seed, greedy=greedy_tokens,
                temperature=temperature, batch=batch_size,
                sampler="cdf")  # calibration.sample_rows; the multinomial-sampled caches do not match
@@ -77,8 +76,9 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
         log.warning("ignoring unreadable teacher-data cache %s; regenerating", file)
     if not generate:
         raise OneBitError(f"teacher-data cache '{file}' is missing")
-    ids = teacher_samples(teacher, n, seqlen, seed=seed, greedy_tokens=greedy_tokens,
-                          temperature=temperature, batch_size=batch_size, progress=progress).contiguous()
+    ids = calibration.teacher_samples(teacher, n, seqlen, seed=seed, greedy_tokens=greedy_tokens,
+                                      temperature=temperature, batch_size=batch_size,
+                                      progress=progress).contiguous()
     atomic_write(file, lambda tmp: save_file({"input_ids": ids}, tmp, metadata={k: str(v) for k, v in key.items()}))
     log.info("teacher data: generated %d x %d tokens, cached in %s", n, seqlen, file)
     return ids
@@ -86,12 +86,10 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
 
 def file_data(tokenizer, path: str, n: int | None, seqlen: int, seed: int = 0) -> torch.Tensor:
     """``[n, seqlen]`` windows of a training file (all windows when ``n`` is None)."""
-    from ..calibration import file_samples, read_training_text
-
     if n is None:
-        ids = tokenizer(read_training_text(path), return_tensors="pt", verbose=False).input_ids[0]
+        ids = tokenizer(calibration.read_training_text(path), return_tensors="pt", verbose=False).input_ids[0]
         n = max(1, ids.numel() // seqlen)
-    return file_samples(tokenizer, path, n, seqlen, seed=seed)
+    return calibration.file_samples(tokenizer, path, n, seqlen, seed=seed)
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 
 from ..errors import OneBitError
+from ..eval.perplexity import perplexity
 from ..nn.lora import LoRA, add_lora, adapter_spec, check_linear, grad_path, lora_modules, merge_lora
+from ..progress import Progress
+from ..surgery import _matches
 from .trainer import lr_factor
 
 log = logging.getLogger("onebit")
@@ -92,8 +95,6 @@ def split_holdout(ids: torch.Tensor, holdout: float, seqlen: int) -> tuple[torch
 def select_targets(modules, targets) -> list[str]:
     """The packed modules (names from ``quantization_config["modules"]``) the patterns name:
     ``all``, or names / name suffixes (``q_proj``) / fnmatch patterns."""
-    from ..surgery import _matches
-
     names = list(modules)
     if ALL in targets:
         return names
@@ -131,8 +132,6 @@ def prepare(model: nn.Module, qc: dict, cfg: FinetuneConfig) -> tuple[dict[str, 
 
 
 def held_nll(model: nn.Module, ids: torch.Tensor, seqlen: int, windows: int | None) -> float:
-    from ..eval.perplexity import perplexity
-
     was = model.training
     model.eval()
     try:
@@ -153,8 +152,6 @@ def batches(ids: torch.Tensor, cfg: FinetuneConfig):
 def train(model: nn.Module, adapters: dict[str, LoRA], train_ids: torch.Tensor, cfg: FinetuneConfig,
           progress: bool = False, time_limit: float | None = None) -> list[dict]:
     """AdamW on the adapters (warmup + cosine), LM loss on random training windows."""
-    from ..progress import Progress
-
     params = [p for a in adapters.values() for p in a.parameters()]
     for p in params:
         p.requires_grad_(True)

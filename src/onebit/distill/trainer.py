@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, OneBitError
+from ..eval.perplexity import perplexity
 from ..fileio import atomic_write
+from ..progress import Progress as tqdm
 from . import dist
 from .data import batch_indices
 from .losses import KD_KINDS, distill_loss
@@ -299,8 +301,6 @@ class Trainer:
     def evaluate(self) -> float | None:
         if self.eval_ids is None:
             return None
-        from ..eval.perplexity import perplexity
-
         m = dist.unwrap(self.model)
         m.eval()
         r = perplexity(m, self.eval_ids, self.eval_seqlen, self.cfg.eval_windows, progress=False)
@@ -321,8 +321,6 @@ class Trainer:
 
     def train(self, stop_at: int | None = None, time_limit: float | None = None) -> list[dict]:
         """Train to ``cfg.steps`` (or stop after step ``stop_at`` / ``time_limit`` seconds, saving)."""
-        from ..progress import Progress as tqdm
-
         c = self.cfg
         end = min(c.steps, stop_at) if stop_at is not None else c.steps
         if self.step == 0 and c.eval_every and self.eval_ids is not None:

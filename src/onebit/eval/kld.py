@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from ..progress import Progress as tqdm
 
 from ..errors import OneBitError
-from .perplexity import windows
+from ..progress import Progress as tqdm
+from .data import C4_WINDOWS, load_text
+from .perplexity import tokenize_text, windows
 
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 50.0, 10.0, 5.0, 1.0, 0.1)
 
@@ -131,9 +132,6 @@ def kl_divergence(teacher, student, ids: torch.Tensor, seqlen: int, max_windows:
 def dataset_kld(teacher, student, tokenizer, data: str, seqlen: int, max_windows: int | None = None,
                 batch_size: int = 1, progress: bool = False, second_half: bool = False) -> KLDResult:
     """:func:`kl_divergence` on ``wikitext2``, ``c4``, ``tinystories`` or a text file."""
-    from .data import C4_WINDOWS, load_text
-    from .perplexity import tokenize_text
-
     ids = tokenize_text(tokenizer, load_text(data))
     if data == "c4":
         max_windows = min(max_windows or C4_WINDOWS, C4_WINDOWS)

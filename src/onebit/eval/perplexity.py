@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from ..progress import Progress as tqdm
 
 from ..errors import OneBitError
+from ..progress import Progress as tqdm
+from .data import C4_WINDOWS, load_text
 
 
 @dataclass
@@ -89,7 +90,7 @@ class _Logits:
 
 def _chunked(model, batch: torch.Tensor, chunk: int, kv_cache) -> _Logits:
     """The logits of ``batch`` fed ``chunk`` tokens at a time through one fresh KV cache."""
-    from ..kvcache import cache_kwarg, make_cache
+    from ..kvcache import cache_kwarg, make_cache  # subclasses transformers' Cache: imports transformers
 
     cache = make_cache(kv_cache)
     if cache is None:
@@ -106,8 +107,6 @@ def dataset_perplexity(model, tokenizer, dataset: str, seqlen: int, max_windows:
                        batch_size: int = 1, progress: bool = True, kv_cache=None,
                        kv_chunk: int | None = None) -> PerplexityResult:
     """Perplexity on a named dataset (``wikitext2``, ``c4``, ``tinystories``) or a text file."""
-    from .data import C4_WINDOWS, load_text
-
     ids = tokenize_text(tokenizer, load_text(dataset))
     if dataset == "c4":
         max_windows = min(max_windows or C4_WINDOWS, C4_WINDOWS)

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from ..progress import Progress as tqdm
 
-from ..errors import OneBitError
-from .tasks import NORM_TASKS, PAPER_TASKS, Doc
 from ..calibration import cache_kw
+from ..errors import OneBitError
+from ..progress import Progress as tqdm
+from .tasks import NORM_TASKS, PAPER_TASKS, Doc, load_task
 
 log = logging.getLogger("onebit")
 
@@ -303,8 +303,6 @@ def paper_average(results: dict[str, TaskResult]) -> float | None:
 
 def evaluate(model, tokenizer, tasks: list[str], data_dir=None, files=None, limit=None, batch_size: int = 32,
              share: bool = True, progress: bool = False) -> dict[str, TaskResult]:
-    from .tasks import load_task
-
     docs = {t: load_task(t, data_dir, files, limit) for t in tasks}  # read all first: fail fast
     model.eval()
     return {t: evaluate_task(model, tokenizer, t, d, batch_size, share, progress) for t, d in docs.items()}

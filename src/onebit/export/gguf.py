@@ -29,9 +29,17 @@ import torch
 
 from ..errors import OneBitError
 from ..formats import gguf_blocks as gb
+from ..formats.checkpoint import is_packed_checkpoint
+from ..loading import load_checkpoint
 from ..methods.foldable import group_mean, group_spread, kv_groups
+from ..models import check_model_spec, gguf_source, load_model
+from ..nn.bitnet_linear import BinaryLinear, TernaryLinear
+from ..nn.block_sign_linear import BlockSignLinear
+from ..nn.onebit_linear import OneBitLinear
+from ..nn.quant_linear import QuantLinear
 from . import weights as W
 from .spec import EMBED_FALLBACK, EMBED_TYPES, EXPORTABLE, WEIGHT_TYPES
+from .tokenizer import add_tokenizer
 
 log = logging.getLogger("onebit")
 
@@ -193,11 +201,6 @@ class _Exporter:
         self.tensors.append((gname, raw, codes.shape, typ, n))
 
     def codes(self, name: str, h=None) -> W.Codes | None:
-        from ..nn.bitnet_linear import BinaryLinear, TernaryLinear
-        from ..nn.block_sign_linear import BlockSignLinear
-        from ..nn.onebit_linear import OneBitLinear
-        from ..nn.quant_linear import QuantLinear
-
         m = self.module(name)
         if isinstance(m, OneBitLinear):
             if m.layernorm:
@@ -341,15 +344,10 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, weight_ty
     gives F16 linears) to ``out`` as a GGUF llama.cpp runs."""
     import gguf
 
-    from ..formats.checkpoint import is_packed_checkpoint
-    from ..loading import load_checkpoint
-    from .tokenizer import add_tokenizer
-
     if weight_type not in WEIGHT_TYPES:
         raise OneBitError(f"unknown --weight-type '{weight_type}'; choose one of {', '.join(WEIGHT_TYPES)}")
     if embed_type not in EMBED_TYPES:
         raise OneBitError(f"unknown --embed-type '{embed_type}'; choose one of {', '.join(EMBED_TYPES)}")
-    from ..models import check_model_spec, gguf_source, load_model
 
     ckpt, out = Path(checkpoint).expanduser(), Path(out).expanduser()
     if not ckpt.exists():

@@ -16,6 +16,7 @@ import torch
 
 from ..formats import gguf_blocks as gb
 from ..formats.gguf_header import read_gguf_header
+from .gguf import qk_permutation
 
 _NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
           "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -44,8 +45,6 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
 
 def dense_from_gguf(path: str | Path, config) -> dict[str, torch.Tensor]:
     """The Hugging Face (Llama-family) state dict an exported GGUF stands for."""
-    from .gguf import qk_permutation
-
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     meta = read_gguf_header(path).metadata

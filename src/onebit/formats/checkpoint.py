@@ -41,7 +41,8 @@ from torch import nn
 
 from ..config import QUANT_METHOD, check_format_version
 from ..errors import CheckpointError, OneBitError, first_line
-from .ledger import Ledger
+from ..fileio import save_safetensors
+from .ledger import Ledger, ledger_from_state_dict
 
 log = logging.getLogger("onebit")
 
@@ -160,8 +161,6 @@ def copy_tokenizer_files(src: str | os.PathLike | None, dst: Path, tokenizer=Non
 def save_checkpoint(model: nn.Module, out: str | os.PathLike, tokenizer=None,
                     source: str | os.PathLike | None = None, overwrite: bool = False) -> Ledger:
     """Write ``model`` (already quantized) as a packed checkpoint; return its ledger."""
-    from ..fileio import save_safetensors
-
     qc = getattr(model.config, "quantization_config", None)
     if not isinstance(qc, dict) or qc.get("quant_method") != QUANT_METHOD:
         raise OneBitError("model is not quantized by onebit (no quantization_config); run quantize() first")
@@ -182,8 +181,6 @@ def save_checkpoint(model: nn.Module, out: str | os.PathLike, tokenizer=None,
             except Exception as e:  # a generation config that does not validate is not fatal
                 log.warning("generation_config not saved: %s", e)
         copy_tokenizer_files(source, tmp, tokenizer)
-    from .ledger import ledger_from_state_dict
-
     log.info("wrote %s", out)
     return ledger_from_state_dict(sd, qc["modules"], qc.get("embed"))
 

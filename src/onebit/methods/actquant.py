@@ -29,6 +29,7 @@ from torch import nn
 from ..config import ACT_BITS, ACT_MODES, OBSERVERS, QuantConfig  # noqa: F401  (choices re-exported)
 from ..errors import OneBitError
 from ..method_configs import ActQuantConfig  # noqa: F401  (torch-free; re-exported)
+from ..progress import Progress as tqdm
 
 
 # ------------------------------------------------------------------- the math
@@ -113,8 +114,6 @@ def calibrate_static_scales(model: nn.Module, modules: dict[str, nn.Module], cal
     Activation quantization is off while observing, so every layer sees the float activations
     of the (weight-quantized) model.
     """
-    from ..progress import Progress as tqdm
-
     observers = {n: make_observer(config.act_observer, config.act_percentile) for n in modules}
     hooks, saved_bits = [], {}
     for name, mod in modules.items():

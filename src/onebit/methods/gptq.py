@@ -26,7 +26,7 @@ from ..config import parse_dtype
 from ..errors import OneBitError
 from ..nn.quant_linear import QuantLinearTrain
 from ..registry import register_method
-from .quant import check_group_size, find_qparams, num_groups
+from .quant import check_group_size, dequantize_codes, find_qparams, num_groups
 from .rtn import RTNConfig, UniformHandler
 from ..method_configs import GPTQConfig  # noqa: F401  (torch-free; re-exported)
 
@@ -117,8 +117,6 @@ class GPTQHandler(UniformHandler):
         codes, scale, zero = gptq_quantize_weight(
             linear.weight, H, c.bits, c.sym, c.group_size, c.block_size, c.damp, c.act_order,
             c.static_groups, c.clip, sd)
-        from .quant import dequantize_codes
-
         w_hat = dequantize_codes(codes, scale, zero, c.group_size).to(linear.weight.dtype)
         act_scale = torch.ones(1) if c.static_acts else None
         train = QuantLinearTrain.from_params(w_hat, scale, zero, c.bits, c.group_size, c.sym, linear.bias,

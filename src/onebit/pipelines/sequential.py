@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import OneBitError
 from ..methods.sequential import capture_block_inputs, find_blocks, run_block
+from ..progress import Progress as tqdm
 from ..registry import MethodHandler
 from ..surgery import set_submodule
 
@@ -40,8 +41,6 @@ def quantize_blocks(handler: MethodHandler, model: nn.Module, targets: list[tupl
                     ids: torch.Tensor, progress: bool = True, batch_size: int = 8) -> dict[str, nn.Module]:
     """``{name: packed}`` for ``targets``, each block quantized on the outputs of the quantized
     blocks before it (the packed modules are swapped in as they are made)."""
-    from ..progress import Progress as tqdm
-
     method = handler.config.method
     names = [n for n, _ in targets]
     lins = dict(targets)

@@ -35,6 +35,8 @@ from ..errors import CheckpointError, OneBitError
 from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
 from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
+from ..progress import Progress as tqdm
+from ..registry import get_handler
 from ..surgery import _is_conv1d, empty_model, find_linears
 
 log = logging.getLogger("onebit")
@@ -47,8 +49,6 @@ AUTO_STREAM_BYTES = 2 * 2**30
 def should_stream(model: str, config: QuantConfig, requested: bool | None) -> bool:
     """``--streaming`` as given; by default on for local safetensors checkpoints of at least
     :data:`AUTO_STREAM_BYTES` when the method needs no calibration."""
-    from ..registry import get_handler
-
     if requested is not None:
         return requested
     p = Path(model).expanduser()
@@ -114,10 +114,6 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
                     dtype: torch.dtype | None = None, overwrite: bool = False,
                     progress: bool = True) -> Ledger:
     """Quantize the checkpoint in ``src`` to ``out`` one tensor at a time; return the ledger."""
-    from ..progress import Progress as tqdm
-
-    from ..registry import get_handler
-
     config.validate()
     handler = get_handler(config)
     if handler.needs_calibration:
