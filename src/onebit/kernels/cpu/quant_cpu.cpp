@@ -86,6 +86,8 @@ struct QP {
   int zk;
   int64_t z_rs;  // zero: data (nullptr: symmetric), kind, row stride
   float zsym;    // the symmetric zero 2**(bits-1)
+  float* zbuf;   // SIMD paths: per-thread room for one row's ng zeros and scales (+16)
+  float* sbuf;
 };
 
 // (rounded zero, rounded scale) of group g of row n
@@ -168,19 +170,32 @@ QAVX2 inline float hsum256q(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// the row's (zero, scale) per group, rounded to T, into zb / sb (F16C for fp16 scales)
+template <int RT>
+QAVX2 void row_params_avx2(const QP& p, int64_t n, float* zb, float* sb) {
+  for (int64_t g = 0; g < p.ng; ++g) {
+    const int64_t i = n * p.s_rs + g;
+    const float s = p.sk == P_F16 ? _cvtsh_ss(static_cast<const uint16_t*>(p.s)[i]) : ld(p.s, i, p.sk);
+    sb[g] = rnd<RT>(s);
+    zb[g] = p.z ? rnd<RT>(ld(p.z, n * p.z_rs + g, p.zk)) : p.zsym;
+  }
+}
+
 template <int BITS, int MB, int RT>
 QAVX2 void rows_avx2(const QP& p, int64_t n0, int64_t n1, const float* x, int64_t ldx, float* y) {
   const __m256i shifts = _mm256_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS);
   const __m256i mask = _mm256_set1_epi32((1 << BITS) - 1);
   const __m256i sign = _mm256_set1_epi32(int(0x80000000u));
   alignas(32) uint8_t tmp[32];
+  float* zb = p.zbuf;
+  float* sb = p.sbuf;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* w = p.W + n * p.KB;
     __m256 acc[MB];
     for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
+    row_params_avx2<RT>(p, n, zb, sb);
     for (int64_t g = 0; g < p.ng; ++g) {
-      float z, s;
-      group_params<RT>(p, n, g, z, s);
+      const float z = zb[g], s = sb[g];
       const __m256 vz = _mm256_set1_ps(z), vs = _mm256_set1_ps(s), vns = _mm256_set1_ps(-s);
       const int64_t k1 = std::min(p.K, (g + 1) * p.G);
       for (int64_t k = g * p.G; k < k1; k += 8) {
@@ -223,6 +238,32 @@ Q512 inline __m512 rnd512(__m512 v) {
   }
 }
 
+// 16 parameters of kind k from p[i0 .. i0+cnt) as fp32 (zeros past cnt)
+Q512 inline __m512 ld16(const void* p, int64_t i0, int cnt, int k) {
+  const __mmask16 mk = static_cast<__mmask16>((1u << cnt) - 1);
+  switch (k) {
+    case P_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i0));
+    case P_BF16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(p) + i0)), 16));
+    case P_U8:
+      return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, static_cast<const uint8_t*>(p) + i0)));
+    default: return _mm512_maskz_loadu_ps(mk, static_cast<const float*>(p) + i0);
+  }
+}
+
+// the row's (zero, scale) per group, rounded to T, into zb / sb
+template <int RT>
+Q512 void row_params512(const QP& p, int64_t n, float* zb, float* sb) {
+  for (int64_t g = 0; g < p.ng; g += 16) {
+    const int cnt = static_cast<int>(std::min<int64_t>(16, p.ng - g));
+    const __mmask16 mk = static_cast<__mmask16>((1u << cnt) - 1);
+    _mm512_mask_storeu_ps(sb + g, mk, rnd512<RT>(ld16(p.s, n * p.s_rs + g, cnt, p.sk)));
+    const __m512 z = p.z ? rnd512<RT>(ld16(p.z, n * p.z_rs + g, cnt, p.zk)) : _mm512_set1_ps(p.zsym);
+    _mm512_mask_storeu_ps(zb + g, mk, z);
+  }
+}
+
 template <int BITS, int MB, int RT>
 Q512 void rows_avx512(const QP& p, int64_t n0, int64_t n1, const float* x, int64_t ldx, float* y) {
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -235,13 +276,15 @@ Q512 void rows_avx512(const QP& p, int64_t n0, int64_t n1, const float* x, int64
   const __m512i sign = _mm512_set1_epi32(int(0x80000000u));
   constexpr int NBYTES = 4 * BITS;  // 32 codes
   alignas(64) uint8_t tmp[32];
+  float* zb = p.zbuf;
+  float* sb = p.sbuf;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* w = p.W + n * p.KB;
     __m512 acc[MB][2];
     for (int m = 0; m < MB; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
+    row_params512<RT>(p, n, zb, sb);
     for (int64_t g = 0; g < p.ng; ++g) {
-      float z, s;
-      group_params<RT>(p, n, g, z, s);
+      const float z = zb[g], s = sb[g];
       __m512 tA, tB;  // 2/4-bit: the weight of each code; 8-bit: zero, scale; 1-bit: -scale
       if constexpr (BITS == 2 || BITS == 4) {
         const __m512 t = rnd512<RT>(_mm512_mul_ps(rnd512<RT>(_mm512_sub_ps(iota, _mm512_set1_ps(z))),
@@ -390,6 +433,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
   p.zk = zero.defined() ? kind_of(zero) : P_F32;
   p.z_rs = zero.defined() && zero.size(0) > 1 ? ng : 0;
   p.zsym = float(1 << (bits - 1));
+  p.zbuf = p.sbuf = nullptr;
 
   at::Tensor x2 = x.reshape({-1, K});
   const int64_t M = x2.size(0);
@@ -446,6 +490,10 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
   float* ap = acc.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(64, N / (4 * at::get_num_threads()) + 1));
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    QP pt = p;  // this thread's copy, with its own parameter buffers
+    std::vector<float> zs(2 * (ng + 16));
+    pt.zbuf = zs.data();
+    pt.sbuf = zs.data() + ng + 16;
     // rows in slices of 16, so that a slice of packed rows stays in L1 while every x block uses it
     for (int64_t r0 = n0; r0 < n1; r0 += 16) {
       const int64_t r1 = std::min(n1, r0 + 16);
@@ -455,13 +503,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
         const float* xm = xp + m0 * ldx;
         float* ym = ap + m0 * N;
         if (use == QISA_SCALAR) {
-          if (rt == 1) rows_scalar<1>(p, r0, r1, xm, std::min<int64_t>(left, 8), ldx, ym);
-          else if (rt == 2) rows_scalar<2>(p, r0, r1, xm, std::min<int64_t>(left, 8), ldx, ym);
-          else rows_scalar<0>(p, r0, r1, xm, std::min<int64_t>(left, 8), ldx, ym);
+          if (rt == 1) rows_scalar<1>(pt, r0, r1, xm, std::min<int64_t>(left, 8), ldx, ym);
+          else if (rt == 2) rows_scalar<2>(pt, r0, r1, xm, std::min<int64_t>(left, 8), ldx, ym);
+          else rows_scalar<0>(pt, r0, r1, xm, std::min<int64_t>(left, 8), ldx, ym);
         } else {
           RowsFn fn = rt == 1 ? pick_rt<1>(use, int(bits), mb)
                               : rt == 2 ? pick_rt<2>(use, int(bits), mb) : pick_rt<0>(use, int(bits), mb);
-          fn(p, r0, r1, xm, ldx, ym);
+          fn(pt, r0, r1, xm, ldx, ym);
         }
       }
     }
