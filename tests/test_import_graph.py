@@ -283,7 +283,8 @@ LAYERS = [
     ("formats", ["onebit.formats"]),                         # packing, safetensors/GGUF I/O, ledger
     ("kernels", ["onebit.kernels"]),
     ("nn", ["onebit.nn", "onebit.methods.actquant",          # modules calling math and kernels
-            "onebit.kvcache"]),                              # the quantized KV cache (a transformers Cache)
+            "onebit.kvcache",                                # the quantized KV cache (a transformers Cache)
+            "onebit.walk"]),                                 # walking a model's modules (find_blocks)
     ("methods", ["onebit.registry", "onebit.methods", "onebit.embeddings"]),  # config + handler
     ("surgery", ["onebit.surgery", "onebit.methods.sequential", "onebit.rotation"]),  # find/swap modules, skeletons
     ("pipelines", ["onebit.pipelines"]),                     # quantize drivers (in memory, streaming)

@@ -193,39 +193,48 @@ def fold_inverse_scale(prev: nn.Module, kind: str, s: torch.Tensor) -> None:
 # ------------------------------------------------------------------- method
 
 
-@register_method(AWQConfig)
-class AWQHandler(UniformHandler):
-    config: AWQConfig
+class InputScaledHandler(UniformHandler):
+    """RTN weights of ``W ⊙ s``, ``s`` one scale per input channel from calibration (AWQ, SmoothQuant):
+    ``1 / s`` is folded into the module before, or kept as the packed layer's ``input_scale`` (a
+    :attr:`scaled_cls`; the config's ``input_scaled`` lists those layers)."""
 
-    driver = "blocks"
-
-    def _quant(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        c = self.config
-        sd = parse_dtype(c.scale_dtype)
-        return lambda w: fake_quantize(w, c.bits, c.sym, c.group_size, c.clip, sd)
+    scaled_cls: type[AWQLinear] = AWQLinear
+    distill_from = "rtn"   # the method to distil from instead (no trainable form here)
 
     def _packed(self, linear: nn.Linear, s: torch.Tensor | None) -> nn.Module:
-        """Quantize ``linear`` (whose columns already hold ``W ⊙ s``) -> QuantLinear / AWQLinear."""
+        """Quantize ``linear`` (whose columns already hold ``W ⊙ s``) -> QuantLinear / :attr:`scaled_cls`."""
         c = self.config
-        act_scale_static = c.static_acts
         q = QuantLinearTrain.from_linear(linear, c.bits, c.group_size, c.sym, c.clip, c.act_bits,
-                                         act_scale_static, parse_dtype(c.scale_dtype)).to_packed()
-        return q if s is None else AWQLinear.from_quant_linear(q, s)
+                                         c.static_acts, parse_dtype(c.scale_dtype)).to_packed()
+        return q if s is None else self.scaled_cls.from_quant_linear(q, s)
 
     def train_module(self, name: str, linear: nn.Linear):
-        raise OneBitError("awq has no trainable form (its scales come from calibration); "
-                          "distill from rtn or gptq instead")
+        raise OneBitError(f"{self.config.method} has no trainable form (its scales come from calibration); "
+                          f"distill from {self.distill_from} instead")
 
     def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
-        raise OneBitError("awq needs calibration activations through the whole model "
+        raise OneBitError(f"{self.config.method} needs calibration activations through the whole model "
                           "(quantize(), not one layer at a time / --streaming)")
 
     def empty_module(self, name: str, in_features: int, out_features: int, bias: bool,
                      dtype: torch.dtype) -> nn.Module:
         c = self.config
-        cls = AWQLinear if name in c.input_scaled else QuantLinear
+        cls = self.scaled_cls if name in c.input_scaled else QuantLinear
         return cls(in_features, out_features, c.bits, c.group_size, c.sym, bias, c.act_bits,
                    c.static_acts, parse_dtype(c.scale_dtype), bias_dtype=dtype, device="meta")
+
+
+@register_method(AWQConfig)
+class AWQHandler(InputScaledHandler):
+    config: AWQConfig
+
+    driver = "blocks"
+    distill_from = "rtn or gptq"
+
+    def _quant(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        c = self.config
+        sd = parse_dtype(c.scale_dtype)
+        return lambda w: fake_quantize(w, c.bits, c.sym, c.group_size, c.clip, sd)
 
     def begin_blocks(self, prefix: str) -> None:
         self.config.input_scaled = []

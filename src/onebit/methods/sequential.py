@@ -1,8 +1,8 @@
 """Running a decoder block by block on calibration data (the block-sequential pipeline,
 :mod:`onebit.pipelines.sequential`, and block-wise distillation).
 
-:func:`find_blocks` locates the ``nn.ModuleList`` of decoder blocks holding the
-target linears; :func:`capture_block_inputs` runs the model up to the first
+:func:`~onebit.walk.find_blocks` (re-exported here) locates the ``nn.ModuleList`` of decoder
+blocks holding the target linears; :func:`capture_block_inputs` runs the model up to the first
 block and records each batch's ``(hidden_states, kwargs)`` (attention mask,
 rotary embeddings, ... as the model passes them); :func:`run_block` runs a
 block on those inputs.  What is accumulated from a block's inputs is the
@@ -13,22 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..walk import find_blocks  # noqa: F401  (it lived here)
+
 
 class _Stop(Exception):
     pass
-
-
-def find_blocks(model: nn.Module, target_names: list[str]) -> tuple[str, nn.ModuleList] | None:
-    """The ``(name, ModuleList)`` whose children contain the most target linears."""
-    best, best_n = None, 0
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
-            continue
-        prefix = f"{name}." if name else ""
-        n = sum(1 for t in target_names if t.startswith(prefix) and t[len(prefix):].split(".")[0].isdigit())
-        if n > best_n:
-            best, best_n = (name, mod), n
-    return best
 
 
 @torch.no_grad()

@@ -35,16 +35,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import parse_dtype
 from ..errors import OneBitError
-from ..nn.quant_linear import QuantLinear, QuantLinearTrain
 from ..nn.smoothquant_linear import SmoothQuantLinear
 from ..registry import register_method
-from .awq import awq_groups, fold_inverse_scale
+from .awq import InputScaledHandler, awq_groups, fold_inverse_scale
 from ..calibration import calibration_ids
 from .llm_int8 import input_absmax
-from .rtn import RTNConfig, UniformHandler
+from .rtn import RTNConfig
 from .smoothing import smooth_scales, weight_absmax
+from ..walk import find_blocks
 
 log = logging.getLogger("onebit")
 
@@ -89,44 +88,11 @@ class SmoothQuantConfig(RTNConfig):
         return True
 
 
-def _find_blocks(model: nn.Module, names: list[str]) -> tuple[str, nn.ModuleList] | None:
-    """The ``(name, ModuleList)`` whose numbered children hold the most of ``names``."""
-    best, best_n = None, 0
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
-            continue
-        prefix = f"{name}." if name else ""
-        n = sum(1 for t in names if t.startswith(prefix) and t[len(prefix):].split(".")[0].isdigit())
-        if n > best_n:
-            best, best_n = (name, mod), n
-    return best
-
-
 @register_method(SmoothQuantConfig)
-class SmoothQuantHandler(UniformHandler):
+class SmoothQuantHandler(InputScaledHandler):
     config: SmoothQuantConfig
 
-    def _packed(self, linear: nn.Linear, s: torch.Tensor | None) -> nn.Module:
-        """Quantize ``linear`` (columns already ``W ⊙ s``) -> QuantLinear / SmoothQuantLinear."""
-        c = self.config
-        q = QuantLinearTrain.from_linear(linear, c.bits, c.group_size, c.sym, c.clip, c.act_bits,
-                                         c.static_acts, parse_dtype(c.scale_dtype)).to_packed()
-        return q if s is None else SmoothQuantLinear.from_quant_linear(q, s)
-
-    def train_module(self, name: str, linear: nn.Linear):
-        raise OneBitError("smoothquant has no trainable form (its scales come from calibration); "
-                          "distill from rtn instead")
-
-    def quantize_linear(self, name: str, linear: nn.Linear, **kwargs) -> nn.Module:
-        raise OneBitError("smoothquant needs calibration activations through the whole model "
-                          "(quantize(), not one layer at a time / --streaming)")
-
-    def empty_module(self, name: str, in_features: int, out_features: int, bias: bool,
-                     dtype: torch.dtype) -> nn.Module:
-        c = self.config
-        cls = SmoothQuantLinear if name in c.input_scaled else QuantLinear
-        return cls(in_features, out_features, c.bits, c.group_size, c.sym, bias, c.act_bits,
-                   c.static_acts, parse_dtype(c.scale_dtype), bias_dtype=dtype, device="meta")
+    scaled_cls = SmoothQuantLinear
 
     @torch.no_grad()
     def smooth(self, model: nn.Module, lins: dict[str, nn.Linear],
@@ -134,7 +100,7 @@ class SmoothQuantHandler(UniformHandler):
         """Compute every group's ``s`` (from the unmodified weights), then apply them all:
         ``W ⊙ s`` and ``1 / s`` folded or returned (``{layer: s}`` for the explicit ones)."""
         c = self.config
-        found = _find_blocks(model, list(lins))
+        found = find_blocks(model, list(lins))
         if found is None:
             raise OneBitError("smoothquant found no decoder blocks (nn.ModuleList) holding the linear layers")
         bname, blocks = found

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from ..errors import OneBitError
-from ..methods.sequential import capture_block_inputs, find_blocks, run_block
+from ..methods.sequential import capture_block_inputs, run_block
 from ..progress import Progress as tqdm
 from ..registry import MethodHandler
 from ..surgery import set_submodule
+from ..walk import find_blocks
 
 log = logging.getLogger("onebit")
 
