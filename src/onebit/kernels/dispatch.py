@@ -25,8 +25,8 @@ Environment (read on every call, so benchmarks and tests can switch):
   (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x) | ``shift`` (AVX-512
   vpsllvd + vpternlogd; the default for fp32, and for every dtype without AVX512-BF16) | ``bf16dp``
   (AVX512-BF16 dot products; the default for bf16/fp16 inputs) | ``i8`` (x quantized to int8
-  per block of 128 on the fly; not exact, opt-in) | ``table`` (AVX2 ±1 table + FMA, the old AVX2
-  path) | ``xor`` (AVX2 sign flip by xor; the AVX2 default is the same flip by vblendvps), for
+  per block of 128 on the fly, any ISA; not exact, opt-in) | ``table`` (AVX2 ±1 table + FMA; the
+  AVX2 default) | ``xor`` / ``blend`` (AVX2 exact sign flip of x by xor / by vblendvps), for
   measurements.
 * ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands tiles of the packed
   weight and calls a BLAS GEMM instead of the direct kernel (default ``-1``: per ISA, AVX2 from a
@@ -45,7 +45,7 @@ log = logging.getLogger("onebit.kernels")
 
 _ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
 _ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5,
-         "i8": 6, "table": 7, "xor": 8}
+         "i8": 6, "table": 7, "xor": 8, "blend": 9}
 _registered: dict[str, str] = {}
 
 

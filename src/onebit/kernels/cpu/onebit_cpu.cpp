@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -131,18 +132,31 @@ __attribute__((target("avx2,fma"))) void bin_avx2(const float* x, int64_t M, int
       const uint8_t* w1 = w0 + KB;
       const uint8_t* w2 = w1 + KB;
       const uint8_t* w3 = w2 + KB;
-      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t j = 0; j < KB; ++j) {
-        __m256 xv = _mm256_loadu_ps(xm + 8 * j);
+      // two accumulators per row: 8 independent FMA chains hide the FMA latency
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      int64_t j = 0;
+      for (; j + 2 <= KB; j += 2) {
+        const __m256 xv = _mm256_loadu_ps(xm + 8 * j), xw = _mm256_loadu_ps(xm + 8 * j + 8);
+        a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w0[j]]), a0);
+        a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w1[j]]), a1);
+        a2 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w2[j]]), a2);
+        a3 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w3[j]]), a3);
+        b0 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w0[j + 1]]), b0);
+        b1 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w1[j + 1]]), b1);
+        b2 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w2[j + 1]]), b2);
+        b3 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w3[j + 1]]), b3);
+      }
+      for (; j < KB; ++j) {
+        const __m256 xv = _mm256_loadu_ps(xm + 8 * j);
         a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w0[j]]), a0);
         a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w1[j]]), a1);
         a2 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w2[j]]), a2);
         a3 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w3[j]]), a3);
       }
-      y[m * ldy + n] = hsum256(a0);
-      y[m * ldy + n + 1] = hsum256(a1);
-      y[m * ldy + n + 2] = hsum256(a2);
-      y[m * ldy + n + 3] = hsum256(a3);
+      y[m * ldy + n] = hsum256(_mm256_add_ps(a0, b0));
+      y[m * ldy + n + 1] = hsum256(_mm256_add_ps(a1, b1));
+      y[m * ldy + n + 2] = hsum256(_mm256_add_ps(a2, b2));
+      y[m * ldy + n + 3] = hsum256(_mm256_add_ps(a3, b3));
     }
     for (; n < n1; ++n) {
       const uint8_t* w0 = W + n * KB;
@@ -702,11 +716,12 @@ using RowKernel = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64
                            int64_t, float*, int64_t);
 
 // algo codes (kernels/dispatch.py _ALGO): 0 default, 1 lut, 2 kmask, 3 psum, 4 shift, 5 bf16dp,
-// 6 i8 (int8 activations), 7 table (AVX2 ±1 table + FMA), 8 xor (AVX2 sign flip by xor)
-constexpr int64_t ALGO_I8 = 6, ALGO_TABLE = 7, ALGO_XOR = 8;
+// 6 i8 (int8 activations), 7 table (AVX2 ±1 table + FMA: the AVX2 default), 8 xor / 9 blend
+// (AVX2 sign flip by xor / by vblendvps)
+constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9;
 // mm_threshold < 0 (auto): batch rows from which AVX2 expands tiles and calls a GEMM (measured,
 // docs/kernels.md); AVX-512 and scalar never do unless asked
-constexpr int64_t AVX2_MM_THRESHOLD = 4, NEVER_MM = int64_t(1) << 40;
+constexpr int64_t AVX2_MM_THRESHOLD = 8, NEVER_MM = int64_t(1) << 40;
 constexpr int64_t AVX2_TILE_BYTES = 512 * 1024;  // expanded fp32 tile: fits L2
 
 int64_t resolve_isa(int64_t isa) {
@@ -830,19 +845,23 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     // GEMM per tile (MKL/oneDNN); x is already rounded as the reference, the result is rounded
     // to the input dtype by the epilogue
     const int64_t kp = ((K + 15) / 16) * 16, ldb = std::max(kp, 8 * KB);
-    const int64_t NB = std::max<int64_t>(16, std::min<int64_t>(512, (AVX2_TILE_BYTES / (4 * ldb)) / 16 * 16));
+    // tile: 512 KiB (stays in L2 while a small batch uses it); from 128 rows up to 64 MiB (one
+    // GEMM for most layers: 128-row tiles measured ~10 % slower than one GEMM at 512 rows);
+    // ONEBIT_CPU_TILE_BYTES overrides, for measurements
+    const char* te = std::getenv("ONEBIT_CPU_TILE_BYTES");
+    const int64_t tile_bytes = te ? std::max<int64_t>(1, std::atoll(te)) : M >= 128 ? 128 * AVX2_TILE_BYTES
+                                                                                   : AVX2_TILE_BYTES;
+    const int64_t NB = std::max<int64_t>(16, std::min<int64_t>(N, (tile_bytes / (4 * ldb)) / 16 * 16));
     at::Tensor xt = xs.narrow(1, 0, K);
     at::Tensor wbuf = at::empty({std::min(NB, N), ldb}, x.options().dtype(at::kFloat));
-    at::Tensor tmp = at::empty({M * std::min(NB, N)}, x.options().dtype(at::kFloat));
     for (int64_t n0 = 0; n0 < N; n0 += NB) {
       const int64_t n1 = std::min(N, n0 + NB);
       float* wp = wbuf.data_ptr<float>();
       at::parallel_for(n0, n1, 8, [&](int64_t b, int64_t e) {
         expand_bin_f32_avx2(W, KB, b, e, wp + (b - n0) * ldb, ldb);
       });
-      at::Tensor t = tmp.narrow(0, 0, M * (n1 - n0)).view({M, n1 - n0});
+      at::Tensor t = acc.narrow(1, n0, n1 - n0);  // row stride N: BLAS writes it in place (ldc)
       at::mm_out(t, xt, wbuf.narrow(0, 0, n1 - n0).narrow(1, 0, K).t());
-      acc.narrow(1, n0, n1 - n0).copy_(t);
     }
   } else if (M >= mm_threshold) {
     // batched: expand blocks of weight rows in the activation dtype, one GEMM per block
@@ -931,8 +950,10 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
         });
       }
     } else {
-      RowKernel avx2 = algo == ALGO_TABLE ? bin_avx2 : algo == ALGO_XOR ? bin_avx2_flip<false>
-                                                                      : bin_avx2_flip<true>;
+      // AVX2 default: the ±1 table + FMA (measured fastest on the dev VM's Xeon, where vblendvps
+      // ymm is 3 uops); xor / blend: the exact sign-flip variants, for measurements
+      RowKernel avx2 = algo == ALGO_XOR ? bin_avx2_flip<false> : algo == ALGO_BLEND ? bin_avx2_flip<true>
+                                                                                   : bin_avx2;
       RowKernel fn = ternary ? (use == ISA_AVX512 ? ter_avx512 : use == ISA_AVX2 ? ter_avx2 : ter_scalar)
                              : (use == ISA_AVX512 ? bin_avx512_shift : use == ISA_AVX2 ? avx2 : bin_scalar);
       blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
