@@ -380,9 +380,10 @@ def run(args) -> int:
     if bcfg is not None and info.world > 1:
         raise OneBitError("block-wise reconstruction runs in one process (not under torchrun)")
     if stream:
-        code = run_streaming(args, cfg_q, bcfg, state_dir, prog)
+        ledger, hist, seconds = run_streaming(args, cfg_q, bcfg, state_dir, prog)
+        _report_blocks(args, hist, seconds, ledger)
         dist.finish(info)
-        return code
+        return 0
     teacher, tok, student, qc = _load(args, cfg_q, bcfg)
     data = _data(args, teacher, tok, info, prog, bcfg is not None)
     if student is None and bcfg is None:  # GPTQ/AWQ: start from the method's calibrated result

@@ -80,8 +80,8 @@ def _data(args, src, dtype):
     return mixed_starts(data, frac)
 
 
-def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> int:
-    """The streamed block-wise stage: writes OUT and reports as the in-memory stage does."""
+def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> tuple:
+    """The streamed block-wise stage: writes OUT; ``(ledger, per-block history, seconds)``."""
     from pathlib import Path
 
     import torch
@@ -89,7 +89,6 @@ def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> int:
     from ..config import parse_dtype
     from ..distill.streaming import stream_reconstruct
     from ..errors import OneBitError
-    from .distill import _report_blocks
 
     src = Path(args.teacher).expanduser()
     if getattr(cfg_q, "rotate", False):
@@ -102,6 +101,6 @@ def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> int:
     ledger, hist = stream_reconstruct(src, args.out, cfg_q, blocks, bcfg, state_dir / "blocks", dtype=dtype,
                                       progress=prog, resume=args.resume, overwrite=args.overwrite,
                                       device=device)
-    _report_blocks(args, hist, time.perf_counter() - t0, ledger)
+    seconds = time.perf_counter() - t0
     print(f"(streaming: one block in memory at a time, on {device})")
-    return 0
+    return ledger, hist, seconds
