@@ -82,17 +82,19 @@ def test_block_sign_linear_matches_reference(ops, isa, dtype):
             assert_close(ops.block_sign_linear(x, p, s, group, in_f, ISAS[isa], NEVER), ref)
 
 
+@pytest.mark.parametrize("isa", list(ISAS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_gemm_path(ops, dtype):
+def test_gemm_path(ops, isa, dtype):
     """mm_threshold=1: blocks of dequantized rows and BLAS; more rows than one block."""
-    for bits in (2, 4, 8):
-        p, s, z, gs = quant_layer(1500, 6000, bits, 32, "group", "u8")
-        x = make_x(3, 6000, dtype, "transposed")
-        assert_close(ops.quant_linear(x, p, s, z, bits, gs, 6000, -1, 1),
-                     quant_linear_ref(x, p, s, z, bits, gs, 6000))
-    p, s = sign_layer(1500, 6000, 128)
-    x = make_x(3, 6000, dtype)
-    assert_close(ops.block_sign_linear(x, p, s, 128, 6000, -1, 1), block_sign_linear_ref(x, p, s, 128, 6000))
+    for bits, scales, zero in ((2, "group", "u8"), (4, "group", "float"), (8, "channel", "u8"), (4, "tensor", "sym")):
+        p, s, z, gs = quant_layer(1500, 6001, bits, 32, scales, zero)
+        x = make_x(3, 6001, dtype, "transposed")
+        assert_close(ops.quant_linear(x, p, s, z, bits, gs, 6001, ISAS[isa], 1),
+                     quant_linear_ref(x, p, s, z, bits, gs, 6001))
+    p, s = sign_layer(1500, 6001, 128)
+    x = make_x(3, 6001, dtype)
+    assert_close(ops.block_sign_linear(x, p, s, 128, 6001, ISAS[isa], 1),
+                 block_sign_linear_ref(x, p, s, 128, 6001))
 
 
 @pytest.mark.parametrize("layout", ["3d", "transposed", "strided"])

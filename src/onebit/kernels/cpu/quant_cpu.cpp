@@ -264,6 +264,9 @@ Q512 void row_params512(const QP& p, int64_t n, float* zb, float* sb) {
   }
 }
 
+// MB > 0: y[m * N + n] = x_m · row n for MB x rows (x permuted, see perm_col).
+// MB == 0: dequantize instead: row n's weights, in the permuted column order, as T (fp32 / the
+//          bf16 or fp16 bits) into row n - n0 of y (ldx elements per row, Kp written).
 template <int BITS, int MB, int RT>
 Q512 void rows_avx512(const QP& p, int64_t n0, int64_t n1, const float* x, int64_t ldx, float* y) {
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -280,7 +283,7 @@ Q512 void rows_avx512(const QP& p, int64_t n0, int64_t n1, const float* x, int64
   float* sb = p.sbuf;
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* w = p.W + n * p.KB;
-    __m512 acc[MB][2];
+    __m512 acc[MB > 0 ? MB : 1][2];
     for (int m = 0; m < MB; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
     row_params512<RT>(p, n, zb, sb);
     for (int64_t g = 0; g < p.ng; ++g) {
@@ -324,6 +327,20 @@ Q512 void rows_avx512(const QP& p, int64_t n0, int64_t n1, const float* x, int64
           wa = rnd512<RT>(_mm512_mul_ps(rnd512<RT>(_mm512_sub_ps(qa, tA)), tB));
           wb = rnd512<RT>(_mm512_mul_ps(rnd512<RT>(_mm512_sub_ps(qb, tA)), tB));
         }
+        if constexpr (MB == 0) {
+          if constexpr (RT == 0) {
+            float* o = y + (n - n0) * ldx + k;
+            _mm512_storeu_ps(o, wa);
+            _mm512_storeu_ps(o + 16, wb);
+          } else {  // the values are exact in T: truncate (bf16) / convert (fp16)
+            auto* o = reinterpret_cast<__m256i*>(reinterpret_cast<uint16_t*>(y) + (n - n0) * ldx + k);
+            constexpr int rn = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+            _mm256_storeu_si256(o, RT == 1 ? _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(wa), 16))
+                                           : _mm512_cvtps_ph(wa, rn));
+            _mm256_storeu_si256(o + 1, RT == 1 ? _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(wb), 16))
+                                               : _mm512_cvtps_ph(wb, rn));
+          }
+        }
         for (int m = 0; m < MB; ++m) {
           acc[m][0] = _mm512_fmadd_ps(wa, _mm512_loadu_ps(x + m * ldx + k), acc[m][0]);
           acc[m][1] = _mm512_fmadd_ps(wb, _mm512_loadu_ps(x + m * ldx + k + 16), acc[m][1]);
@@ -343,6 +360,12 @@ RowsFn pick_simd(int64_t isa, int mb) {
     return mb == 1 ? rows_avx512<BITS, 1, RT> : mb == 4 ? rows_avx512<BITS, 4, RT> : rows_avx512<BITS, 8, RT>;
   }
   return mb == 1 ? rows_avx2<BITS, 1, RT> : mb == 4 ? rows_avx2<BITS, 4, RT> : rows_avx2<BITS, 8, RT>;
+}
+
+template <int RT>
+RowsFn pick_dequant512(int bits) {
+  return bits == 1 ? rows_avx512<1, 0, RT> : bits == 2 ? rows_avx512<2, 0, RT>
+       : bits == 4 ? rows_avx512<4, 0, RT> : rows_avx512<8, 0, RT>;
 }
 
 template <int RT>
@@ -442,36 +465,14 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
   if (M == 0 || N == 0) return at::empty({M, N}, x.options()).view(oshape);
   const int rt = rt_of(dt);
 
-  if (M >= mm_threshold) {  // batched: dequantize blocks of rows to T, BLAS GEMM per block
-    const int64_t NB = std::max<int64_t>(64, std::min<int64_t>(N, (int64_t(8) << 20) / std::max<int64_t>(K, 1)));
-    at::Tensor y = at::empty({M, N}, x.options());
-    at::Tensor wbuf = at::empty({std::min(NB, N), K}, x.options());
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-      const int64_t n1 = std::min(N, n0 + NB);
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_quant_dequant", [&] {
-        scalar_t* o = wbuf.data_ptr<scalar_t>();
-        if (rt == 1) dequant_rows<scalar_t, 1>(p, n0, n1, o);
-        else if (rt == 2) dequant_rows<scalar_t, 2>(p, n0, n1, o);
-        else dequant_rows<scalar_t, 0>(p, n0, n1, o);
-      });
-      at::Tensor wb = wbuf.narrow(0, 0, n1 - n0);
-      if (n0 == 0 && n1 == N) return at::mm(x2, wb.t()).view(oshape);
-      y.narrow(1, n0, n1 - n0).copy_(at::mm(x2, wb.t()));
-    }
-    return y.view(oshape);
-  }
-
   int64_t use = isa < 0 || isa > q_best_isa() ? q_best_isa() : isa;
   if (ng > 1 && group_size % 32 != 0) use = QISA_SCALAR;  // SIMD chunks must not cross groups
-  // x in fp32, zero padded to Kp columns and to whole blocks of 8 rows; permuted for AVX-512
-  const int64_t ldx = p.Kp, Mp = (M + 7) / 8 * 8;
-  at::Tensor xs = at::zeros({Mp, ldx}, x.options().dtype(at::kFloat));
-  float* xp = xs.data_ptr<float>();
-  {
-    const at::Tensor xf = x2.to(at::kFloat);
+  const bool perm = use == QISA_AVX512 && (bits == 2 || bits == 4);
+  // x in fp32, zero padded to Kp columns; permuted for AVX-512 2/4-bit (perm_col)
+  const at::Tensor xf = x2.to(at::kFloat);
+  auto prologue = [&](float* xp, int64_t ldx) {
     const float* src = xf.data_ptr<float>();
     const int64_t s0 = xf.stride(0), s1 = xf.stride(1);
-    const bool perm = use == QISA_AVX512 && (bits == 2 || bits == 4);
     int pc[32];
     for (int j = 0; j < 32; ++j) pc[j] = perm_col(int(bits), j);
     at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
@@ -485,7 +486,56 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
           }
       }
     });
+  };
+
+  if (M >= mm_threshold) {  // batched: dequantize blocks of rows to T, BLAS GEMM per block
+    // AVX-512: rows decoded by the GEMV's code (stored, not multiplied), in its column order, so
+    // x is permuted the same way; otherwise the portable dequantization in natural order
+    const bool simd = use == QISA_AVX512;
+    const int64_t KW = simd ? p.Kp : K;
+    at::Tensor xg = x2;
+    if (simd) {
+      at::Tensor xs = at::empty({M, KW}, x.options().dtype(at::kFloat));
+      prologue(xs.data_ptr<float>(), KW);
+      xg = xs.to(dt);
+    }
+    // blocks of ~1 MiB of dequantized rows: written and read back by the GEMM while still in L2
+    const int64_t es = x.element_size();
+    const int64_t NB = std::max<int64_t>(16, (int64_t(1) << 20) / std::max<int64_t>(KW * es, 1) / 16 * 16);
+    at::Tensor y = at::empty({M, N}, x.options());
+    at::Tensor wbuf = at::empty({std::min(NB, N), KW}, x.options());
+    for (int64_t n0 = 0; n0 < N; n0 += NB) {
+      const int64_t n1 = std::min(N, n0 + NB);
+      if (simd) {
+        RowsFn fn = rt == 1 ? pick_dequant512<1>(int(bits)) : rt == 2 ? pick_dequant512<2>(int(bits))
+                                                                    : pick_dequant512<0>(int(bits));
+        char* base = static_cast<char*>(wbuf.data_ptr());
+        at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
+          QP pt = p;
+          std::vector<float> zs(2 * (ng + 16));
+          pt.zbuf = zs.data();
+          pt.sbuf = zs.data() + ng + 16;
+          fn(pt, b, e, nullptr, KW, reinterpret_cast<float*>(base + (b - n0) * KW * es));
+        });
+      } else {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_quant_dequant", [&] {
+          scalar_t* o = wbuf.data_ptr<scalar_t>();
+          if (rt == 1) dequant_rows<scalar_t, 1>(p, n0, n1, o);
+          else if (rt == 2) dequant_rows<scalar_t, 2>(p, n0, n1, o);
+          else dequant_rows<scalar_t, 0>(p, n0, n1, o);
+        });
+      }
+      at::Tensor wb = wbuf.narrow(0, 0, n1 - n0);
+      if (n0 == 0 && n1 == N) return at::mm(xg, wb.t()).view(oshape);
+      y.narrow(1, n0, n1 - n0).copy_(at::mm(xg, wb.t()));
+    }
+    return y.view(oshape);
   }
+
+  const int64_t ldx = p.Kp, Mp = (M + 7) / 8 * 8;  // GEMV: whole blocks of 8 x rows (zeros)
+  at::Tensor xs = at::zeros({Mp, ldx}, x.options().dtype(at::kFloat));
+  float* xp = xs.data_ptr<float>();
+  prologue(xp, ldx);
   at::Tensor acc = at::empty({Mp, N}, x.options().dtype(at::kFloat));
   float* ap = acc.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(64, N / (4 * at::get_num_threads()) + 1));
