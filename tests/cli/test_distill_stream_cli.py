@@ -70,6 +70,12 @@ def test_refusals(stories260k, tmp_path, capsys, extra, msg):
     assert not (tmp_path / "o").exists()
 
 
+def test_refuses_a_teacher_it_cannot_stream(shared, tmp_path, capsys):
+    gguf = shared / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert main(["distill", str(gguf), str(tmp_path / "o"), "--streaming", *BLOCKS]) == 2
+    assert "local safetensors model directory" in _err(capsys)
+
+
 def test_refuses_an_evaluation_file(stories260k, data_dir, tmp_path, capsys):
     ev = data_dir / "tinystories" / "tinystories_val_sample.txt"
     assert main(["distill", stories260k, str(tmp_path / "o"), "--streaming", "--data", str(ev), *BLOCKS]) == 2

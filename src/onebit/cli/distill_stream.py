@@ -87,10 +87,13 @@ def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> tuple:
     import torch
 
     from ..config import parse_dtype
-    from ..distill.streaming import stream_reconstruct
+    from ..distill.streaming import checkpoint_bytes, stream_reconstruct
     from ..errors import OneBitError
 
     src = Path(args.teacher).expanduser()
+    if checkpoint_bytes(src) is None:
+        raise OneBitError(f"--streaming reads the teacher one block at a time from a local safetensors model "
+                          f"directory; '{args.teacher}' is not one (pass --no-streaming)")
     if getattr(cfg_q, "rotate", False):
         raise OneBitError("--rotate needs the whole model in memory; pass --no-streaming")
     dtype = parse_dtype(args.dtype)
