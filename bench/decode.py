@@ -2,21 +2,30 @@
 
 A Llama model with random weights in a real shape (default TinyLlama-1.1B: hidden 2048, FFN 5632,
 22 layers, 32 heads / 4 KV heads, vocab 32000; ``--layers`` for fewer), in ``--dtype``.  The onebit
-model is a copy quantized with ``onebit.quantize(model, OneBitConfig())`` (SVID on random weights:
-fine for speed, meaningless for quality; ``lm_head`` stays dense as in every onebit checkpoint).
-Both run the same prompt through the same loop: one prefill, then ``--new-tokens`` single-token
-steps with the KV cache; tokens/s counts the single-token steps only.  The two models alternate
+model is the same model (built again from the same seed, then quantized in place with
+``onebit.quantize(model, OneBitConfig())``: no deep copy, so the process peaks near one fp model
+plus the packed one) (SVID on random weights: fine for speed, meaningless for quality; ``lm_head``
+stays dense as in every onebit checkpoint).  Both run the same prompt through the same loop
+(``--loop static``: onebit.generate.StaticDecoder, static KV cache; ``hf``: transformers' forward
+with its dynamic cache): one prefill, then ``--new-tokens`` single-token steps; tokens/s counts
+the single-token steps only.  The two models alternate
 for ``--rounds`` rounds and the median ratio is printed, with the resident bytes of each model's
 weights (unique parameters + buffers) and the bytes a decode step must read.
 
     python bench/decode.py                       # TinyLlama shape, fp32, 32 new tokens, 3 rounds
     python bench/decode.py --layers 4 --rounds 1 # quick
     python bench/decode.py --dtype bfloat16
+    python bench/decode.py --threads 1 --profile --rounds 1   # + the glue share of a onebit step
+
+``--profile``: torch.profiler over ``--new-tokens`` steps of the onebit model, for both loops:
+the share of the step's wall time outside the matmul ops (onebit::* packed ops, aten::mm / addmm
+/ bmm), i.e. Python, transformers and the small ops between the matmuls ("glue").
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import gc
+import resource
 import statistics
 import sys
 import time
@@ -46,18 +55,68 @@ def step_bytes(model: torch.nn.Module) -> int:
     return tensor_bytes(model) - emb.numel() * emb.element_size()
 
 
-@torch.inference_mode()
-def decode(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+def decode(model, prompt: torch.Tensor, new_tokens: int, loop: str = "static") -> tuple[float, float]:
     """(prefill seconds, decode tokens/s) for greedy decoding with the KV cache."""
-    t0 = time.perf_counter()
-    out = model(prompt, use_cache=True)
-    t1 = time.perf_counter()
-    past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-    t2 = time.perf_counter()
-    for _ in range(new_tokens):
-        out = model(tok, past_key_values=past, use_cache=True)
-        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-    return t1 - t0, new_tokens / (time.perf_counter() - t2)
+    from gguf_speed import OneBitRuntime
+
+    run = model.__dict__.setdefault("_bench_runtime", {}).setdefault(loop, OneBitRuntime(model=model, loop=loop))
+    pre, tps = run.run(prompt[0].tolist(), new_tokens, torch.get_num_threads())
+    return prompt.shape[1] / pre, tps
+
+
+#: ops counted as the step's compute (the rest of the step is glue)
+COMPUTE_OPS = ("onebit::", "aten::mm", "aten::addmm", "aten::bmm")
+
+
+def compute_seconds(prof) -> float:
+    """CPU seconds in COMPUTE_OPS (outermost occurrences only, so nothing counts twice)."""
+    total = 0.0
+    todo = [e for e in prof.events() if e.cpu_parent is None]
+    while todo:
+        e = todo.pop()
+        if e.name.startswith(COMPUTE_OPS):
+            total += e.cpu_time_total
+        else:
+            todo.extend(e.cpu_children)
+    return total / 1e6
+
+
+@torch.inference_mode()
+def glue_share(model, prompt: torch.Tensor, steps: int, loop: str) -> tuple[float, float, float]:
+    """(ms per step unprofiled, ms per step profiled, glue share of the profiled step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from onebit.calibration import cache_kw
+    from onebit.generate import StaticDecoder
+
+    if loop == "static":
+        dec = StaticDecoder(model, prompt.shape[1] + 3 * steps + 2)
+        tok = dec.prefill(prompt).argmax(-1, keepdim=True)
+
+        def step():
+            nonlocal tok
+            tok = dec.step(tok).argmax(-1, keepdim=True)
+    else:
+        kw = cache_kw(model)
+        out = model(prompt, use_cache=True)
+        state = [getattr(out, kw if kw == "cache" else "past_key_values"), out.logits[:, -1].argmax(-1, keepdim=True)]
+
+        def step():
+            o = model(state[1], use_cache=True, **{kw: state[0]})
+            state[:] = [getattr(o, kw if kw == "cache" else "past_key_values"), o.logits[:, -1].argmax(-1, keepdim=True)]
+    for _ in range(steps):   # warm
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    plain = (time.perf_counter() - t) / steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - t
+    comp = compute_seconds(prof)
+    return plain * 1e3, wall / steps * 1e3, (wall - comp) / wall
 
 
 def main() -> None:
@@ -75,6 +134,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--loop", default="static", choices=["static", "hf"], help="decode loop (default static)")
+    ap.add_argument("--profile", action="store_true", help="also the glue share of a onebit step (both loops)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,15 +145,19 @@ def main() -> None:
                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
                       num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
                       max_position_embeddings=2048, tie_word_embeddings=False)
-    torch.manual_seed(0)
+    def build():
+        torch.manual_seed(0)        # the same seed: the same weights each time
+        return LlamaForCausalLM(cfg).to(dtype).eval()
+
     t = time.perf_counter()
-    fp = LlamaForCausalLM(cfg).to(dtype).eval()
-    print(f"built fp model ({sum(p.numel() for p in fp.parameters()) / 1e9:.2f} B params) in "
-          f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
+    ob = onebit.quantize(build(), onebit.OneBitConfig(), progress=True).eval()   # in place
+    gc.collect()
+    print(f"built and quantized the onebit model in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     rss0 = rss_bytes()
     t = time.perf_counter()
-    ob = onebit.quantize(copy.deepcopy(fp), onebit.OneBitConfig(), progress=True).eval()
-    print(f"quantized a copy in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    fp = build()
+    print(f"built fp model ({sum(p.numel() for p in fp.parameters()) / 1e9:.2f} B params) in "
+          f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
 
     print(machine("cpu"))
     cbw = copy_bandwidth()
@@ -101,12 +166,12 @@ def main() -> None:
           f"{args.heads}/{args.kv_heads}, vocab {args.vocab}, {args.dtype}; prompt {args.prompt_len} "
           f"tokens, {args.new_tokens} new tokens, greedy, KV cache; median of {args.rounds} rounds\n")
     prompt = torch.randint(0, args.vocab, (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
-    decode(fp, prompt[:, :4], 2)  # warm-up (and builds the C++ kernels if needed)
-    decode(ob, prompt[:, :4], 2)
+    decode(fp, prompt[:, :4], 2, args.loop)  # warm-up (and builds the C++ kernels if needed)
+    decode(ob, prompt[:, :4], 2, args.loop)
     rows = {"fp": [], "onebit": []}
     for r in range(args.rounds):
         for name, m in (("fp", fp), ("onebit", ob)):
-            rows[name].append(decode(m, prompt, args.new_tokens))
+            rows[name].append(decode(m, prompt, args.new_tokens, args.loop))
         print(f"round {r + 1}/{args.rounds}: fp {rows['fp'][-1][1]:.2f} tok/s, "
               f"onebit {rows['onebit'][-1][1]:.2f} tok/s", file=sys.stderr)
 
@@ -121,8 +186,18 @@ def main() -> None:
     ratio = statistics.median(o[1] / f[1] for f, o in zip(rows["fp"], rows["onebit"]))
     print(f"\ndecode speedup onebit / {args.dtype}: {ratio:.2f}x (median of per-round ratios); "
           f"weight bytes read per step: {step_bytes(fp) / step_bytes(ob):.1f}x fewer")
-    print(f"onebit backend: {onebit.kernels.dispatch.backend('cpu')}; process RSS after loading both "
-          f"models {rss_bytes() / 2**30:.1f} GiB (fp model alone {rss0 / 2**30:.1f} GiB)")
+    if args.profile:
+        print(f"\nglue share of a onebit decode step ({torch.get_num_threads()} thread(s), "
+              f"{args.new_tokens} steps under torch.profiler; glue = wall time outside {', '.join(COMPUTE_OPS)}):")
+        for loop in ("hf", "static"):
+            plain, prof_ms, share = glue_share(ob, prompt, args.new_tokens, loop)
+            print(f"  {loop:>6} loop: {plain:.1f} ms/step ({prof_ms:.1f} profiled), glue {share * 100:.1f}%")
+    from onebit.kernels import dispatch
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"onebit backend: {dispatch.backend('cpu')}; process RSS with both models {rss_bytes() / 2**30:.1f} GiB "
+          f"(onebit model alone {rss0 / 2**30:.1f} GiB before the fp one); peak RSS (ru_maxrss) "
+          f"{peak / 2**30:.2f} GiB = {peak / tensor_bytes(fp):.2f}x the fp model")
 
 
 if __name__ == "__main__":
