@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..fileio import write_text_atomic  # noqa: F401  (the CLI writers use it from here)
+from ..errors import OneBitError
 
 log = logging.getLogger("onebit")
 
@@ -34,6 +35,18 @@ def setup_logging(verbosity: int) -> None:
             hf_logging.disable_progress_bar()
         except Exception:
             pass
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Flags every subcommand takes."""
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.add_argument("--progress", action="store_true",
+                   help="tqdm progress bars even when stderr is not a terminal (there, by default: "
+                   "a plain progress line at most every 30 s)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's, fewer when other processes keep CPUs busy "
+                   "at start; OMP_NUM_THREADS is honoured; docs/threads.md)")
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
@@ -82,8 +95,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def check_paths_exist(*specs: str | None) -> None:
     """A model spec that is clearly a local path (not shaped like a hub id 'org/name') and does not
     exist: the one-line error at once, before the command imports torch (onebit quantize /nope x)."""
-    from ..errors import OneBitError
-
     for spec in specs:
         if spec is None or Path(spec).expanduser().exists():
             continue

@@ -6,14 +6,15 @@ import logging
 import sys
 from pathlib import Path
 
+from ..compare import DEFAULT_MAX_WINDOWS, DEFAULT_METHODS, MODIFIERS
+from ..errors import OneBitError
+from .common import (
+    SEQLEN_HELP, add_common, check_paths_exist, progress_enabled, seqlen_type, write_text_atomic)
+
 log = logging.getLogger("onebit")
 
 
 def register(sub) -> None:
-    from ..compare import DEFAULT_MAX_WINDOWS, DEFAULT_METHODS, MODIFIERS
-    from .common import SEQLEN_HELP, seqlen_type
-    from .main import add_common
-
     p = sub.add_parser(
         "compare", help="quantize a model with several methods and tabulate size vs quality",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -70,13 +71,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from .common import check_paths_exist
-
     check_paths_exist(args.model)  # before torch is imported
     from .. import compare as C
-    from ..errors import OneBitError
     from ..models import check_model_spec
-    from .common import progress_enabled, write_text_atomic
 
     methods = C.parse_methods(args.methods)        # bad specs fail before any loading
     datasets = [d.strip() for d in args.data.split(",") if d.strip()]

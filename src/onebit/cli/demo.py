@@ -13,12 +13,12 @@ import copy
 import logging
 import time
 
+from .common import add_common, progress_enabled
+
 log = logging.getLogger("onebit")
 
 
 def register(sub) -> None:
-    from .main import add_common
-
     p = sub.add_parser("demo", help="quantize the default model, evaluate, generate (the quick start)",
                        description=__doc__.split("\n\n", 1)[1],
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
@@ -56,7 +56,6 @@ def run(args) -> int:
     from ..generate import generate_text
     from ..methods.onebit import OneBitConfig
     from ..models import context_length, load_model, load_tokenizer, resolve_demo_model
-    from .common import progress_enabled
 
     prog = progress_enabled(args)
     spec = resolve_demo_model(args.model)

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import importlib
 
-from .common import EVAL_DTYPE_HELP, SEQLEN_HELP, add_dtype_arg, seqlen_type
+from ..config import parse_dtype
+from ..errors import OneBitError
+from .common import (
+    EVAL_DTYPE_HELP, SEQLEN_HELP, add_common, add_dtype_arg, check_paths_exist, progress_enabled,
+    seqlen_type, write_json_atomic)
+from .kvflags import add_kv_args, kv_config
 
 #: sub-subcommand -> the module (``onebit.cli.<module>``) with its ``register_<name>``
 EVALS = {"ppl": "eval", "zeroshot": "eval_tasks", "kld": "eval_kld", "harness": "eval_tasks", "all": "eval_kld"}
@@ -29,8 +34,6 @@ def add_seqlen_arg(p) -> None:
 
 
 def register_ppl(esub) -> None:
-    from .main import add_common
-
     p = esub.add_parser(
         "ppl", help="perplexity by the GPTQ/OneBit convention",
         description="Perplexity by the GPTQ/OneBit convention: the text (WikiText-2 raw test rows "
@@ -45,27 +48,18 @@ def register_ppl(esub) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     add_dtype_arg(p, "float32", EVAL_DTYPE_HELP)
-    from .kvflags import add_kv_args
-
     add_kv_args(p, chunk=True)
     add_common(p)
     p.set_defaults(func=run_ppl)
 
 
 def run_ppl(args) -> int:
-    from .common import check_paths_exist
-
     check_paths_exist(args.model)  # before torch is imported
-    from ..config import parse_dtype
-    from ..errors import OneBitError
     from ..eval.perplexity import dataset_perplexity
     from ..models import load_model, load_tokenizer
-    from .common import progress_enabled, write_json_atomic
 
     if args.batch_size < 1:
         raise OneBitError(f"--batch-size must be at least 1, got {args.batch_size}")
-    from .kvflags import kv_config
-
     kv = kv_config(args)
     if args.kv_chunk is not None and args.kv_chunk < 1:
         raise OneBitError(f"--kv-chunk must be at least 1, got {args.kv_chunk}")
@@ -103,7 +97,6 @@ def _add_task_args(p) -> None:
 
 
 def _task_files(args) -> dict:
-    from ..errors import OneBitError
     from ..eval.tasks import canonical_task
 
     files = {}
@@ -124,11 +117,7 @@ def _add_threads(p) -> None:
 
 
 def _load(spec, args):
-    from .common import check_paths_exist
-
     check_paths_exist(spec, getattr(args, "student", None), getattr(args, "teacher", None))
-    from ..config import parse_dtype
-    from ..errors import OneBitError
     from ..models import load_model, load_tokenizer
 
     if getattr(args, "threads", None) is not None:
@@ -149,7 +138,6 @@ def _add_window_args(p, default_data="wikitext2") -> None:
 
 
 def _seqlen(args, model) -> int:
-    from ..errors import OneBitError
     from ..models import context_length
 
     if args.max_windows is not None and args.max_windows < 1:

@@ -1,13 +1,14 @@
 """``onebit eval kld`` (a student against its teacher) and ``onebit eval all`` (everything, one report)."""
 from __future__ import annotations
 
-from .common import EVAL_DTYPE_HELP, add_dtype_arg
+from ..config import parse_dtype
+from ..errors import OneBitError
+from .common import (
+    EVAL_DTYPE_HELP, add_common, add_dtype_arg, progress_enabled, write_json_atomic, write_text_atomic)
 from .eval import _add_task_args, _add_threads, _add_window_args, _load, _seqlen, _task_files, add_seqlen_arg
 
 
 def register_kld(esub) -> None:
-    from .main import add_common
-
     p = esub.add_parser(
         "kld", help="KL divergence and top-1 agreement of a student with its teacher",
         description="Agreement of STUDENT with TEACHER, as llama.cpp's perplexity --kl-divergence "
@@ -29,11 +30,8 @@ def register_kld(esub) -> None:
 
 
 def run_kld(args) -> int:
-    from ..errors import OneBitError
     from ..eval.kld import dataset_kld
     from ..models import load_model
-    from ..config import parse_dtype
-    from .common import progress_enabled, write_json_atomic
 
     if args.batch_size < 1:
         raise OneBitError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -59,8 +57,6 @@ def run_kld(args) -> int:
 
 
 def register_all(esub) -> None:
-    from .main import add_common
-
     p = esub.add_parser(
         "all", help="perplexity + zero-shot (+ KLD with --teacher) into one JSON and Markdown summary",
         description="Run perplexity (--ppl-data), the zero-shot tasks and, with --teacher, KLD against "
@@ -83,12 +79,9 @@ def register_all(esub) -> None:
 
 
 def run_all_cmd(args) -> int:
-    from ..errors import OneBitError
     from ..eval.report import run_all, to_markdown
     from ..eval.tasks import parse_tasks
     from ..models import load_model
-    from ..config import parse_dtype
-    from .common import progress_enabled, write_json_atomic, write_text_atomic
 
     tasks = parse_tasks(args.tasks) if args.tasks.strip() else []
     if args.limit is not None and args.limit < 1:

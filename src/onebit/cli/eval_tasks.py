@@ -1,13 +1,12 @@
 """``onebit eval zeroshot`` and ``onebit eval harness``: the zero-shot tasks, ours and lm-eval's."""
 from __future__ import annotations
 
-from .common import EVAL_DTYPE_HELP, add_dtype_arg
+from ..errors import OneBitError
+from .common import EVAL_DTYPE_HELP, add_common, add_dtype_arg, progress_enabled, write_json_atomic
 from .eval import _add_task_args, _add_threads, _load, _task_files
 
 
 def register_zeroshot(esub) -> None:
-    from .main import add_common
-
     p = esub.add_parser(
         "zeroshot", help="zero-shot accuracy on PIQA, HellaSwag, WinoGrande, ARC, BoolQ, LAMBADA",
         description="Zero-shot accuracy scored as lm-evaluation-harness scores it: each choice's "
@@ -30,11 +29,9 @@ def register_zeroshot(esub) -> None:
 
 
 def run_zeroshot(args) -> int:
-    from ..errors import OneBitError
     from ..eval.report import format_task
     from ..eval.tasks import load_task, parse_tasks
     from ..eval.zeroshot import evaluate_task, paper_average
-    from .common import progress_enabled, write_json_atomic
 
     tasks = parse_tasks(args.tasks)
     if args.limit is not None and args.limit < 1:
@@ -59,8 +56,6 @@ def run_zeroshot(args) -> int:
 
 
 def register_harness(esub) -> None:
-    from .main import add_common
-
     p = esub.add_parser(
         "harness", help="run lm-evaluation-harness on the (packed) model in memory",
         description="Hand the in-memory model (fp or packed) to lm-evaluation-harness "
@@ -80,9 +75,7 @@ def register_harness(esub) -> None:
 
 
 def run_harness_cmd(args) -> int:
-    from ..errors import OneBitError
     from ..eval.harness import require_lm_eval, run_harness
-    from .common import progress_enabled, write_json_atomic
 
     require_lm_eval()
     if args.limit is not None and args.limit < 1:

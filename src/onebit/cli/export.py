@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..export.spec import EMBED_TYPES, WEIGHT_TYPES
+from .common import add_common
+
 
 def register(sub) -> None:
-    from ..export.spec import EMBED_TYPES, WEIGHT_TYPES
-    from .main import add_common
-
     p = sub.add_parser(
         "export", help="write a packed checkpoint as a GGUF file that stock llama.cpp runs",
         description="Write a packed onebit checkpoint as a GGUF file for llama.cpp (llama-cli, "

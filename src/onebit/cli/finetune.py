@@ -12,15 +12,15 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..errors import OneBitError
+from .common import add_common, progress_enabled, seqlen_type
+
 log = logging.getLogger("onebit")
 
 EVAL_NAMES = ("wikitext2", "c4", "tinystories")
 
 
 def register(sub) -> None:
-    from .common import seqlen_type
-    from .main import add_common
-
     p = sub.add_parser("finetune", help="train LoRA adapters on a packed checkpoint (QLoRA style)",
                        description=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,11 +62,9 @@ def run(args) -> int:
 
     from ..calibration import read_training_text
     from ..distill.finetune import FinetuneConfig, finetune, split_holdout
-    from ..errors import OneBitError
     from ..eval.perplexity import tokenize_text
     from ..formats.checkpoint import is_packed_checkpoint, prepare_output_dir, save_checkpoint
     from ..models import check_model_spec, context_length, load_model, load_tokenizer
-    from .common import progress_enabled
 
     # ---- everything a user can get wrong fails here, before any loading or training
     cfg = FinetuneConfig(rank=args.rank, alpha=args.alpha,

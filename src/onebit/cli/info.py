@@ -1,10 +1,14 @@
 """``onebit info CHECKPOINT``: the bit ledger of a packed checkpoint (from its header alone)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from ..errors import OneBitError
+from .common import add_common
+
 
 def register(sub) -> None:
-    from .main import add_common
-
     p = sub.add_parser("info", help="print the bit ledger of a packed checkpoint",
                        description="Print a packed checkpoint's quantization settings and its bit "
                        "ledger: bits per tensor, totals for quantized linears, embeddings, head and "
@@ -20,9 +24,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import json
-
-    from ..errors import OneBitError
     from ..formats.checkpoint import read_quant_config
     from ..loading import checkpoint_ledger
     from ..registry import available_methods
@@ -32,8 +33,6 @@ def run(args) -> int:
         return 0
     if not args.checkpoint:
         raise OneBitError("info needs a CHECKPOINT (or --methods)")
-    from pathlib import Path
-
     if Path(args.checkpoint).is_file() and args.checkpoint.lower().endswith(".gguf"):
         from ..formats.gguf_header import check_gguf_file, summarize
 

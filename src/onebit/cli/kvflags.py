@@ -2,6 +2,8 @@
 (:mod:`onebit.kvcache`).  Torch-free at import: ``onebit --help`` stays fast."""
 from __future__ import annotations
 
+from ..errors import OneBitError
+
 #: mirror onebit.kvcache.KV_KINDS / KV_AXES (that module imports torch); a test keeps them equal
 KV_KINDS = ("none", "int8", "int4")
 KV_AXES = ("token", "channel", "kivi")
@@ -28,8 +30,6 @@ def add_kv_args(p, chunk: bool = False) -> None:
 
 def kv_config(args):
     """The :class:`onebit.kvcache.KVQuantConfig` of the flags (validated), or None for 'none'."""
-    from ..errors import OneBitError
-
     kind = getattr(args, "kv_cache", "none") or "none"
     if kind == "none":
         if getattr(args, "kv_axis", "token") != "token" or getattr(args, "kv_group", 32) != 32:

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from ..errors import OneBitError
+from .common import add_common, one_line, setup_logging  # noqa: F401  (add_common lived here)
 
 SUBCOMMANDS = ["quantize", "distill", "finetune", "export", "eval", "compare", "generate", "info", "demo"]
 
@@ -29,8 +30,6 @@ class OneBitArgumentParser(argparse.ArgumentParser):
     Subparsers are made by ``type(parent)``, so every subcommand and sub-subcommand has it."""
 
     def error(self, message: str):
-        from .common import one_line
-
         self.exit(2, f"onebit: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
@@ -50,21 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """Flags every subcommand takes."""
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors and results")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    p.add_argument("--progress", action="store_true",
-                   help="tqdm progress bars even when stderr is not a terminal (there, by default: "
-                   "a plain progress line at most every 30 s)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's, fewer when other processes keep CPUs busy "
-                   "at start; OMP_NUM_THREADS is honoured; docs/threads.md)")
-
-
 def main(argv: list[str] | None = None) -> int:
     from ..progress import set_plain_lines
-    from .common import one_line, setup_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -33,6 +33,9 @@ import ast
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+import dataclasses
+
+from ..errors import OneBitError
 
 _PKG = Path(__file__).resolve().parents[1]  # src/onebit
 _MISSING = object()
@@ -334,9 +337,6 @@ def add_method_flags(p: argparse.ArgumentParser) -> None:
 
 def build_config(args):
     """The ``--method`` config from the generated flags; a flag the method lacks is an error."""
-    import dataclasses
-
-    from ..errors import OneBitError
     from ..registry import get_handler_cls
 
     cls = get_handler_cls(args.method).config_cls

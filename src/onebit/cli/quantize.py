@@ -4,15 +4,17 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
+
+from ..config import EMBED_KINDS, parse_dtype
+from ..errors import OneBitError
+from .common import add_common, add_dtype_arg, check_paths_exist, progress_enabled
+from .method_flags import add_method_flags, method_names
 
 log = logging.getLogger("onebit")
 
 
 def register(sub) -> None:
-    from .common import add_dtype_arg
-    from .main import add_common
-    from .method_flags import add_method_flags, method_names
-
     p = sub.add_parser(
         "quantize", help="quantize a model and write a packed checkpoint",
         description="Load a Hugging Face causal LM (hub id or local directory), replace every linear "
@@ -37,8 +39,6 @@ def register(sub) -> None:
 
 
 def add_embed_args(p) -> None:
-    from ..config import EMBED_KINDS  # torch-free: --help stays fast
-
     e = p.add_argument_group("embeddings", "the token embedding and the head (tied: one table for both)")
     e.add_argument("--embed-quant", choices=EMBED_KINDS, default="none",
                    help="none: model dtype (default); int8 / int4: groups with an fp16 scale (llama.cpp "
@@ -55,8 +55,6 @@ def build_embed_config(args):
     from ..embeddings import EmbedQuantConfig
 
     if getattr(args, "embed_group", None) is not None and getattr(args, "embed_quant", "none") == "none":
-        from ..errors import OneBitError
-
         raise OneBitError("--embed-group needs --embed-quant int8|int4|int2|q1")
     cfg = EmbedQuantConfig(getattr(args, "embed_quant", "none"), getattr(args, "embed_group", None),
                            getattr(args, "embed_head", True))
@@ -72,15 +70,10 @@ def build_config(args):
 
 
 def run(args) -> int:
-    from .common import check_paths_exist
-
     check_paths_exist(args.model)  # before torch is imported: a mistyped path fails at once
     from ..api import quantize
-    from ..config import parse_dtype
-    from ..errors import OneBitError
     from ..formats.checkpoint import prepare_output_dir, save_checkpoint
     from ..models import check_model_spec, load_model, load_tokenizer
-    from .common import progress_enabled
 
     cfg = build_config(args)                       # bad method/flags fail before any loading
     embed = build_embed_config(args)
@@ -129,12 +122,7 @@ def run(args) -> int:
 def run_streaming(args, cfg) -> int:
     """``--streaming``: one tensor at a time (pipelines/streaming.py); methods that need
     calibration (GPTQ) one decoder block at a time (pipelines/streaming_blocks.py)."""
-    from pathlib import Path
-
-    from ..config import parse_dtype
-    from ..errors import OneBitError
     from ..pipelines.streaming import stream_quantize
-    from .common import progress_enabled
 
     if not Path(args.model).expanduser().is_dir():
         raise OneBitError(f"--streaming needs a local model directory, got '{args.model}'")
