@@ -334,7 +334,7 @@ def test_layer_check_sees_an_upward_import(tmp_path):
 
 # --------------------------------------------------------------------------- imports inside functions
 #: Heavy packages: a function-level import that keeps one of them out of a module is legitimate.
-HEAVY = ("torch", "transformers", "accelerate", "datasets")
+HEAVY = ("torch", "transformers", "accelerate", "datasets", "numpy")
 #: Optional or probed packages (extras, or imported only where they are used).
 OPTIONAL = ("triton", "matplotlib", "lm_eval", "llama_cpp", "gguf", "peft")
 
