@@ -11,9 +11,15 @@ benchmark cycles through enough copies of each weight to exceed the last-level c
 decode where every layer's weights come from DRAM once per token (``--warm``: one copy, which for
 packed weights fits in cache).
 
-    python bench/kernels.py                              # CPU: fp32 + bf16, batch 1 8 64
+    python bench/kernels.py                              # CPU: fp32 + bf16, batch 1 8 64 512
     python bench/kernels.py --batch 1 --dtypes float32 --variants   # + the other CPU paths and the reference
+    python bench/kernels.py --isa avx2 --preset tinyllama --variants  # an AVX2-only CPU (issue 19)
     python bench/kernels.py --device cuda                # GPU: fp16
+
+``--isa avx2`` caps onebit's kernels at AVX2 (``ONEBIT_CPU_ISA``) and, unless ``--dense-isa
+native``, re-runs the script with MKL and oneDNN capped at AVX2 too (``MKL_ENABLE_INSTRUCTIONS``,
+``ONEDNN_MAX_CPU_ISA``), so that the dense ``F.linear`` it is compared with is an AVX2 GEMM as on
+that CPU.  ``--algo`` sets ``ONEBIT_CPU_ALGO`` for the main column (e.g. ``i8``).
 """
 from __future__ import annotations
 
@@ -34,9 +40,19 @@ from common import copy_bandwidth, llc_bytes, machine, timeit  # noqa: E402
 import onebit.kernels  # noqa: E402,F401
 from onebit.formats.packing import pack_signs  # noqa: E402
 
-SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (out, in): attn/o, gate/up, down
-VARIANTS = {  # name -> environment for the dispatcher (CPU)
+PRESETS = {  # (out, in): attn/o, (k/v), gate/up, down
+    "llama7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
+    "tinyllama": [(2048, 2048), (256, 2048), (5632, 2048), (2048, 5632)],
+}
+NEVER = str(1 << 40)
+VARIANTS = {  # name -> environment for the dispatcher (CPU), on top of --isa / --algo
     "avx2": {"ONEBIT_CPU_ISA": "avx2"},
+    "i8": {"ONEBIT_CPU_ALGO": "i8"},
+    "avx2-table": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_ALGO": "table", "ONEBIT_CPU_MM_THRESHOLD": NEVER},
+    "avx2-xor": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_ALGO": "xor", "ONEBIT_CPU_MM_THRESHOLD": NEVER},
+    "avx2-blend": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_ALGO": "blend", "ONEBIT_CPU_MM_THRESHOLD": NEVER},
+    "avx2-i8": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_ALGO": "i8", "ONEBIT_CPU_MM_THRESHOLD": NEVER},
+    "avx2-gemm": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_MM_THRESHOLD": "1"},
     "scalar": {"ONEBIT_CPU_ISA": "scalar"},
     "lut": {"ONEBIT_CPU_ALGO": "lut"},
     "kmask": {"ONEBIT_CPU_ALGO": "kmask"},
@@ -102,29 +118,53 @@ def bench_case(out_f, in_f, batch, dtype, device, repeats, cold, variants):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64, 512])
     ap.add_argument("--dtypes", nargs="+", default=None,
                     help="default: float32 bfloat16 on CPU, float16 on CUDA")
     ap.add_argument("--shapes", nargs="+", default=None, metavar="OUTxIN",
-                    help="default: Llama-2-7B 4096x4096 11008x4096 4096x11008")
+                    help="default: the --preset's shapes")
+    ap.add_argument("--preset", default="llama7b", choices=sorted(PRESETS),
+                    help="layer shapes: llama7b (Llama-2-7B) or tinyllama (TinyLlama-1.1B)")
+    ap.add_argument("--isa", default=None, choices=["auto", "avx512", "avx2", "scalar"],
+                    help="ONEBIT_CPU_ISA for the packed kernels (avx2: an AVX2-only CPU)")
+    ap.add_argument("--dense-isa", default="same", choices=["same", "native"],
+                    help="with --isa avx2: cap MKL/oneDNN at AVX2 too (same, default) or not (native)")
+    ap.add_argument("--algo", default=None, help="ONEBIT_CPU_ALGO for the packed column (e.g. i8)")
     ap.add_argument("--rounds", type=int, default=3, help="measure the whole table this many times")
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--warm", action="store_true", help="one weight copy (packed may sit in cache)")
     ap.add_argument("--variants", action="store_true",
-                    help="also time the other CPU paths (avx2, scalar, lut, kmask, psum, shift, bf16dp, reference)")
+                    help="also time the other CPU paths (" + ", ".join(VARIANTS) + ")")
+    ap.add_argument("--variant", nargs="+", default=None, choices=sorted(VARIANTS),
+                    help="time only these other CPU paths")
     args = ap.parse_args()
+    if args.isa == "avx2" and args.dense_isa == "same" and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        # MKL / oneDNN read these when they load (torch is imported already): run again with them
+        os.environ.update(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    if args.isa:
+        os.environ["ONEBIT_CPU_ISA"] = args.isa
+    if args.algo:
+        os.environ["ONEBIT_CPU_ALGO"] = args.algo
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/kernels.py: error: --device cuda but CUDA is not available")
     dtypes = args.dtypes or (["float32", "bfloat16"] if args.device == "cpu" else ["float16"])
-    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes] if args.shapes else SHAPES
-    variants = list(VARIANTS) if args.variants and args.device == "cpu" else []
+    shapes = ([tuple(int(v) for v in s.lower().split("x")) for s in args.shapes] if args.shapes
+              else PRESETS[args.preset])
+    variants = (args.variant or list(VARIANTS)) if (args.variants or args.variant) and args.device == "cpu" else []
 
     torch.ops.onebit.binary_linear(torch.randn(1, 8), torch.zeros(1, 1, dtype=torch.uint8),
                                    torch.ones(8), torch.ones(1), 8)  # build/load the backend first
     print(machine(args.device))
+    if args.device == "cpu":
+        dense_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
+        print(f"ONEBIT_CPU_ISA={os.environ.get('ONEBIT_CPU_ISA', 'auto')} "
+              f"ONEBIT_CPU_ALGO={os.environ.get('ONEBIT_CPU_ALGO', 'simd')} "
+              f"ONEBIT_CPU_MM_THRESHOLD={os.environ.get('ONEBIT_CPU_MM_THRESHOLD', 'auto')}; "
+              f"dense F.linear: MKL/oneDNN ISA {dense_isa}")
     cbw = statistics.median(copy_bandwidth(args.device) for _ in range(3))
     print(f"copy bandwidth (dst.copy_(src), 512 MiB, read+write): {cbw:.1f} GB/s")
     print(f"weights: {'warm (one copy)' if args.warm else 'cold (copies > 2x LLC, cycled)'}; "
@@ -151,17 +191,18 @@ def main() -> None:
         print(f"{o:>6}x{i:<5} {b:>5} {d:>8} {med['dense'] * 1e3:>9.3f} {med['packed'] * 1e3:>9.3f}"
               f" {ratio:>7.1f}x {bwd:>10.1f} {bwp:>11.1f} {100 * bwp / cbw:>11.0f}%")
     if variants:
-        print("\nother CPU paths (ms; speedup vs dense in the same round, median):")
-        print(f"{'out x in':>12} {'batch':>5} {'dtype':>8} " + " ".join(f"{v:>16}" for v in variants))
+        print("\nother CPU paths (ms; speedup vs dense in the same round, median; packed GB/s as % of copy bw):")
+        print(f"{'out x in':>12} {'batch':>5} {'dtype':>8} " + " ".join(f"{v:>21}" for v in variants))
         for c in cases:
             rs = runs[c]
             cells = []
             for v in variants:
                 t = statistics.median(r[v] for r in rs)
                 sp = statistics.median(r["dense"] / r[v] for r in rs)
-                cells.append(f"{t * 1e3:8.2f} ({sp:4.1f}x)")
+                pct = 100 * rs[0]["bytes_packed"] / t / 1e9 / cbw
+                cells.append(f"{t * 1e3:8.2f} ({sp:4.1f}x {pct:3.0f}%)")
             (o, i), b, d = c
-            print(f"{o:>6}x{i:<5} {b:>5} {d:>8} " + " ".join(f"{s:>16}" for s in cells))
+            print(f"{o:>6}x{i:<5} {b:>5} {d:>8} " + " ".join(f"{s:>21}" for s in cells))
 
 
 if __name__ == "__main__":

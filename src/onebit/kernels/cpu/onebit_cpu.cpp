@@ -721,7 +721,7 @@ using RowKernel = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64
 constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9;
 // mm_threshold < 0 (auto): batch rows from which AVX2 expands tiles and calls a GEMM (measured,
 // docs/kernels.md); AVX-512 and scalar never do unless asked
-constexpr int64_t AVX2_MM_THRESHOLD = 8, NEVER_MM = int64_t(1) << 40;
+constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
 constexpr int64_t AVX2_TILE_BYTES = 512 * 1024;  // expanded fp32 tile: fits L2
 
 int64_t resolve_isa(int64_t isa) {
