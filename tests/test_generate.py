@@ -23,13 +23,15 @@ def hf_greedy(model, ids, n):
                           pad_token_id=0)
 
 
+@pytest.mark.parametrize("engine", ["onebit", "hf"])
 @pytest.mark.parametrize("which", ["fp", "packed"])
-def test_static_greedy_equals_hf_generate(which, fp_260k, packed_260k, tok_260k):
+def test_static_greedy_equals_hf_generate(which, engine, fp_260k, packed_260k, tok_260k):
     model = fp_260k if which == "fp" else packed_260k
     ids = tok_260k(PROMPT, return_tensors="pt").input_ids
     n = 24
     ref = hf_greedy(model, ids, n)
-    dec = StaticDecoder(model, ids.shape[1] + n)
+    dec = StaticDecoder(model, ids.shape[1] + n, engine=engine)
+    assert dec.engine == engine and StaticDecoder(model, 8).engine == "onebit"   # auto: Llama -> onebit
     got = dec.generate(ids, n)
     assert got.shape == ref.shape
     assert torch.equal(got, ref)
@@ -38,15 +40,31 @@ def test_static_greedy_equals_hf_generate(which, fp_260k, packed_260k, tok_260k)
     assert torch.equal(dec.generate(ids2, 8), hf_greedy(model, ids2, 8))
 
 
-def test_static_step_logits_match_a_full_forward(packed_260k, tok_260k):
+@pytest.mark.parametrize("engine", ["onebit", "hf"])
+def test_static_step_logits_match_a_full_forward(engine, packed_260k, tok_260k):
     ids = tok_260k(PROMPT, return_tensors="pt").input_ids
-    dec = StaticDecoder(packed_260k, ids.shape[1] + 4)
+    dec = StaticDecoder(packed_260k, ids.shape[1] + 4, engine=engine)
     dec.prefill(ids[:, :-2])
     dec.step(ids[:, -2:-1])
     last = dec.step(ids[:, -1:])
     with torch.no_grad():
         full = packed_260k(ids).logits[:, -1]
     assert torch.allclose(last, full, rtol=1e-4, atol=1e-4)
+    if engine == "onebit":   # a chunk of several tokens after earlier ones (the masked path)
+        dec.prefill(ids[:, :3])
+        with torch.inference_mode():
+            chunk = dec.rt.forward(ids[:, 3:])
+        assert torch.allclose(chunk, full, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_choice(fp_260k):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    assert StaticDecoder(gpt2, 8).engine == "hf"
+    assert StaticDecoder(fp_260k, 8, compile=True).engine == "hf"
+    with pytest.raises(OneBitError, match="Llama"):
+        StaticDecoder(gpt2, 8, engine="onebit")
 
 
 def test_static_cache_overflow_is_an_error(fp_260k, tok_260k):

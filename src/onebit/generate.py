@@ -10,19 +10,101 @@ The static loop, for batch 1:
 * every decode step has the same shapes (one token, its position as a tensor, the fixed cache), so
   ``compile=True`` can ``torch.compile`` the step once (it pays only when the run is long enough
   to repay the compile time: ``bench/gguf_speed.py --compile`` measures it);
-* the next token is picked without leaving torch (argmax, or top-k sampling with a generator).
+* the next token is picked without leaving torch (argmax, or top-k sampling with a generator);
+* for Llama-architecture models (``engine="onebit"``, chosen by ``"auto"``) the forward is
+  :class:`LlamaRuntime`, onebit's own: the same modules (packed linears, quantized embedding and
+  head), but a batch-1 loop over the layers with about half the small ops and none of
+  transformers' per-call machinery (mask building, cache objects, output classes), so the
+  matmuls are most of a decode step.  Other models (and ``compile=True``) use transformers'
+  forward with a ``StaticCache`` (``engine="hf"``).
 """
 from __future__ import annotations
 
 import time
 
 import torch
+import torch.nn.functional as F
 
 from .calibration import cache_kw
 from .errors import OneBitError
 from .models import context_length
 
 RUNTIMES = ("static", "hf")
+ENGINES = ("auto", "onebit", "hf")
+
+
+class LlamaRuntime:
+    """onebit's batch-1 forward of a Llama-architecture causal LM (``model_type`` llama), with its
+    own static KV cache (one ``[1, kv_heads, max_len, head_dim]`` pair per layer).
+
+    It calls the model's own modules (so packed linears, quantized embeddings and heads run as
+    everywhere) and computes what transformers' Llama computes, in the same order: RMSNorm in
+    float32, rotary embedding ``x·cos + rotate_half(x)·sin`` (cos/sin for every position computed
+    once by the model's rotary module), SDPA over the cached positions, residual adds; logits of the
+    last position only."""
+
+    @staticmethod
+    def supports(model) -> bool:
+        cfg, inner = getattr(model, "config", None), getattr(model, "model", None)
+        if cfg is None or getattr(cfg, "model_type", None) != "llama" or inner is None:
+            return False
+        rope = getattr(getattr(inner, "rotary_emb", None), "rope_type", None)
+        return rope in ("default", "linear", "llama3") and hasattr(model, "lm_head") and all(
+            hasattr(layer, "self_attn") and hasattr(layer, "mlp") for layer in inner.layers)
+
+    def __init__(self, model, max_len: int):
+        inner, cfg = model.model, model.config
+        self.embed, self.norm, self.head = inner.embed_tokens, inner.norm, model.lm_head
+        self.layers = list(inner.layers)[: cfg.num_hidden_layers]
+        a = self.layers[0].self_attn
+        self.hd, self.scaling = a.head_dim, a.scaling
+        self.nh, self.nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        w = self.norm.weight
+        self.dtype, self.device = w.dtype, w.device
+        with torch.no_grad():
+            cos, sin = inner.rotary_emb(torch.empty(0, dtype=self.dtype, device=self.device),
+                                        torch.arange(max_len, device=self.device)[None])
+        self.cos, self.sin = cos[0], sin[0]                                  # [max_len, head_dim]
+        shape = (1, self.nkv, max_len, self.hd)
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.max_len, self.pos = max_len, 0
+
+    def _rms(self, mod, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + mod.variance_epsilon)
+        return mod.weight * x.to(dt)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Run ``ids`` ``[1, n]`` at the next ``n`` positions; the last position's logits."""
+        n, p0 = ids.shape[1], self.pos
+        end = p0 + n
+        cos, sin = self.cos[p0:end], self.sin[p0:end]
+        mask = None
+        if n > 1 and p0 > 0:      # a chunk after earlier tokens: causal within, all earlier visible
+            mask = torch.ones(n, end, dtype=torch.bool, device=ids.device).tril(p0)
+        h = self.embed(ids)
+        for i, layer in enumerate(self.layers):
+            a, mlp = layer.self_attn, layer.mlp
+            x = self._rms(layer.input_layernorm, h)
+            q = self._rope(a.q_proj(x).view(1, n, self.nh, self.hd).transpose(1, 2), cos, sin)
+            k = self._rope(a.k_proj(x).view(1, n, self.nkv, self.hd).transpose(1, 2), cos, sin)
+            self.k[i][:, :, p0:end] = k
+            self.v[i][:, :, p0:end] = a.v_proj(x).view(1, n, self.nkv, self.hd).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, self.k[i][:, :, :end], self.v[i][:, :, :end], attn_mask=mask,
+                                               is_causal=n > 1 and mask is None, scale=self.scaling,
+                                               enable_gqa=self.nh != self.nkv)
+            h = h + a.o_proj(o.transpose(1, 2).reshape(1, n, self.nh * self.hd))
+            x = self._rms(layer.post_attention_layernorm, h)
+            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        self.pos = end
+        return self.head(self._rms(self.norm, h[:, -1:]))[:, -1]
 
 
 class StaticDecoder:
@@ -30,15 +112,24 @@ class StaticDecoder:
     ``max_len`` tokens.  ``prefill(ids)`` then ``step(token)`` return the next-token logits
     ``[1, vocab]``; :meth:`generate` runs the whole loop."""
 
-    def __init__(self, model, max_len: int, compile: bool = False):
+    def __init__(self, model, max_len: int, compile: bool = False, engine: str = "auto"):
         from transformers import StaticCache
 
+        if engine not in ENGINES:
+            raise OneBitError(f"engine must be one of {', '.join(ENGINES)}, got '{engine}'")
+        if engine == "auto":
+            engine = "onebit" if LlamaRuntime.supports(model) and not compile else "hf"
+        if engine == "onebit" and not LlamaRuntime.supports(model):
+            raise OneBitError(f"onebit's own forward runs Llama-architecture models, not "
+                              f"{getattr(model.config, 'model_type', type(model).__name__)}")
+        self.engine = engine
         self.model = model.eval()
         p = next(model.parameters(), None)
         b = next(model.buffers(), None)
         self.device = (p if p is not None else b).device
         self.max_len = int(max_len)
-        self.cache = StaticCache(config=model.config, max_cache_len=self.max_len)
+        self.rt = LlamaRuntime(model, self.max_len) if engine == "onebit" else None
+        self.cache = StaticCache(config=model.config, max_cache_len=self.max_len) if self.rt is None else None
         self.cache_kw = cache_kw(model)
         self.pos = 0
         self._forward = model.forward
@@ -48,13 +139,20 @@ class StaticDecoder:
         self.first_step_s: float | None = None
 
     def reset(self) -> None:
-        self.cache.reset()
+        if self.cache is not None:
+            self.cache.reset()
+        if self.rt is not None:
+            self.rt.pos = 0
         self.pos = 0
 
     def _run(self, forward, ids: torch.Tensor) -> torch.Tensor:
         n = ids.shape[1]
         if self.pos + n > self.max_len:
             raise OneBitError(f"the static cache holds {self.max_len} tokens, asked for {self.pos + n}")
+        if self.rt is not None:
+            logits = self.rt.forward(ids)
+            self.pos += n
+            return logits
         pos = torch.arange(self.pos, self.pos + n, device=self.device).unsqueeze(0)
         out = forward(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1,
                       **{self.cache_kw: self.cache})
