@@ -9,7 +9,7 @@ medians of per-round ratios measured in the same run; GB/s = packed bytes (codes
 zeros) / C++ time.  Weights are cold (copies > 2x LLC, cycled) unless ``--warm``.
 
     python bench/quant_kernels.py --threads 1                      # the full table (minutes)
-    python bench/quant_kernels.py --quick                          # ~30 s: SmolLM2 shapes, batch 1 and 8, warm
+    python bench/quant_kernels.py --quick                          # ~30 s: SmolLM2 shapes, batch 1, warm weights
     python bench/quant_kernels.py --crossover --threads 1          # GEMV vs GEMM path by batch: the threshold
     ONEBIT_CPU_ISA=avx2 python bench/quant_kernels.py --quick      # another ISA path
 """
@@ -136,11 +136,11 @@ def main() -> None:
     ap.add_argument("--warm", action="store_true", help="one weight copy (may sit in cache)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense fp32 F.linear column")
     ap.add_argument("--quick", action="store_true",
-                    help="~30 s: SmolLM2 shapes, batch 1 and 8, one round, few repeats, warm weights")
+                    help="~30 s: SmolLM2 shapes, batch 1, one round, few repeats, warm weights")
     ap.add_argument("--crossover", action="store_true", help="only the GEMV vs GEMM table")
     args = ap.parse_args()
     if args.quick:
-        args.models, args.batch, args.rounds, args.repeats, args.warm = ["SmolLM2"], [1, 8], 1, 5, True
+        args.models, args.batch, args.rounds, args.repeats, args.warm = ["SmolLM2"], [1], 1, 5, True
     args.formats = [f.replace("_", " ") if f not in FORMATS else f for f in (args.formats or DEFAULT_FORMATS)]
     if args.threads:
         torch.set_num_threads(args.threads)
