@@ -25,42 +25,74 @@ SRC = Path(onebit.__file__).resolve().parent
 
 
 # --------------------------------------------------------------------------- the import graph
-def import_graph(root: Path, packages: bool = True) -> dict[str, set[str]]:
-    """``module -> modules of the same package it imports`` for the package directory ``root``;
-    ``packages``: also the parent packages whose ``__init__`` such an import runs."""
+@dataclass(frozen=True)
+class Import:
+    module: str        # the importing module
+    line: int
+    target: str        # the module imported (in the package: the module a name resolves to)
+    in_function: bool
+    in_package: bool
+    type_checking: bool  # under ``if TYPE_CHECKING:`` (never runs)
+
+
+def package_modules(root: Path) -> dict[str, Path]:
+    """``dotted module name -> file`` for the package directory ``root`` (a package is its ``__init__``)."""
     mods = {}
     for f in sorted(root.rglob("*.py")):
         parts = list(f.relative_to(root.parent).with_suffix("").parts)
         mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return mods
 
-    def resolve(name: str) -> str | None:  # the module a dotted name lives in
+
+def import_statements(root: Path) -> list[Import]:
+    """Every import statement of the package directory ``root``, one row per imported module
+    (``from X import a, b`` is one row for ``X``, or a row per submodule ``X.a`` / ``X.b``)."""
+    mods = package_modules(root)
+
+    def resolve(name: str) -> str:
         while name and name not in mods:
             name = name.rpartition(".")[0]
-        return name or None
+        return name
 
-    graph = {m: set() for m in mods}
+    rows = []
     for m, f in mods.items():
         package = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package[:len(package) - node.level + 1]
-                    base = ".".join(anchor + ([node.module] if node.module else []))
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
-            else:
-                continue
-            for t in targets:
-                r = resolve(t) if t.split(".")[0] == root.name else None
-                if r is not None and r != m:
-                    graph[m].add(r)
-                    if not packages:
-                        continue
-                    parts = r.split(".")
-                    graph[m].update(p for p in (".".join(parts[:i]) for i in range(2, len(parts)))
-                                    if p in mods and p != m and not m.startswith(p + "."))
+
+        def walk(node, in_function, type_checking):
+            for ch in ast.iter_child_nodes(node):
+                if isinstance(ch, ast.Import):
+                    targets = [a.name for a in ch.names]
+                elif isinstance(ch, ast.ImportFrom):
+                    base = ch.module or ""
+                    if ch.level:
+                        anchor = package[:len(package) - ch.level + 1]
+                        base = ".".join(anchor + ([ch.module] if ch.module else []))
+                    targets = list(dict.fromkeys(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
+                                                 for a in ch.names))
+                else:
+                    walk(ch, in_function or isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
+                         type_checking or (isinstance(ch, ast.If) and "TYPE_CHECKING" in ast.unparse(ch.test)))
+                    continue
+                for t in targets:
+                    inside = t.split(".")[0] == root.name
+                    rows.append(Import(m, ch.lineno, resolve(t) if inside else t, in_function, inside,
+                                       type_checking))
+        walk(ast.parse(f.read_text(), str(f)), False, False)
+    return rows
+
+
+def import_graph(root: Path, packages: bool = True) -> dict[str, set[str]]:
+    """``module -> modules of the same package it imports`` for the package directory ``root``;
+    ``packages``: also the parent packages whose ``__init__`` such an import runs."""
+    graph = {m: set() for m in package_modules(root)}
+    for r in import_statements(root):
+        if not r.in_package or r.target == r.module:
+            continue
+        graph[r.module].add(r.target)
+        if packages:
+            parts = r.target.split(".")
+            graph[r.module].update(p for p in (".".join(parts[:i]) for i in range(2, len(parts)))
+                                   if p in graph and p != r.module and not r.module.startswith(p + "."))
     return graph
 
 
@@ -339,56 +371,6 @@ HEAVY = ("torch", "transformers", "accelerate", "datasets", "numpy")
 OPTIONAL = ("triton", "matplotlib", "lm_eval", "llama_cpp", "gguf", "peft")
 
 
-@dataclass(frozen=True)
-class Import:
-    module: str        # the importing module
-    line: int
-    target: str        # the module imported (in the package: the module a name resolves to)
-    in_function: bool
-    in_package: bool
-
-
-def import_statements(root: Path) -> list[Import]:
-    """Every import statement of the package directory ``root``, one row per imported module
-    (``from X import a, b`` is one row for ``X``, or a row per submodule ``X.a`` / ``X.b``);
-    imports under ``if TYPE_CHECKING:`` are left out (they never run)."""
-    mods = {}
-    for f in sorted(root.rglob("*.py")):
-        parts = list(f.relative_to(root.parent).with_suffix("").parts)
-        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
-
-    def resolve(name: str) -> str:
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name
-
-    rows = []
-    for m, f in mods.items():
-        package = m.split(".") if f.name == "__init__.py" else m.split(".")[:-1]
-
-        def walk(node, in_function):
-            for ch in ast.iter_child_nodes(node):
-                if isinstance(ch, ast.If) and "TYPE_CHECKING" in ast.unparse(ch.test):
-                    continue
-                if isinstance(ch, ast.Import):
-                    targets = [a.name for a in ch.names]
-                elif isinstance(ch, ast.ImportFrom):
-                    base = ch.module or ""
-                    if ch.level:
-                        anchor = package[:len(package) - ch.level + 1]
-                        base = ".".join(anchor + ([ch.module] if ch.module else []))
-                    targets = list(dict.fromkeys(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base
-                                                 for a in ch.names))
-                else:
-                    walk(ch, in_function or isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
-                    continue
-                for t in targets:
-                    inside = t.split(".")[0] == root.name
-                    rows.append(Import(m, ch.lineno, resolve(t) if inside else t, in_function, inside))
-        walk(ast.parse(f.read_text(), str(f)), False)
-    return rows
-
-
 def torch_modules(rows: list[Import]) -> set[str]:
     """The modules that import torch at module level (so torch is no reason for a lazy import)."""
     return {r.module for r in rows if not r.in_function and r.target.split(".")[0] == "torch"}
@@ -400,7 +382,8 @@ def lazy_in_package_imports(root: Path) -> list[Import]:
     costs more than torch (see ``LAZY_ALLOWED``)."""
     rows = import_statements(root)
     heavy = torch_modules(rows)
-    return [r for r in rows if r.in_function and r.in_package and r.module in heavy and r.target != r.module]
+    return [r for r in rows if r.in_function and r.in_package and r.module in heavy and r.target != r.module
+            and not r.type_checking]
 
 
 #: Function-level in-package imports allowed in a module that imports torch at module level, each
