@@ -229,9 +229,9 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
                 del x_t, x_s
                 bp = f"{prefix}{i}."
                 sources = {mk.rpartition(".")[0]: mk for mk in mine}  # module -> one of its source tensors
-                for key, v in unique_state_dict(plan.blocks[i]).items():
+                for key, v in unique_state_dict(plan.blocks[i]).items():  # each to its source's shard
                     owner = f"{bp}{key}".rpartition(".")[0]
-                    src_mk = f"{bp}{key}" if f"{bp}{key}" in where else sources.get(owner, f"{owner}.weight")
+                    src_mk = f"{bp}{key}" if f"{bp}{key}" in where else sources.get(owner, mine[0])
                     write(f"{bp}{key}", src_mk, v)
                 plan.blocks[i].to("meta")
                 gc.collect()
