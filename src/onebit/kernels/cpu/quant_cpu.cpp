@@ -277,6 +277,11 @@ Q512 void rows_avx512(const QP& p, int64_t n0, int64_t n1, const float* x, int64
   const __m512i idxA = _mm512_and_si512(lane, _mm512_set1_epi32(3));
   const __m512i idxB = _mm512_and_si512(_mm512_srli_epi32(lane, 2), _mm512_set1_epi32(3));
   const __m512i sign = _mm512_set1_epi32(int(0x80000000u));
+  // the code of each table entry, and (symmetric) its q - zero, the same for every group
+  const __m512 codeA = BITS == 2 ? _mm512_cvtepi32_ps(idxA) : iota;
+  const __m512 codeB = _mm512_cvtepi32_ps(idxB);
+  const __m512 dsymA = rnd512<RT>(_mm512_sub_ps(codeA, _mm512_set1_ps(p.zsym)));
+  const __m512 dsymB = rnd512<RT>(_mm512_sub_ps(codeB, _mm512_set1_ps(p.zsym)));
   constexpr int NBYTES = 4 * BITS;  // 32 codes
   alignas(64) uint8_t tmp[32];
   float* zb = p.zbuf;
@@ -289,11 +294,15 @@ Q512 void rows_avx512(const QP& p, int64_t n0, int64_t n1, const float* x, int64
     for (int64_t g = 0; g < p.ng; ++g) {
       const float z = zb[g], s = sb[g];
       __m512 tA, tB;  // 2/4-bit: the weight of each code; 8-bit: zero, scale; 1-bit: -scale
-      if constexpr (BITS == 2 || BITS == 4) {
-        const __m512 t = rnd512<RT>(_mm512_mul_ps(rnd512<RT>(_mm512_sub_ps(iota, _mm512_set1_ps(z))),
-                                                  _mm512_set1_ps(s)));
-        tA = BITS == 2 ? _mm512_permutexvar_ps(idxA, t) : t;  // 2-bit: entry i -> code i & 3
-        tB = BITS == 2 ? _mm512_permutexvar_ps(idxB, t) : t;  //        and code (i >> 2) & 3
+      if constexpr (BITS == 4) {
+        const __m512 d = p.z ? rnd512<RT>(_mm512_sub_ps(iota, _mm512_set1_ps(z))) : dsymA;
+        tA = tB = rnd512<RT>(_mm512_mul_ps(d, _mm512_set1_ps(s)));
+      } else if constexpr (BITS == 2) {  // entry i -> code i & 3 (tA) and code (i >> 2) & 3 (tB)
+        const __m512 vs = _mm512_set1_ps(s);
+        const __m512 dA = p.z ? rnd512<RT>(_mm512_sub_ps(codeA, _mm512_set1_ps(z))) : dsymA;
+        const __m512 dB = p.z ? rnd512<RT>(_mm512_sub_ps(codeB, _mm512_set1_ps(z))) : dsymB;
+        tA = rnd512<RT>(_mm512_mul_ps(dA, vs));
+        tB = rnd512<RT>(_mm512_mul_ps(dB, vs));
       } else if constexpr (BITS == 8) {
         tA = _mm512_set1_ps(z);
         tB = _mm512_set1_ps(s);
