@@ -131,11 +131,12 @@ def test_empty_batch(ops):
     assert ops.block_sign_linear(torch.randn(0, 64), p, s, 32, 64, -1, NEVER).shape == (0, 8)
 
 
-def test_build_key_hashes_both_sources(tmp_path, monkeypatch):
-    copy = tmp_path / "quant_cpu.cpp"
-    copy.write_bytes(loader.QUANT_SOURCE.read_bytes())
-    monkeypatch.setattr(loader, "QUANT_SOURCE", copy)
+@pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_HEADER"])
+def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
+    copy = tmp_path / getattr(loader, attr).name
+    copy.write_bytes(getattr(loader, attr).read_bytes())
+    monkeypatch.setattr(loader, attr, copy)
     key = loader.build_key()
     copy.write_bytes(copy.read_bytes() + b"\n// changed\n")
     assert loader.build_key() != key
-    assert [s.name for s in loader.sources()] == ["onebit_cpu.cpp", "quant_cpu.cpp"]
+    assert [s.name for s in loader.sources()] == ["onebit_cpu.cpp", "quant_cpu.cpp", "quant_cpu_simd.cpp"]

@@ -1,12 +1,13 @@
-"""Build and load the C++ CPU kernels (``onebit_cpu.cpp`` + ``quant_cpu.cpp``, one extension) on first use.
+"""Build and load the C++ CPU kernels (``onebit_cpu.cpp`` + ``quant_cpu*.cpp``, one extension) on first use.
 
 ``onebit_cpu.cpp`` holds the OneBit/ternary kernels (a pybind11 module: ``load().binary_linear``);
-``quant_cpu.cpp`` the block-scaled formats (quant_linear, block_sign_linear), registered with the
+``quant_cpu.cpp`` / ``quant_cpu_simd.cpp`` / ``quant_cpu.h`` the block-scaled formats (quant_linear,
+block_sign_linear), registered with the
 dispatcher when the library loads (:func:`quant_ops`: ``torch.ops.onebit_cpu_quant``).
 ``torch.utils.cpp_extension.load`` compiles the sources once (about 30-60 s with gcc, needs a C++
 compiler and ninja) into a cache directory and reloads it in later processes:
 ``$ONEBIT_KERNEL_CACHE``, else ``$TORCH_EXTENSIONS_DIR/onebit``, else ``~/.cache/onebit/torch_extensions``
-(one sub-directory per torch/Python version and SHA-256 of both sources and the compiler flags, so
+(one sub-directory per torch/Python version and SHA-256 of every source file and the compiler flags, so
 checkouts with the same source share one build and different sources never rebuild each other's;
 the source is built from a copy inside that directory, so every checkout's build command is the same).  If the build fails
 (no compiler, no ninja, ...) :func:`load` logs one warning naming the cause and returns ``None``,
@@ -27,6 +28,8 @@ log = logging.getLogger("onebit.kernels")
 
 SOURCE = Path(__file__).with_name("onebit_cpu.cpp")
 QUANT_SOURCE = Path(__file__).with_name("quant_cpu.cpp")
+QUANT_SIMD_SOURCE = Path(__file__).with_name("quant_cpu_simd.cpp")
+QUANT_HEADER = Path(__file__).with_name("quant_cpu.h")
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
 
 _lock = threading.Lock()
@@ -50,13 +53,19 @@ def _base_dir() -> Path:
 
 
 def sources() -> list[Path]:
-    return [SOURCE, QUANT_SOURCE]
+    """The translation units of the extension."""
+    return [SOURCE, QUANT_SOURCE, QUANT_SIMD_SOURCE]
+
+
+def files() -> list[Path]:
+    """Every file the build reads (the sources and the header they share): hashed and copied."""
+    return sources() + [QUANT_HEADER]
 
 
 def build_key() -> str:
     """SHA-256 (first 16 hex digits) of the C++ sources, the flags and the compiler."""
     h = hashlib.sha256()
-    for src in sources():
+    for src in files():
         h.update(hashlib.sha256(src.read_bytes()).digest())
     h.update(repr((CFLAGS, LDFLAGS, os.environ.get("CXX", ""))).encode())
     return h.hexdigest()[:16]
@@ -76,15 +85,14 @@ def _build():
 
     d = cache_dir()
     d.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for source in sources():
+    for source in files():
         src = d / source.name  # the build reads this copy: the same path for every checkout
         code = source.read_bytes()
         if not src.is_file() or src.read_bytes() != code:
             tmp = d / f".{source.name}.{os.getpid()}"
             tmp.write_bytes(code)
             os.replace(tmp, src)
-        copies.append(str(src))
+    copies = [str(d / source.name) for source in sources()]
     if not _built(d):
         log.info("building the CPU kernels in %s (first use only, ~30-60 s)", d)
     return cpp_extension.load(name=NAME, sources=copies, build_directory=str(d),
