@@ -77,8 +77,11 @@ def env(**kv):
                 os.environ[k] = v
 
 
+LLC = {"bytes": 0}  # --llc-mib, else the size the OS reports
+
+
 def copies_for(nbytes: int, cold: bool) -> int:
-    return max(1, math.ceil(2 * llc_bytes() / nbytes)) if cold else 1
+    return max(1, math.ceil(2 * (LLC["bytes"] or llc_bytes()) / nbytes)) if cold else 1
 
 
 def bench_case(out_f, in_f, batch, dtype, device, repeats, cold, variants):
@@ -134,6 +137,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per measurement (median)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--warm", action="store_true", help="one weight copy (packed may sit in cache)")
+    ap.add_argument("--llc-mib", type=int, default=0,
+                    help="last-level cache size for the cold copies (default: as reported; a VM may "
+                         "report the host's, e.g. 480 MiB, which makes setup slow)")
+    ap.add_argument("--quick", action="store_true",
+                    help="one round, 3 calls, 64 MiB copy bandwidth, --llc-mib 64 unless given (~30 s)")
     ap.add_argument("--variants", action="store_true",
                     help="also time the other CPU paths (" + ", ".join(VARIANTS) + ")")
     ap.add_argument("--variant", nargs="+", default=None, choices=sorted(VARIANTS),
@@ -147,6 +155,9 @@ def main() -> None:
         os.environ["ONEBIT_CPU_ISA"] = args.isa
     if args.algo:
         os.environ["ONEBIT_CPU_ALGO"] = args.algo
+    if args.quick:
+        args.rounds, args.repeats, args.llc_mib = 1, 3, args.llc_mib or 64
+    LLC["bytes"] = args.llc_mib << 20
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -165,9 +176,11 @@ def main() -> None:
               f"ONEBIT_CPU_ALGO={os.environ.get('ONEBIT_CPU_ALGO', 'simd')} "
               f"ONEBIT_CPU_MM_THRESHOLD={os.environ.get('ONEBIT_CPU_MM_THRESHOLD', 'auto')}; "
               f"dense F.linear: MKL/oneDNN ISA {dense_isa}")
-    cbw = statistics.median(copy_bandwidth(args.device) for _ in range(3))
-    print(f"copy bandwidth (dst.copy_(src), 512 MiB, read+write): {cbw:.1f} GB/s")
-    print(f"weights: {'warm (one copy)' if args.warm else 'cold (copies > 2x LLC, cycled)'}; "
+    cmib = 64 if args.quick else 512
+    cbw = statistics.median(copy_bandwidth(args.device, cmib << 20) for _ in range(3))
+    print(f"copy bandwidth (dst.copy_(src), {cmib} MiB, read+write): {cbw:.1f} GB/s")
+    llc = (LLC["bytes"] or llc_bytes()) >> 20
+    print(f"weights: {'warm (one copy)' if args.warm else f'cold (copies > 2x LLC = 2x {llc} MiB, cycled)'}; "
           f"median of {args.rounds} rounds x {args.repeats}+ calls\n")
 
     cases = [(s, b, d) for s in shapes for d in dtypes for b in args.batch]

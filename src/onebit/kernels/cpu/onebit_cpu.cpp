@@ -18,12 +18,19 @@
 //                t = (-x) ^ (that & signbit) in one vpternlogd, acc += t (no mask registers).
 //                algo=2: mask-register variant (kmov + masked xor); algo=3: one masked add per 16
 //                weights on centred x (2P - S); both kmov-bound and slower on this CPU (Zen 5).
-//       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc).
+//       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc),
+//                two accumulators per row (the default: fastest exact AVX2 path measured here);
+//                algo=8/9: exact sign flip of x by xor / vblendvps from vpsllvd'd bits, no table.
+//       int8:    (algo=6, any ISA, not exact) x quantized per block of 128 to int8, bits spread
+//                to bytes (vpshufb + vpand + vpminub), vpmaddubsw + vpmaddwd; see bin_i8_avx2.
 //       scalar:  the same table, one lane at a time (portable).
 //       lut:     (algo=1, measured slower than the SIMD paths) T-MAC style: per x row, for every group of 8 activations
 //                the 256 signed sums; each packed byte is then one table lookup.
 //   * large batch (M >= mm_threshold): unpack a block of rows to ±1 in the input dtype and call
 //     at::mm (MKL/oneDNN), i.e. the packed weight is expanded once per block, not per row.
+//     AVX2 (default from AVX2_MM_THRESHOLD rows): tiles expanded to ±1 fp32 with SIMD (512 KiB,
+//     L2-sized, below 128 rows; up to 64 MiB above), one fp32 GEMM per tile written in place.
+//     mm_threshold < 0 = per-ISA default (AVX2: AVX2_MM_THRESHOLD; AVX-512, scalar: never).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
