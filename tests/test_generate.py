@@ -99,3 +99,28 @@ def test_cli_runtime_flags(stories260k, capsys):
     with pytest.raises(SystemExit) as e:       # argparse's choices
         main(["generate", stories260k, "--runtime", "jit"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_quantized_head_round_trip_decodes_the_same(kind, tmp_path):
+    """OneBit linears + an untied int8/int4 head (the TinyLlama case): saved, loaded back by onebit.load
+    and from_pretrained, the static decoder gives the in-memory model's greedy tokens and logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from onebit.embeddings import EmbedQuantConfig
+    from onebit.integrations.hf import from_pretrained
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vocab_size=300,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    m = onebit.quantize(LlamaForCausalLM(cfg).eval(), onebit.OneBitConfig(), progress=False,
+                        embed=EmbedQuantConfig(kind, group_size=32, head=True))
+    assert type(m.lm_head).__name__ == "QuantLMHead" and not m.lm_head.tied
+    onebit.save(m, tmp_path / "c")
+    ids = torch.randint(0, 300, (1, 7), generator=torch.Generator().manual_seed(1))
+    ref = hf_greedy(m, ids, 10)
+    for back in (onebit.load(str(tmp_path / "c")), from_pretrained(tmp_path / "c")):
+        assert type(back.lm_head).__name__ == "QuantLMHead"
+        with torch.no_grad():
+            assert torch.equal(back(ids).logits, m(ids).logits)
+        assert torch.equal(StaticDecoder(back, 17).generate(ids, 10), ref)
