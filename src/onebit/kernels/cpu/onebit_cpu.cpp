@@ -751,7 +751,10 @@ void prologue(const at::Tensor& x2, const G* g, int64_t K, float* xs, int64_t ld
     for (int64_t m = b; m < e; ++m) {
       float* o = xs + m * ldx;
       const T* xr = xp + m * s0;
-      if (g != nullptr) {
+      if (g != nullptr && s1 == 1) {  // contiguous rows: a loop the compiler vectorizes
+        for (int64_t k = 0; k < K; ++k)
+          o[k] = rnd<T>(static_cast<float>(xr[k]) * rnd<T>(static_cast<float>(g[k])));
+      } else if (g != nullptr) {
         for (int64_t k = 0; k < K; ++k)
           o[k] = rnd<T>(static_cast<float>(xr[k * s1]) * rnd<T>(static_cast<float>(g[k])));
       } else {
@@ -765,12 +768,11 @@ void prologue(const at::Tensor& x2, const G* g, int64_t K, float* xs, int64_t ld
 // y[m, n] = round_T(round_T(acc[m, n]) * round_T(h[n]))   (h has 1 or N entries)
 template <typename T, typename H>
 void epilogue(const float* acc, int64_t M, int64_t N, const H* h, int64_t hn, T* y) {
+  std::vector<float> hv(N);  // h rounded to T once, not per output
+  for (int64_t n = 0; n < N; ++n) hv[n] = rnd<T>(static_cast<float>(h[hn == 1 ? 0 : n]));
   at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
     for (int64_t m = b; m < e; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        const float hv = rnd<T>(static_cast<float>(h[hn == 1 ? 0 : n]));
-        y[m * N + n] = static_cast<T>(rnd<T>(acc[m * N + n]) * hv);
-      }
+      for (int64_t n = 0; n < N; ++n) y[m * N + n] = static_cast<T>(rnd<T>(acc[m * N + n]) * hv[n]);
   });
 }
 
