@@ -80,3 +80,11 @@ def test_refuses_an_evaluation_file(stories260k, data_dir, tmp_path, capsys):
     ev = data_dir / "tinystories" / "tinystories_val_sample.txt"
     assert main(["distill", stories260k, str(tmp_path / "o"), "--streaming", "--data", str(ev), *BLOCKS]) == 2
     assert "evaluation file" in _err(capsys)
+
+
+def test_auto_streaming_refuses_an_end_to_end_stage(stories260k, tmp_path, capsys, monkeypatch):
+    from onebit.distill import streaming
+
+    monkeypatch.setattr(streaming, "available_memory", lambda: 1024)
+    assert main(["distill", stories260k, str(tmp_path / "o"), "--blockwise-steps", "2", "--steps", "5"]) == 2
+    assert "does not fit in the available memory" in _err(capsys)

@@ -142,3 +142,16 @@ def test_refuses_what_it_cannot_stream(tmp_path, data, fp_260k):
         stream_reconstruct(tmp_path, tmp_path / "o", OneBitConfig(), data, _cfg(), progress=False)
     assert streaming.should_stream(str(tmp_path), None, None) is False
     assert streaming.should_stream(str(tmp_path), True, None) is True
+
+
+def test_auto_streaming_when_the_teacher_does_not_fit(stories260k, monkeypatch):
+    size = streaming.checkpoint_bytes(stories260k, torch.float32)  # counted from the headers
+    n = sum(p.numel() for p in streaming.empty_model(stories260k).state_dict().values())
+    assert size >= 4 * (n - 512 * 64)  # every tensor, the tied head stored once (stories260K: 512 x 64)
+    assert streaming.checkpoint_bytes(stories260k, torch.float16) * 2 == size
+    monkeypatch.setattr(streaming, "available_memory", lambda: size + 1)
+    assert not streaming.should_stream(stories260k, None, torch.float32, copies=1)
+    assert streaming.should_stream(stories260k, None, torch.float32, copies=2)  # teacher + student copy
+    assert not streaming.should_stream(stories260k, False, torch.float32, copies=2)
+    monkeypatch.setattr(streaming, "available_memory", lambda: None)  # unknown: in memory, as before
+    assert not streaming.should_stream(stories260k, None, torch.float32, copies=2)
