@@ -62,6 +62,8 @@ def test_engine_choice(fp_260k):
 
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
     assert StaticDecoder(gpt2, 8).engine == "hf"
+    ids = torch.tensor([[5, 9, 17, 3, 40]])      # a non-Llama model through transformers' StaticCache
+    assert torch.equal(StaticDecoder(gpt2.eval(), 12).generate(ids, 6), hf_greedy(gpt2, ids, 6))
     assert StaticDecoder(fp_260k, 8, compile=True).engine == "hf"
     with pytest.raises(OneBitError, match="Llama"):
         StaticDecoder(gpt2, 8, engine="onebit")
