@@ -9,7 +9,9 @@ onebit's exports of the packed checkpoints (``onebit export``; SmolLM2's 576-wid
 multiple of 128, so 1-bit linears go to Q2_0 where Q1_0 does not fit).
 
 Every variant runs a prefill of ``--prompt`` tokens, then ``--new-tokens`` single-token steps with
-the KV cache, for each thread count; variants alternate for ``--rounds`` rounds; medians are printed
+the KV cache, for each thread count (onebit's runtime: ``gguf_speed.OneBitRuntime``, i.e. the static
+decode loop ``onebit.generate.StaticDecoder`` since issue 19; the SmolLM2 table in docs/kernels.md
+was measured with transformers' forward and dynamic cache before it); variants alternate for ``--rounds`` rounds; medians are printed
 with the ratio of each variant's decode to onebit's fp32 and to llama.cpp's F16.  Speed only:
 quality is ``onebit compare``'s job.
 
