@@ -1,0 +1,93 @@
+"""A/B of the 1-bit CPU kernel against an earlier revision of ``onebit_cpu.cpp``, in one process.
+
+The old source (``git show REV:src/onebit/kernels/cpu/onebit_cpu.cpp``) is built as a second
+extension (``onebit_cpu_ab_old``) next to the current one; both are called alternately on the same
+cold packed weights (copies cycled), and the median per-pair ratio old/new is printed (> 1: the
+current build is faster).  Each default path of the chosen ISA is compared; with ``--isa avx2`` the
+current build's int8-activation path (``i8``) is timed too.
+
+    python bench/kernels_ab.py --rev eaf4dfa --isa avx512 --dtypes float32 bfloat16
+    python bench/kernels_ab.py --rev eaf4dfa --isa avx2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+NEVER = 1 << 40
+ISA = {"scalar": 0, "avx2": 1, "avx512": 2}
+
+
+def build_old(rev: str, d: Path):
+    from torch.utils import cpp_extension
+
+    from onebit.kernels.cpu import loader
+
+    src = d / "onebit_cpu_ab_old.cpp"
+    src.write_bytes(subprocess.run(["git", "show", f"{rev}:src/onebit/kernels/cpu/onebit_cpu.cpp"],
+                                   cwd=ROOT, check=True, capture_output=True).stdout)
+    return cpp_extension.load(name="onebit_cpu_ab_old", sources=[str(src)], build_directory=str(d),
+                              extra_cflags=list(loader.CFLAGS), extra_ldflags=list(loader.LDFLAGS))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rev", required=True, help="git revision of the old onebit_cpu.cpp")
+    ap.add_argument("--isa", default="avx512", choices=list(ISA))
+    ap.add_argument("--shapes", nargs="+", default=["5632x2048", "2048x5632"], metavar="OUTxIN")
+    ap.add_argument("--dtypes", nargs="+", default=["float32"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--pairs", type=int, default=15, help="alternating old/new calls per case")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from onebit.formats.packing import pack_signs
+    from onebit.kernels.cpu import loader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = build_old(args.rev, Path(tmp))
+        new = loader.load()
+        isa = ISA[args.isa]
+        print(f"old: {args.rev}, new: working tree; ISA {args.isa}, {args.threads} thread(s), "
+              f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
+        for shape in args.shapes:
+            o, i = (int(v) for v in shape.lower().split("x"))
+            p = pack_signs(torch.randn(o, i))
+            ps = [p.clone() for _ in range(max(1, (64 << 20) // p.numel()))]
+            g, h = torch.rand(i).half(), torch.rand(o).half()
+            for dt in args.dtypes:
+                for b in args.batch:
+                    x = torch.randn(b, i).to(getattr(torch, dt))
+                    it = [0]
+
+                    def call(mod, thr, algo):
+                        it[0] += 1
+                        return mod.binary_linear(x, ps[it[0] % len(ps)], g, h, i, isa, thr, algo)
+
+                    fs = {"old": lambda: call(old, NEVER, 0), "new": lambda: call(new, -1, 0)}
+                    if args.isa == "avx2":
+                        fs["new i8"] = lambda: call(new, NEVER, 6)
+                    t = {k: [] for k in fs}
+                    for r in range(args.pairs + 1):
+                        for k, f in fs.items():
+                            t0 = time.perf_counter()
+                            f()
+                            if r:
+                                t[k].append(time.perf_counter() - t0)
+                    cells = [f"old {statistics.median(t['old']) * 1e3:.3f} ms"]
+                    for k in list(fs)[1:]:
+                        rat = statistics.median(a / c for a, c in zip(t["old"], t[k]))
+                        cells.append(f"{k} {statistics.median(t[k]) * 1e3:.3f} ms (old/{k} {rat:.2f})")
+                    print(f"{o}x{i} {dt} batch {b}: " + ", ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
