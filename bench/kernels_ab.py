@@ -4,7 +4,8 @@ The old source (``git show REV:src/onebit/kernels/cpu/onebit_cpu.cpp``) is built
 extension (``onebit_cpu_ab_old``) next to the current one; both are called alternately on the same
 cold packed weights (copies cycled), and the median per-pair ratio old/new is printed (> 1: the
 current build is faster).  Each default path of the chosen ISA is compared; with ``--isa avx2`` the
-current build's int8-activation path (``i8``) is timed too.
+current build's int8-activation path (``i8``) is timed too, and MKL / oneDNN are capped at AVX2
+(the script re-runs itself with ``MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2``).
 
     python bench/kernels_ab.py --rev eaf4dfa --isa avx512 --dtypes float32 bfloat16
     python bench/kernels_ab.py --rev eaf4dfa --isa avx2
@@ -12,8 +13,10 @@ current build's int8-activation path (``i8``) is timed too.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +50,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=15, help="alternating old/new calls per case")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.isa == "avx2" and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        # as bench/kernels.py --isa avx2: the GEMM path's BLAS capped at AVX2 too (read at load)
+        os.environ.update(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     torch.set_num_threads(args.threads)
 
     from onebit.formats.packing import pack_signs
