@@ -20,7 +20,9 @@ from torch import nn
 
 from ..config import QuantConfig, parse_dtype
 from ..errors import OneBitError
-from ..registry import get_handler
+from ..api import quantize
+from ..loading import load_checkpoint
+from ..registry import config_from_dict, get_handler
 from ..surgery import find_linears, set_submodule
 
 #: config fields that must agree between teacher and student
@@ -66,8 +68,6 @@ def student_from_teacher(teacher: nn.Module, config: QuantConfig,
 
 
 def _calibrated_student(teacher: nn.Module, config: QuantConfig, calib_ids) -> tuple[nn.Module, dict]:
-    from ..api import quantize
-
     if calib_ids is None:
         raise OneBitError(f"method '{config.method}' needs calibration data to start the student")
     model = quantize(copy.deepcopy(teacher), copy.deepcopy(config), calib_ids=calib_ids)
@@ -76,8 +76,6 @@ def _calibrated_student(teacher: nn.Module, config: QuantConfig, calib_ids) -> t
 
 def student_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
     """``(student, quantization_config)`` from a packed checkpoint, modules in trainable form."""
-    from ..loading import load_checkpoint
-
     model = load_checkpoint(path)
     return model, to_trainable(model, f"'{path}'")
 
@@ -85,8 +83,6 @@ def student_from_checkpoint(path: str) -> tuple[nn.Module, dict]:
 def to_trainable(model: nn.Module, what: str = "the model") -> dict:
     """Turn a packed model's quantized modules back into their trainable form (in place, ties
     restored); return its quantization config (cleared on the model)."""
-    from ..registry import config_from_dict
-
     qc = dict(model.config.quantization_config)
     for name in qc["modules"]:
         mod = model.get_submodule(name)

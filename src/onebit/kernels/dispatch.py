@@ -39,6 +39,7 @@ import os
 
 import torch
 
+from .cpu import ISA_NAMES, loader
 from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
 
 log = logging.getLogger("onebit.kernels")
@@ -74,8 +75,6 @@ def cpu_params() -> tuple[int, int, int]:
 def _cpu_module():
     if forced_reference():
         return None
-    from .cpu import loader
-
     return loader.load()
 
 
@@ -112,8 +111,6 @@ def quant_mm_threshold() -> int:
 def _quant_ops():
     if forced_reference():
         return None
-    from .cpu import loader
-
     return loader.quant_ops()
 
 
@@ -139,8 +136,6 @@ def backend(device: str | torch.device = "cpu") -> str:
     if forced_reference() or dev not in _registered:
         return "reference"
     if dev == "cpu":
-        from .cpu import ISA_NAMES
-
         mod = _cpu_module()
         if mod is None:
             return "reference"

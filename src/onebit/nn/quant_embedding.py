@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import kernels  # noqa: F401  (registers torch.ops.onebit)
 from ..formats.packing import pack, packed_cols, unpack
-from ..methods.blockquant import check_kind, dequantize_rows, num_groups, quantize_rows
+from ..methods.blockquant import KINDS, check_kind, dequantize_rows, num_groups, quantize_rows
 
 class _Table(nn.Module):
     """The packed table and its dequantization (shared by the embedding and the untied head)."""
@@ -59,8 +59,6 @@ class QuantEmbedding(_Table):
     def __init__(self, num_embeddings: int, embedding_dim: int, kind: str = "int8", group_size: int | None = None,
                  padding_idx: int | None = None, dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
-        from ..methods.blockquant import KINDS
-
         group_size = KINDS[kind][1] if group_size is None and kind in KINDS else group_size
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.dtype = dtype
@@ -114,8 +112,6 @@ class QuantLMHead(_Table):
     def __init__(self, in_features: int, out_features: int, kind: str = "int8", group_size: int | None = None,
                  bias: bool = False, bias_dtype: torch.dtype = torch.float32, device=None, tied: bool = False):
         super().__init__()
-        from ..methods.blockquant import KINDS
-
         group_size = KINDS[kind][1] if group_size is None and kind in KINDS else group_size
         self.in_features, self.out_features = in_features, out_features
         if tied:
