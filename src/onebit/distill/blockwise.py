@@ -53,10 +53,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, OneBitError
+from ..config import parse_dtype
+from ..methods.sequential import capture_block_inputs, find_blocks
+from ..progress import Progress as tqdm
+from ..registry import get_handler
 from ..surgery import find_linears, set_submodule
 from .blockstate import block_file, fingerprint, open_state, packed_state, write_block_state
 from .data import batch_indices
 from .student import param_groups
+from .trainer import lr_factor
 
 log = logging.getLogger("onebit")
 
@@ -172,10 +177,6 @@ class BlockPlan:
 def plan_blocks(model: nn.Module, config) -> BlockPlan:
     """The method's handler, the target linears and the decoder blocks of ``model`` (whose linears
     may be on the meta device); one-line errors for a model block-wise reconstruction cannot convert."""
-    from ..config import parse_dtype
-    from ..methods.sequential import find_blocks
-    from ..registry import get_handler
-
     handler = get_handler(config)
     targets = find_linears(model, config.skip)
     if not targets:
@@ -198,8 +199,6 @@ def plan_blocks(model: nn.Module, config) -> BlockPlan:
 
 def capture_inputs(model: nn.Module, plan: BlockPlan, data: torch.Tensor, cfg: BlockConfig):
     """``(x_t, x_s, kw, batch)``: the first block's inputs for the teacher and the student (equal)."""
-    from ..methods.sequential import capture_block_inputs
-
     b = min(cfg.batch_size, data.shape[0])
     caught = capture_block_inputs(model, plan.blocks[0], data, b)
     kw = caught[0][1]
@@ -278,8 +277,6 @@ def _pack(model, mods: dict[str, nn.Module], scale_dtype) -> None:
 
 def _train_block(block: nn.Module, mods: dict, x_in: torch.Tensor, y_t: torch.Tensor, kw: dict,
                  cfg: BlockConfig, seed: int, bar=None) -> float:
-    from .trainer import lr_factor
-
     for p in block.parameters():
         p.requires_grad_(False)
     for m in mods.values():
@@ -337,8 +334,6 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
     (the teacher read block by block from its safetensors files) is
     :func:`onebit.distill.streaming.stream_reconstruct`.
     """
-    from ..progress import Progress as tqdm
-
     config.validate()
     cfg.validate()
     plan = plan_blocks(model, config)

@@ -37,11 +37,14 @@ from torch import nn
 
 from ..errors import CheckpointError, OneBitError
 from ..config import QuantConfig
-from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, unique_state_dict, weight_files
+from ..formats.checkpoint import (INDEX_NAME, WEIGHTS_NAME, atomic_dir, read_safetensors_header,
+                                  unique_state_dict, weight_files)
 from ..formats.ledger import Ledger, ledger_from_specs
+from ..formats.sharded import SAFETENSORS_DTYPES
+from ..progress import Progress as tqdm
 from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
 from ..pipelines.streaming import plan_tensors
-from ..pipelines.streaming_blocks import _assign
+from ..pipelines.streaming_blocks import assign_tensor
 from ..surgery import empty_model
 from .blockstate import fingerprint, open_state
 from .blockwise import (BlockConfig, capture_inputs, convert_block, peak_rss_mib,
@@ -53,9 +56,6 @@ log = logging.getLogger("onebit")
 def checkpoint_bytes(src: str | os.PathLike, dtype: torch.dtype | None = None) -> int | None:
     """Bytes of a local safetensors checkpoint's tensors (floating ones counted at ``dtype`` when
     given: what loading it takes), or None when it is not one."""
-    from ..formats.checkpoint import read_safetensors_header
-    from ..formats.sharded import SAFETENSORS_DTYPES
-
     p = Path(src).expanduser()
     if not (p / "config.json").is_file():
         return None
@@ -151,8 +151,6 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
     (same ``data``, ``cfg``, state directory and ``on_block``).  ``dtype``: the teacher's tensors are
     converted to it as read (the CLI's ``--dtype``, float32 by default).  ``device``: where the block,
     the tensors outside the blocks and the activation caches live (one GPU holds one block)."""
-    from ..progress import Progress as tqdm
-
     config.validate()
     cfg.validate()
     src = Path(src)
@@ -184,7 +182,7 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
 
         outside = [mk for mk in where if block_of(mk) is None]
         for mk in outside:
-            _assign(model, mk, read(mk))
+            assign_tensor(model, mk, read(mk))
         model.tie_weights()
         if int(data.max()) >= model.config.vocab_size:
             raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
@@ -216,7 +214,7 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
             for i in range(n_blocks):
                 mine = [mk for mk in where if block_of(mk) == i]
                 for mk in mine:
-                    _assign(model, mk, read(mk))
+                    assign_tensor(model, mk, read(mk))
                 if i < done:
                     x_t, x_s = restore_block(model, plan, i, sdir, acts)
                 else:

@@ -36,6 +36,12 @@ from ..surgery import as_linear, empty_model, set_submodule
 from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
 from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
+from ..calibration import file_samples
+from ..methods.sequential import capture_block_inputs, find_blocks, run_block
+from ..progress import Progress as tqdm
+from ..registry import get_handler
+from ..tokenizers import context_length, load_tokenizer
+from .sequential import observe_block
 from .streaming import plan_tensors
 
 log = logging.getLogger("onebit")
@@ -46,7 +52,7 @@ def _skeleton(src: Path) -> nn.Module:
     return empty_model(src, buffers=True)
 
 
-def _assign(model: nn.Module, name: str, t: torch.Tensor) -> None:
+def assign_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
     parent, _, leaf = name.rpartition(".")
     mod = model.get_submodule(parent) if parent else model
     if leaf in mod._parameters:
@@ -60,14 +66,6 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                            dtype: torch.dtype | None = None, overwrite: bool = False,
                            progress: bool = True, batch_size: int = 8) -> Ledger:
     """GPTQ-style quantization of the checkpoint in ``src``, block by block; return the ledger."""
-    from ..progress import Progress as tqdm
-
-    from ..calibration import file_samples
-    from ..methods.sequential import capture_block_inputs, find_blocks, run_block
-    from .sequential import observe_block
-    from ..tokenizers import context_length, load_tokenizer
-    from ..registry import get_handler
-
     config.validate()
     handler = get_handler(config)
     if not hasattr(handler, "gptq_linear"):
@@ -105,7 +103,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
 
         outside = {mk: read(mk) for mk in where if block_of(mk) is None}
         for mk, t in outside.items():
-            _assign(model, mk, t)
+            assign_tensor(model, mk, t)
         model.tie_weights()
         tok = load_tokenizer(str(src))
         seqlen = min(config.calib_seqlen, context_length(model))
@@ -139,7 +137,7 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                            disable=not progress):
                 mine_keys = [mk for mk in where if block_of(mk) == bi]
                 for mk in mine_keys:
-                    _assign(model, mk, read(mk))
+                    assign_tensor(model, mk, read(mk))
                 block = blocks[bi]
                 bp = f"{prefix}{bi}."
                 mine = {n: model.get_submodule(n) for n in names if n.startswith(bp)}
