@@ -131,7 +131,8 @@ def test_empty_batch(ops):
     assert ops.block_sign_linear(torch.randn(0, 64), p, s, 32, 64, -1, NEVER).shape == (0, 8)
 
 
-@pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_HEADER"])
+@pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_HEADER", "PORTABLE_SOURCE",
+                                  "AVX2_SOURCE", "AVX512_SOURCE", "HEADER"])
 def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
     copy = tmp_path / getattr(loader, attr).name
     copy.write_bytes(getattr(loader, attr).read_bytes())
@@ -139,4 +140,5 @@ def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
     key = loader.build_key()
     copy.write_bytes(copy.read_bytes() + b"\n// changed\n")
     assert loader.build_key() != key
-    assert [s.name for s in loader.sources()] == ["onebit_cpu.cpp", "quant_cpu.cpp", "quant_cpu_simd.cpp"]
+    assert [s.name for s in loader.sources()] == ["onebit_cpu.cpp", "onebit_cpu_portable.cpp", "onebit_cpu_avx2.cpp",
+                                                  "onebit_cpu_avx512.cpp", "quant_cpu.cpp", "quant_cpu_simd.cpp"]

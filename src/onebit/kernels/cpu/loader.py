@@ -1,6 +1,7 @@
-"""Build and load the C++ CPU kernels (``onebit_cpu.cpp`` + ``quant_cpu*.cpp``, one extension) on first use.
+"""Build and load the C++ CPU kernels (``onebit_cpu*.cpp`` + ``quant_cpu*.cpp``, one extension) on first use.
 
-``onebit_cpu.cpp`` holds the OneBit/ternary kernels (a pybind11 module: ``load().binary_linear``);
+``onebit_cpu.cpp`` / ``onebit_cpu_portable.cpp`` / ``onebit_cpu_avx2.cpp`` / ``onebit_cpu_avx512.cpp`` /
+``onebit_cpu.h`` hold the OneBit/ternary kernels (a pybind11 module: ``load().binary_linear``);
 ``quant_cpu.cpp`` / ``quant_cpu_simd.cpp`` / ``quant_cpu.h`` the block-scaled formats (quant_linear,
 block_sign_linear), registered with the
 dispatcher when the library loads (:func:`quant_ops`: ``torch.ops.onebit_cpu_quant``).
@@ -27,6 +28,10 @@ import torch
 log = logging.getLogger("onebit.kernels")
 
 SOURCE = Path(__file__).with_name("onebit_cpu.cpp")
+PORTABLE_SOURCE = Path(__file__).with_name("onebit_cpu_portable.cpp")
+AVX2_SOURCE = Path(__file__).with_name("onebit_cpu_avx2.cpp")
+AVX512_SOURCE = Path(__file__).with_name("onebit_cpu_avx512.cpp")
+HEADER = Path(__file__).with_name("onebit_cpu.h")
 QUANT_SOURCE = Path(__file__).with_name("quant_cpu.cpp")
 QUANT_SIMD_SOURCE = Path(__file__).with_name("quant_cpu_simd.cpp")
 QUANT_HEADER = Path(__file__).with_name("quant_cpu.h")
@@ -54,12 +59,12 @@ def _base_dir() -> Path:
 
 def sources() -> list[Path]:
     """The translation units of the extension."""
-    return [SOURCE, QUANT_SOURCE, QUANT_SIMD_SOURCE]
+    return [SOURCE, PORTABLE_SOURCE, AVX2_SOURCE, AVX512_SOURCE, QUANT_SOURCE, QUANT_SIMD_SOURCE]
 
 
 def files() -> list[Path]:
-    """Every file the build reads (the sources and the header they share): hashed and copied."""
-    return sources() + [QUANT_HEADER]
+    """Every file the build reads (the sources and the headers they share): hashed and copied."""
+    return sources() + [HEADER, QUANT_HEADER]
 
 
 def build_key() -> str:

@@ -1,0 +1,109 @@
+// Shared by the onebit_cpu*.cpp files (the packed binary / ternary linear ops): the ISA target
+// attributes, the ±1 / ternary lookup tables, the int8 activation layout and the kernels each
+// file defines.  onebit_cpu.cpp: pybind module, ISA dispatch, prologue / epilogue, GEMM path;
+// onebit_cpu_portable.cpp: scalar and LUT kernels; onebit_cpu_avx2.cpp / onebit_cpu_avx512.cpp:
+// the SIMD kernels (function-level target attributes, chosen at run time; no -march flag).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2,fma")))
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,bmi2,fma")))
+
+namespace onebit_packed {
+
+// ----------------------------------------------------------------------------------------------
+// lookup tables: ±1 per bit (binary) and {-1, 0, 1, 2} per 2-bit code (ternary, code = q + 1)
+struct Tables {
+  alignas(64) float bin[256][8];
+  alignas(64) float ter[256][4];
+  Tables() {
+    for (int b = 0; b < 256; ++b) {
+      for (int i = 0; i < 8; ++i) bin[b][i] = ((b >> i) & 1) ? 1.0f : -1.0f;
+      for (int i = 0; i < 4; ++i) ter[b][i] = float(((b >> (2 * i)) & 3)) - 1.0f;
+    }
+  }
+};
+inline const Tables& tables() {  // one table for every file
+  static const Tables t;
+  return t;
+}
+
+inline float hsum_scalar(const float* v, int n) {
+  float s = 0.f;
+  for (int i = 0; i < n; ++i) s += v[i];
+  return s;
+}
+
+// All direct kernels compute, for output rows [n0, n1) and every x row m:
+//   y[m*ldy + n] = sum_k coef(W[n], k) * x[m*ldx + k]
+// x rows are fp32, zero padded up to ldx >= 8*KB + 32 (binary) / 4*KB + 32 (ternary).
+
+using RowKernel = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64_t, int64_t,
+                           int64_t, float*, int64_t);
+
+// ---------------------------------------------------------------- binary: int8 activations
+// (algo=i8, not exact).  x (after x*g, rounded as the reference) is quantized per block of
+// QB = 128 columns: s_b = max|x_b| / 127, q = round_half_even(x / s_b) in [-127, 127] (0 where
+// s_b = 0).  With P_b = sum of q over the +1 columns of block b and S_b = sum of q over block b,
+//   y = sum_b s_b (2 P_b - S_b) = 2 sum_b s_b P_b - C,   C = sum_b s_b S_b (once per x row);
+// every P_b is an exact integer.  AVX2: per 32 weights, the 4 bit bytes are spread to 32 bytes
+// (vpshufb), masked to one bit per byte (vpand) and clamped to 0/1 (vpminub); vpmaddubsw(0/1, q)
+// adds pairs into int16 (4 chunks stay below 1016), vpmaddwd per block, cvt + fma by s_b.
+constexpr int64_t QB = 128;
+
+struct QuantX {
+  std::vector<int8_t> q;  // [M, ldq], zero padded
+  std::vector<float> s;   // [M, nb]
+  std::vector<float> c;   // [M]: sum_b s_b S_b
+  int64_t ldq = 0, nb = 0;
+};
+
+// ---------------------------------------------------------------- onebit_cpu_portable.cpp
+void bin_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
+                int64_t n1, float* y, int64_t ldy);
+void ter_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
+                int64_t n1, float* y, int64_t ldy);
+QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K);
+void bin_i8_scalar(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
+                   int64_t n0, int64_t n1, float* y, int64_t ldy);
+void bin_build_lut(const float* xm, int64_t KB, float* lut);
+void bin_lut_rows(const float* lut, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
+                  float* y);
+
+// ---------------------------------------------------------------- onebit_cpu_avx2.cpp
+AVX2_TARGET void bin_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB,
+                          int64_t n0, int64_t n1, float* y, int64_t ldy);
+template <bool BLEND>  // instantiated for false (xor) and true (blend)
+AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                               int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+AVX2_TARGET void bin_i8_avx2(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
+                             int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+AVX2_TARGET void expand_bin_f32_avx2(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
+                                     float* buf, int64_t ldb);
+AVX2_TARGET void ter_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB,
+                          int64_t n0, int64_t n1, float* y, int64_t ldy);
+
+// ---------------------------------------------------------------- onebit_cpu_avx512.cpp
+AVX512_TARGET void bin_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                              int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+AVX512_TARGET void bin_avx512_shift(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                                    int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+AVX512_TARGET void bin_avx512_psum(const float* xc, const float* cs, const float* ss, int64_t M,
+                                   int64_t ldx, const uint8_t* W, int64_t KB, int64_t K,
+                                   int64_t n0, int64_t n1, float* y, int64_t ldy);
+template <int NP>  // instantiated for 1, 2, 3 bf16 parts of x
+BF16_TARGET void bin_bf16dp(const uint16_t* xparts, int64_t pstride, int64_t M, int64_t ldx,
+                            const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y,
+                            int64_t ldy);
+AVX512_TARGET void ter_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                              int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+
+}  // namespace onebit_packed

@@ -1,0 +1,226 @@
+// AVX2 (+FMA) kernels of the packed onebit ops: ±1 table + FMA (the AVX2 default), exact sign
+// flip (xor / blend), int8 activations, ±1 fp32 expansion for the GEMM path, ternary.  Built
+// without -march: each function carries AVX2_TARGET and runs only where onebit_cpu.cpp's
+// run-time dispatch found AVX2.  Shared declarations: onebit_cpu.h.
+#include "onebit_cpu.h"
+
+#include <immintrin.h>
+
+namespace onebit_packed {
+
+// ---------------------------------------------------------------- binary: AVX2 (+FMA)
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) void bin_avx2(const float* x, int64_t M, int64_t ldx,
+                                                  const uint8_t* W, int64_t KB, int64_t n0,
+                                                  int64_t n1, float* y, int64_t ldy) {
+  const auto& T = tables().bin;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      const uint8_t* w0 = W + n * KB;
+      const uint8_t* w1 = w0 + KB;
+      const uint8_t* w2 = w1 + KB;
+      const uint8_t* w3 = w2 + KB;
+      // two accumulators per row: 8 independent FMA chains hide the FMA latency
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      int64_t j = 0;
+      for (; j + 2 <= KB; j += 2) {
+        const __m256 xv = _mm256_loadu_ps(xm + 8 * j), xw = _mm256_loadu_ps(xm + 8 * j + 8);
+        a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w0[j]]), a0);
+        a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w1[j]]), a1);
+        a2 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w2[j]]), a2);
+        a3 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w3[j]]), a3);
+        b0 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w0[j + 1]]), b0);
+        b1 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w1[j + 1]]), b1);
+        b2 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w2[j + 1]]), b2);
+        b3 = _mm256_fmadd_ps(xw, _mm256_load_ps(T[w3[j + 1]]), b3);
+      }
+      for (; j < KB; ++j) {
+        const __m256 xv = _mm256_loadu_ps(xm + 8 * j);
+        a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w0[j]]), a0);
+        a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w1[j]]), a1);
+        a2 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w2[j]]), a2);
+        a3 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w3[j]]), a3);
+      }
+      y[m * ldy + n] = hsum256(_mm256_add_ps(a0, b0));
+      y[m * ldy + n + 1] = hsum256(_mm256_add_ps(a1, b1));
+      y[m * ldy + n + 2] = hsum256(_mm256_add_ps(a2, b2));
+      y[m * ldy + n + 3] = hsum256(_mm256_add_ps(a3, b3));
+    }
+    for (; n < n1; ++n) {
+      const uint8_t* w0 = W + n * KB;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t j = 0; j < KB; ++j)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 8 * j), _mm256_load_ps(T[w0[j]]), a0);
+      y[m * ldy + n] = hsum256(a0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: AVX2 sign flip (exact)
+// No table, no multiply: the 32 bits of a step are broadcast to every dword and vpsllvd moves bit
+// 8c+i to the sign position of lane i of chunk c; then either
+//   BLEND: t = blendv(-x, x, shifted)          (vblendvps picks by the sign bit: 1 op), or
+//   XOR:   t = x ^ (~shifted & signbit)        (2 ops),
+// acc += t.  Two accumulators per row, 4 rows per x load.  Trailing bytes: one more step on the
+// zero-padded bits (x is zero past in_features, so t = ±0 there).
+
+template <bool BLEND>
+AVX2_TARGET inline __m256 flip8(__m256 xv, __m256 nx, __m256i b, __m256i sh, __m256i sgn) {
+  const __m256i s = _mm256_sllv_epi32(b, sh);
+  if (BLEND) return _mm256_blendv_ps(nx, xv, _mm256_castsi256_ps(s));
+  return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(xv), _mm256_andnot_si256(s, sgn)));
+}
+
+// 32 columns of 4 rows (a lambda would lose the target attribute)
+template <bool BLEND>
+AVX2_TARGET inline __attribute__((always_inline)) void flip_step(const float* xj, const uint32_t* bits,
+                                                                 __m256 (*a)[2], const __m256i* sh,
+                                                                 __m256i sgn) {
+  __m256 xv[4], nx[4];
+  for (int c = 0; c < 4; ++c) {
+    xv[c] = _mm256_loadu_ps(xj + 8 * c);
+    nx[c] = BLEND ? _mm256_xor_ps(xv[c], _mm256_castsi256_ps(sgn)) : xv[c];
+  }
+  for (int r = 0; r < 4; ++r) {
+    const __m256i b = _mm256_set1_epi32(int(bits[r]));
+    for (int c = 0; c < 4; ++c)
+      a[r][c & 1] = _mm256_add_ps(a[r][c & 1], flip8<BLEND>(xv[c], nx[c], b, sh[c], sgn));
+  }
+}
+
+template <bool BLEND>
+AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
+                               int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const __m256i sgn = _mm256_set1_epi32(int(0x80000000u));
+  __m256i sh[4];
+  for (int c = 0; c < 4; ++c)
+    sh[c] = _mm256_setr_epi32(31 - 8 * c, 30 - 8 * c, 29 - 8 * c, 28 - 8 * c, 27 - 8 * c,
+                              26 - 8 * c, 25 - 8 * c, 24 - 8 * c);
+  const int64_t K4 = KB / 4, rem = KB - 4 * K4;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t n = n0; n < n1; n += 4) {
+      const int rows = int(std::min<int64_t>(4, n1 - n));
+      const uint8_t* w[4];
+      for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
+      __m256 a[4][2];
+      for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm256_setzero_ps();
+      uint32_t bits[4];
+      for (int64_t j = 0; j < K4; ++j) {
+        for (int r = 0; r < 4; ++r) std::memcpy(&bits[r], w[r] + 4 * j, 4);
+        flip_step<BLEND>(xm + 32 * j, bits, a, sh, sgn);
+      }
+      if (rem) {
+        for (int r = 0; r < 4; ++r) {
+          bits[r] = 0;
+          std::memcpy(&bits[r], w[r] + 4 * K4, rem);
+        }
+        flip_step<BLEND>(xm + 32 * K4, bits, a, sh, sgn);
+      }
+      for (int r = 0; r < rows; ++r) y[m * ldy + n + r] = hsum256(_mm256_add_ps(a[r][0], a[r][1]));
+    }
+  }
+}
+
+template void bin_avx2_flip<false>(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+template void bin_avx2_flip<true>(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+
+AVX2_TARGET void bin_i8_avx2(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
+                             int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  const __m256i idx = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                       2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bm = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
+  const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
+  const int64_t nb = qx.nb, full = KB / (QB / 8);  // blocks whose 16 bit bytes are all in the row
+  for (int64_t m = m0; m < m0 + M; ++m) {
+    const int8_t* q = qx.q.data() + m * qx.ldq;
+    const float* s = qx.s.data() + m * nb;
+    for (int64_t n = n0; n < n1; n += 4) {
+      const int rows = int(std::min<int64_t>(4, n1 - n));
+      const uint8_t* w[4];
+      for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
+      __m256 f[4];
+      for (int r = 0; r < 4; ++r) f[r] = _mm256_setzero_ps();
+      alignas(16) uint8_t tail[4][QB / 8];
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* wb[4];
+        for (int r = 0; r < 4; ++r) {
+          if (b < full) {
+            wb[r] = w[r] + b * (QB / 8);
+          } else {  // last, partial block: zero-padded copy (q is zero there anyway)
+            std::memset(tail[r], 0, QB / 8);
+            std::memcpy(tail[r], w[r] + b * (QB / 8), KB - b * (QB / 8));
+            wb[r] = tail[r];
+          }
+        }
+        __m256i a[4];
+        for (int r = 0; r < 4; ++r) a[r] = _mm256_setzero_si256();
+        for (int c = 0; c < QB / 32; ++c) {
+          const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * QB + 32 * c));
+          for (int r = 0; r < 4; ++r) {
+            uint32_t bits;
+            std::memcpy(&bits, wb[r] + 4 * c, 4);
+            __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), idx);
+            v = _mm256_min_epu8(_mm256_and_si256(v, bm), one8);
+            a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(v, xq));
+          }
+        }
+        const __m256 sv = _mm256_set1_ps(s[b]);
+        for (int r = 0; r < 4; ++r)
+          f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(a[r], one16)), sv, f[r]);
+      }
+      for (int r = 0; r < rows; ++r) y[(m - m0) * ldy + n + r] = 2.f * hsum256(f[r]) - qx.c[m];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- binary: expand to ±1 fp32
+// rows [n0, n1) -> buf [n1 - n0, ldb] (ldb >= 8 KB), ±1.0f from the bits, AVX2 (sllv + and + or)
+AVX2_TARGET void expand_bin_f32_avx2(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
+                                     float* buf, int64_t ldb) {
+  const __m256i sgn = _mm256_set1_epi32(int(0x80000000u)), one = _mm256_set1_epi32(0x3F800000);
+  const __m256i sh = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* w = W + n * KB;
+    float* o = buf + (n - n0) * ldb;
+    for (int64_t j = 0; j < KB; ++j) {
+      const __m256i s = _mm256_sllv_epi32(_mm256_set1_epi32(int(w[j])), sh);
+      // bit 1 -> +1.0 (sign clear), bit 0 -> -1.0: sign = ~bit
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * j),
+                          _mm256_or_si256(_mm256_andnot_si256(s, sgn), one));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- ternary: AVX2
+__attribute__((target("avx2,fma"))) void ter_avx2(const float* x, int64_t M, int64_t ldx,
+                                                  const uint8_t* W, int64_t KB, int64_t n0,
+                                                  int64_t n1, float* y, int64_t ldy) {
+  const auto& T = tables().ter;
+  const int64_t K2 = KB / 2;  // 8 columns per step
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xm = x + m * ldx;
+    for (int64_t n = n0; n < n1; ++n) {
+      const uint8_t* w = W + n * KB;
+      __m256 a0 = _mm256_setzero_ps();
+      for (int64_t j = 0; j < K2; ++j) {
+        __m256 c = _mm256_set_m128(_mm_load_ps(T[w[2 * j + 1]]), _mm_load_ps(T[w[2 * j]]));
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 8 * j), c, a0);
+      }
+      float s = hsum256(a0);
+      for (int64_t j = 2 * K2; j < KB; ++j)
+        for (int i = 0; i < 4; ++i) s += T[w[j]][i] * xm[4 * j + i];
+      y[m * ldy + n] = s;
+    }
+  }
+}
+
+}  // namespace onebit_packed
