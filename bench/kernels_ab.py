@@ -1,6 +1,6 @@
 """A/B of the 1-bit CPU kernel against an earlier revision of ``onebit_cpu.cpp``, in one process.
 
-The old source (``git show REV:src/onebit/kernels/cpu/onebit_cpu.cpp``) is built as a second
+The old source (``git show REV:src/onebit/kernels/cpu/onebit_cpu*.cpp`` and its headers) is built as a second
 extension (``onebit_cpu_ab_old``) next to the current one; both are called alternately on the same
 cold packed weights (copies cycled), and the median per-pair ratio old/new is printed (> 1: the
 current build is faster).  Each default path of the chosen ISA is compared; with ``--isa avx2`` the
@@ -33,10 +33,21 @@ def build_old(rev: str, d: Path):
 
     from onebit.kernels.cpu import loader
 
-    src = d / "onebit_cpu_ab_old.cpp"
-    src.write_bytes(subprocess.run(["git", "show", f"{rev}:src/onebit/kernels/cpu/onebit_cpu.cpp"],
-                                   cwd=ROOT, check=True, capture_output=True).stdout)
-    return cpp_extension.load(name="onebit_cpu_ab_old", sources=[str(src)], build_directory=str(d),
+    def show(path: str) -> bytes:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True).stdout
+
+    # the 1-bit kernel's files at REV: onebit_cpu.cpp alone, or (from 1cffeec) onebit_cpu*.cpp + headers
+    tree = "src/onebit/kernels/cpu/"
+    names = subprocess.run(["git", "ls-tree", "--name-only", rev, tree], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    sources = []
+    for path in names:
+        name = Path(path).name
+        if name.endswith(".h") or (name.startswith("onebit_cpu") and name.endswith(".cpp")):
+            (d / name).write_bytes(show(path))
+            if name.endswith(".cpp"):
+                sources.append(str(d / name))
+    return cpp_extension.load(name="onebit_cpu_ab_old", sources=sorted(sources), build_directory=str(d),
                               extra_cflags=list(loader.CFLAGS), extra_ldflags=list(loader.LDFLAGS))
 
 
