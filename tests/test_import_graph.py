@@ -321,7 +321,8 @@ LAYERS = [
     ("surgery", ["onebit.surgery", "onebit.methods.sequential", "onebit.rotation"]),  # find/swap modules, skeletons
     ("pipelines", ["onebit.pipelines"]),                     # quantize drivers (in memory, streaming)
     ("api", ["onebit.api", "onebit.models", "onebit.generate", "onebit.loading"]),
-    ("tools", ["onebit.eval", "onebit.distill", "onebit.export", "onebit.integrations", "onebit.compare"]),
+    ("tools", ["onebit.eval", "onebit.distill", "onebit.export", "onebit.integrations", "onebit.compare",
+               "onebit.compare_report"]),
     ("cli", ["onebit.cli", "onebit"]),
 ]
 
