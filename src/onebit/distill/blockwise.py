@@ -25,10 +25,11 @@ trainable form (latent weights + AdamW state), the blocks before it are
 packed and the blocks after it untouched.  Peak memory is the model + one
 trainable block + three activation caches (``n × seqlen × hidden`` each).
 The streaming mode (:mod:`onebit.distill.streaming`) runs the same steps
-(:func:`plan_blocks`, :func:`capture_inputs`, :func:`convert_block`,
-:func:`restore_block`, the state files of :mod:`onebit.distill.blockstate`)
-on a meta-device skeleton, reading one block's tensors at a time from the
-teacher's safetensors files and writing the packed checkpoint as it goes.
+(:func:`plan_blocks`, :func:`capture_inputs`, :func:`finish_block`: each
+block restored or converted, recorded, saved, the caches advanced; the state
+files of :mod:`onebit.distill.blockstate`) on a meta-device skeleton,
+reading one block's tensors at a time from the teacher's safetensors files
+and writing the packed checkpoint as it goes.
 An end-to-end distillation can follow (``onebit distill --blockwise-steps K
 --steps N``): the packed blocks go back to their trainable form
 (``student.to_trainable``).
@@ -254,6 +255,24 @@ def convert_block(model: nn.Module, plan: BlockPlan, i: int, acts, cfg: BlockCon
     return y_t, x_s, rec
 
 
+def finish_block(model: nn.Module, plan: BlockPlan, i: int, acts, cfg: BlockConfig, sdir: Path | None,
+                 fp: str, done: int, history: list[dict], bar=None, desc: str = "",
+                 on_block: Callable[[int, nn.Module], None] | None = None):
+    """Block ``i`` of the loop both modes run: rebuilt from the state in ``sdir`` when an earlier run
+    finished it (``i < done``, :func:`restore_block`), else converted (:func:`convert_block`, ``bar``
+    described as ``desc``), its record appended to ``history`` and its state saved.  Returns ``acts``
+    advanced through the block (None stays None: no block was left to convert)."""
+    if i < done:
+        x_t, x_s = restore_block(model, plan, i, sdir, acts)
+    else:
+        if bar is not None:
+            bar.set_description(desc)
+        x_t, x_s, rec = convert_block(model, plan, i, acts, cfg, bar, on_block)
+        history.append(rec)
+        save_block_state(model, plan, i, sdir, fp, history, cfg.train_norms)
+    return (x_t, x_s, acts[2], acts[3]) if acts is not None else None
+
+
 def save_block_state(model: nn.Module, plan: BlockPlan, i: int, sdir: Path | None, fp: str,
                      history: list[dict], train_norms: bool) -> None:
     """Block ``i``'s packed tensors (+ norms if trained) to ``sdir``, then ``blocks.json`` (done = i + 1)."""
@@ -345,24 +364,14 @@ def reconstruct(model: nn.Module, config, data: torch.Tensor, cfg: BlockConfig,
     done, history = open_state(sdir, fp, resume)
     n_blocks = len(plan.blocks)
     t_start = time.perf_counter()
-    acts = None
-    if done < n_blocks:
-        x_t, x_s, kw, b = capture_inputs(model, plan, data, cfg)
-        acts = (x_t, x_s, kw, b)
+    acts = capture_inputs(model, plan, data, cfg) if done < n_blocks else None
     if done:
         log.info("block-wise: resuming after block %d of %d (%s)", done, n_blocks, sdir)
     bar = tqdm(total=(n_blocks - done) * cfg.steps, desc=f"block-wise [{config.method}]", unit="step",
                disable=not progress or done >= n_blocks)
     for i in range(n_blocks):
-        if i < done:  # finished in an earlier run: rebuild its packed form from the state
-            x_t, x_s = restore_block(model, plan, i, sdir, acts)
-        else:
-            bar.set_description(f"block-wise [{config.method}] block {i + 1}/{n_blocks}")
-            x_t, x_s, rec = convert_block(model, plan, i, acts, cfg, bar, on_block)
-            history.append(rec)
-            save_block_state(model, plan, i, sdir, fp, history, cfg.train_norms)
-        if acts is not None:
-            acts = (x_t, x_s, acts[2], acts[3])
+        acts = finish_block(model, plan, i, acts, cfg, sdir, fp, done, history, bar,
+                            f"block-wise [{config.method}] block {i + 1}/{n_blocks}", on_block)
     bar.close()
     if acts is not None:
         log.info("block-wise: %d blocks in %.0fs, peak RSS %.0f MiB", n_blocks - done,

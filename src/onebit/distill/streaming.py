@@ -7,7 +7,7 @@ tensors outside the decoder blocks (embeddings, final norm, head) are read and t
 sequences run up to the first block; then, for each block in turn:
 
 1. its teacher tensors are read from the checkpoint;
-2. the same steps as in memory (:func:`~onebit.distill.blockwise.convert_block`): the teacher
+2. the same steps as in memory (:func:`~onebit.distill.blockwise.finish_block`): the teacher
    outputs ``Y_t`` from the cached teacher inputs, the linears swapped for the trainable form,
    trained, packed, the student cache advanced; ``X_t ← Y_t``;
 3. the block's packed tensors (and its other tensors: norms) are appended to the output shards
@@ -37,18 +37,16 @@ from torch import nn
 
 from ..errors import CheckpointError, OneBitError
 from ..config import QuantConfig
-from ..formats.checkpoint import (INDEX_NAME, WEIGHTS_NAME, atomic_dir, read_safetensors_header,
-                                  unique_state_dict, weight_files)
+from ..formats.checkpoint import atomic_dir, read_safetensors_header, unique_state_dict, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
 from ..formats.sharded import SAFETENSORS_DTYPES
 from ..progress import Progress as tqdm
-from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
+from ..formats.sharded import SafetensorsReader
 from ..pipelines.streaming import plan_tensors
-from ..pipelines.streaming_blocks import assign_tensor
+from ..pipelines.streaming_blocks import BlockTensors, ShardedOutput
 from ..surgery import empty_model
 from .blockstate import fingerprint, open_state
-from .blockwise import (BlockConfig, capture_inputs, convert_block, peak_rss_mib,
-                        plan_blocks, restore_block, save_block_state)
+from .blockwise import BlockConfig, capture_inputs, finish_block, peak_rss_mib, plan_blocks
 
 log = logging.getLogger("onebit")
 
@@ -169,20 +167,9 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
                     mod._buffers[k] = b.to(device)
         _, where = _plan(src, readers, model, config)
         plan = plan_blocks(model, config)
-        prefix, n_blocks = plan.prefix, len(plan.blocks)
-
-        def read(mk: str) -> torch.Tensor:
-            f, k = where[mk]
-            t = readers[f].read(k)
-            return (t.to(dtype) if dtype is not None and t.is_floating_point() else t).to(device)
-
-        def block_of(mk: str) -> int | None:
-            head = mk[len(prefix):].split(".", 1)[0] if mk.startswith(prefix) else ""
-            return int(head) if head.isdigit() else None
-
-        outside = [mk for mk in where if block_of(mk) is None]
-        for mk in outside:
-            assign_tensor(model, mk, read(mk))
+        n_blocks = len(plan.blocks)
+        ckpt = BlockTensors(readers, where, plan.prefix, dtype, device)
+        outside = list(ckpt.load(model, None))
         model.tie_weights()
         if int(data.max()) >= model.config.vocab_size:
             raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
@@ -190,53 +177,32 @@ def stream_reconstruct(src: str | os.PathLike, out: str | os.PathLike, config, d
         sdir = Path(state_dir) if state_dir is not None else None
         fp = fingerprint(plan.names, plan.qc, cfg, data)
         done, history = open_state(sdir, fp, resume)
-        sharded = (src / INDEX_NAME).is_file()
-        meta = {"format": "pt", "onebit_format_version": str(plan.qc["format_version"])}
-        weight_map: dict[str, str] = {}
         t_start = time.perf_counter()
         with atomic_dir(out, overwrite) as tmp:
-            writers = {f: SafetensorsWriter(tmp / (f.name if sharded else WEIGHTS_NAME), meta)
-                       for f in dict.fromkeys(f for f, _ in where.values())}
-
-            def write(mk: str, src_mk: str, t: torch.Tensor) -> None:
-                w = writers[where[src_mk][0]]
-                w.add(mk, t)
-                weight_map[mk] = w.file.name
-
+            output = ShardedOutput(tmp, src, where, plan.qc)
             for mk in outside:
                 parent, _, leaf = mk.rpartition(".")
-                write(mk, mk, getattr(model.get_submodule(parent) if parent else model, leaf))
+                output.write(mk, mk, getattr(model.get_submodule(parent) if parent else model, leaf))
             acts = capture_inputs(model, plan, data, cfg) if done < n_blocks else None
             if done:
                 log.info("block-wise (streaming): resuming after block %d of %d (%s)", done, n_blocks, sdir)
             bar = tqdm(total=(n_blocks - done) * cfg.steps, desc=f"block-wise [{config.method}] (streaming)",
                        unit="step", disable=not progress or done >= n_blocks)
             for i in range(n_blocks):
-                mine = [mk for mk in where if block_of(mk) == i]
-                for mk in mine:
-                    assign_tensor(model, mk, read(mk))
-                if i < done:
-                    x_t, x_s = restore_block(model, plan, i, sdir, acts)
-                else:
-                    bar.set_description(f"block-wise [{config.method}] block {i + 1}/{n_blocks} (streaming)")
-                    x_t, x_s, rec = convert_block(model, plan, i, acts, cfg, bar, on_block)
-                    history.append(rec)
-                    save_block_state(model, plan, i, sdir, fp, history, cfg.train_norms)
-                if acts is not None:
-                    acts = (x_t, x_s, acts[2], acts[3])
-                del x_t, x_s
-                bp = f"{prefix}{i}."
+                mine = list(ckpt.load(model, i))
+                acts = finish_block(model, plan, i, acts, cfg, sdir, fp, done, history, bar,
+                                    f"block-wise [{config.method}] block {i + 1}/{n_blocks} (streaming)",
+                                    on_block)
+                bp = f"{plan.prefix}{i}."
                 sources = {mk.rpartition(".")[0]: mk for mk in mine}  # module -> one of its source tensors
                 for key, v in unique_state_dict(plan.blocks[i]).items():  # each to its source's shard
                     owner = f"{bp}{key}".rpartition(".")[0]
                     src_mk = f"{bp}{key}" if f"{bp}{key}" in where else sources.get(owner, mine[0])
-                    write(f"{bp}{key}", src_mk, v)
+                    output.write(f"{bp}{key}", src_mk, v)
                 plan.blocks[i].to("meta")
                 gc.collect()
             bar.close()
-            for w in writers.values():
-                w.close()
-            specs = finish_output(tmp, writers.values(), weight_map, sharded, src, plan.qc, dtype)
+            specs = output.finish(dtype)
         if acts is not None:
             log.info("block-wise (streaming): %d blocks in %.0fs, peak RSS %.0f MiB", n_blocks - done,
                      time.perf_counter() - t_start, peak_rss_mib())

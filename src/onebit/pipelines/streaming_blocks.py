@@ -52,7 +52,9 @@ def _skeleton(src: Path) -> nn.Module:
     return empty_model(src, buffers=True)
 
 
+# --------------------------------------------------------------------------- a checkpoint, block by block
 def assign_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
+    """Put ``t`` in place of ``model``'s parameter or buffer ``name`` (a frozen parameter stays one)."""
     parent, _, leaf = name.rpartition(".")
     mod = model.get_submodule(parent) if parent else model
     if leaf in mod._parameters:
@@ -61,6 +63,68 @@ def assign_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
         mod._buffers[leaf] = t
 
 
+class BlockTensors:
+    """A safetensors checkpoint's tensors grouped by decoder block, read on demand into a skeleton.
+
+    ``where``: model name -> ``(file, checkpoint name)`` (:func:`~onebit.pipelines.streaming.plan_tensors`);
+    ``prefix``: the blocks' (``"model.layers."``).  Floating tensors are converted to ``dtype`` as read,
+    and every tensor moved to ``device`` (when given).  Streaming GPTQ and streamed block-wise
+    reconstruction (:mod:`onebit.distill.streaming`) read the teacher through it."""
+
+    def __init__(self, readers: dict, where: dict[str, tuple[Path, str]], prefix: str,
+                 dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+        self.readers, self.where, self.prefix = readers, where, prefix
+        self.dtype, self.device = dtype, device
+
+    def read(self, mk: str) -> torch.Tensor:
+        f, k = self.where[mk]
+        t = self.readers[f].read(k)
+        t = t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
+        return t if self.device is None else t.to(self.device)
+
+    def block_of(self, mk: str) -> int | None:
+        """The index of the decoder block holding tensor ``mk``, None outside the blocks."""
+        head = mk[len(self.prefix):].split(".", 1)[0] if mk.startswith(self.prefix) else ""
+        return int(head) if head.isdigit() else None
+
+    def load(self, model: nn.Module, block: int | None) -> dict[str, torch.Tensor]:
+        """Read the tensors of decoder block ``block`` (None: those outside the blocks) into ``model``;
+        return them by model name, in checkpoint order."""
+        got = {}
+        for mk in self.where:
+            if self.block_of(mk) == block:
+                got[mk] = self.read(mk)
+                assign_tensor(model, mk, got[mk])
+        return got
+
+
+class ShardedOutput:
+    """The output shards of a streamed conversion in ``tmp``: each tensor goes to the shard named like
+    its source tensor's file (one ``model.safetensors`` when ``src`` is not sharded)."""
+
+    def __init__(self, tmp: Path, src: Path, where: dict[str, tuple[Path, str]], qc: dict):
+        self.tmp, self.src, self.where, self.qc = tmp, src, where, qc
+        self.sharded = (src / INDEX_NAME).is_file()
+        meta = {"format": "pt", "onebit_format_version": str(qc["format_version"])}
+        self.writers = {f: SafetensorsWriter(tmp / (f.name if self.sharded else WEIGHTS_NAME), meta)
+                        for f in dict.fromkeys(f for f, _ in where.values())}
+        self.weight_map: dict[str, str] = {}
+
+    def write(self, mk: str, src_mk: str, t: torch.Tensor) -> None:
+        """Append ``t`` as ``mk`` to the shard of source tensor ``src_mk``."""
+        w = self.writers[self.where[src_mk][0]]
+        w.add(mk, t)
+        self.weight_map[mk] = w.file.name
+
+    def finish(self, dtype: torch.dtype | None) -> dict:
+        """Close the shards and write the index and config (:func:`~onebit.formats.sharded.finish_output`)."""
+        for w in self.writers.values():
+            w.close()
+        return finish_output(self.tmp, self.writers.values(), self.weight_map, self.sharded, self.src,
+                             self.qc, dtype)
+
+
+# --------------------------------------------------------------------------- the loop
 @torch.no_grad()
 def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, config: QuantConfig,
                            dtype: torch.dtype | None = None, overwrite: bool = False,
@@ -88,22 +152,8 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
         if found is None:
             raise OneBitError(f"'{src}': no decoder blocks (nn.ModuleList) hold the linear layers")
         bname, blocks = found
-        prefix = f"{bname}." if bname else ""
-
-        def read(mk: str) -> torch.Tensor:
-            f, k = where[mk]
-            t = readers[f].read(k)
-            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-        def block_of(mk: str) -> int | None:
-            if not mk.startswith(prefix):
-                return None
-            head = mk[len(prefix):].split(".", 1)[0]
-            return int(head) if head.isdigit() else None
-
-        outside = {mk: read(mk) for mk in where if block_of(mk) is None}
-        for mk, t in outside.items():
-            assign_tensor(model, mk, t)
+        ckpt = BlockTensors(readers, where, f"{bname}." if bname else "", dtype)
+        outside = ckpt.load(model, None)
         model.tie_weights()
         tok = load_tokenizer(str(src))
         seqlen = min(config.calib_seqlen, context_length(model))
@@ -112,34 +162,23 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
         modules = {n: [lin.out_features, lin.in_features] for n, lin in targets.items()}
         qc = config.to_dict()
         qc["modules"] = modules
-        sharded = (src / INDEX_NAME).is_file()
-        meta = {"format": "pt", "onebit_format_version": str(qc["format_version"])}
-        weight_map: dict[str, str] = {}
         with atomic_dir(out, overwrite) as tmp:
-            writers = {f: SafetensorsWriter(tmp / (f.name if sharded else WEIGHTS_NAME), meta)
-                       for f in dict.fromkeys(f for f, _ in where.values())}
-
-            def write(mk: str, src_mk: str, t: torch.Tensor) -> None:
-                w = writers[where[src_mk][0]]
-                w.add(mk, t)
-                weight_map[mk] = w.file.name
+            output = ShardedOutput(tmp, src, where, qc)
 
             def write_quantized(n: str, packed: nn.Module) -> None:
                 for key, v in packed.state_dict().items():
-                    write(f"{n}.{key}", f"{n}.weight", v)
+                    output.write(f"{n}.{key}", f"{n}.weight", v)
 
             for mk, t in outside.items():
                 if mk.rpartition(".")[0] not in targets:
-                    write(mk, mk, t)
+                    output.write(mk, mk, t)
             inputs = capture_block_inputs(model, blocks[0], ids, batch_size)
-            handler.begin_blocks(prefix)
+            handler.begin_blocks(ckpt.prefix)
             for bi in tqdm(range(len(blocks)), desc=f"stream-gptq [{config.method}]", unit="block",
                            disable=not progress):
-                mine_keys = [mk for mk in where if block_of(mk) == bi]
-                for mk in mine_keys:
-                    assign_tensor(model, mk, read(mk))
+                mine_keys = list(ckpt.load(model, bi))
                 block = blocks[bi]
-                bp = f"{prefix}{bi}."
+                bp = f"{ckpt.prefix}{bi}."
                 mine = {n: model.get_submodule(n) for n in names if n.startswith(bp)}
                 observe_block(handler, block, mine, inputs)
                 for n, packed in handler.quantize_block(block, bp, {n: as_linear(m) for n, m in mine.items()}).items():
@@ -148,18 +187,16 @@ def stream_quantize_blocks(src: str | os.PathLike, out: str | os.PathLike, confi
                 for mk in mine_keys:
                     owner = mk.rpartition(".")[0]
                     if owner not in mine:
-                        write(mk, mk, read(mk))
+                        output.write(mk, mk, ckpt.read(mk))
                 inputs = run_block(block, inputs)
                 blocks[bi] = block.to("meta")
                 del block
                 gc.collect()
             # target linears outside the blocks (rare): H = I, i.e. round to nearest
-            for n in (n for n in names if block_of(f"{n}.weight") is None):
+            for n in (n for n in names if ckpt.block_of(f"{n}.weight") is None):
                 write_quantized(n, handler.quantize_outside(n, as_linear(model.get_submodule(n))))
             handler.end_blocks({})
-            for w in writers.values():
-                w.close()
-            specs = finish_output(tmp, writers.values(), weight_map, sharded, src, qc, dtype)
+            specs = output.finish(dtype)
     finally:
         for r in readers.values():
             r.close()
