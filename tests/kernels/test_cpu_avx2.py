@@ -65,6 +65,23 @@ def test_avx2_gemm_path(mod, thr, dtype, shape):
         assert_close(y, binary_linear_ref(x, p, g, h, in_f))
 
 
+@pytest.mark.parametrize("thr", [1, AUTO], ids=["gemm", "auto"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES + [(1100, 300)], ids=str)
+def test_avx512_gemm_path(mod, thr, dtype, shape):
+    """AVX-512 batched path: blocks of rows expanded to ±1 in the input dtype by masked blends
+    (odd byte counts, tails of 1-3 bytes) + one GEMM per block; auto: from 32 fp32 / 8 bf16-fp16
+    rows, so the batches below run both sides of the crossover; 1100 rows: two blocks."""
+    if mod.best_isa() < ISAS["avx512"]:
+        pytest.skip("this CPU has no AVX-512")
+    out_f, in_f = shape
+    p, g, h = binary_layer(out_f, in_f, seed=8)
+    for batch in BATCHES + (8, 40, 200):
+        x = make_x(batch, in_f, dtype, "transposed" if batch == 3 else "contiguous")
+        y = mod.binary_linear(x, p, g, h, in_f, ISAS["avx512"], thr, 0)
+        assert_close(y, binary_linear_ref(x, p, g, h, in_f))
+
+
 def test_avx2_gemm_small_tiles(mod, monkeypatch):
     """ONEBIT_CPU_TILE_BYTES (measurement knob) forces many small tiles: same result."""
     monkeypatch.setenv("ONEBIT_CPU_TILE_BYTES", "1")

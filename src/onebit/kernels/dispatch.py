@@ -15,7 +15,7 @@ registers any subset of the ops; the others keep the reference on that device):
   (``onebit.kernels.triton.register``, called by ``import onebit.kernels``) only when triton
   imports and CUDA is available.  This module never imports a backend other than the C++ one.
 
-Environment (read on every call, so benchmarks and tests can switch):
+Environment (read on every call, so benchmarks and tests can switch; parsed once per value):
 
 * ``ONEBIT_KERNEL``: ``auto`` (default: fast backend where available), ``reference`` (force the
   pure-torch path everywhere).
@@ -30,7 +30,7 @@ Environment (read on every call, so benchmarks and tests can switch):
   measurements.
 * ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands tiles of the packed
   weight and calls a BLAS GEMM instead of the direct kernel (default ``-1``: per ISA, AVX2 from a
-  measured batch size, AVX-512 and scalar never; docs/kernels.md).
+  measured batch size, AVX-512 from 32 fp32 / 8 bf16-fp16 rows, scalar never; docs/kernels.md).
 """
 from __future__ import annotations
 
@@ -55,14 +55,30 @@ def _env(name: str, default: str) -> str:
 
 
 def forced_reference() -> bool:
-    v = _env("ONEBIT_KERNEL", "auto")
+    v = os.environ.get("ONEBIT_KERNEL")
+    if v is None:  # the common case, on every call: no parsing
+        return False
+    v = v.strip().lower() or "auto"
     if v not in ("auto", "reference"):
         raise ValueError(f"ONEBIT_KERNEL must be 'auto' or 'reference', got {v!r}")
     return v == "reference"
 
 
+_parsed: dict[tuple, tuple[int, int, int]] = {}  # raw environment values -> cpu_params()
+
+
 def cpu_params() -> tuple[int, int, int]:
-    """(isa, mm_threshold, algo) for the C++ kernels, from the environment."""
+    """(isa, mm_threshold, algo) for the C++ kernels, from the environment (read on every call,
+    parsed once per distinct value: this runs ~150 times per decode step)."""
+    key = (os.environ.get("ONEBIT_CPU_ISA"), os.environ.get("ONEBIT_CPU_ALGO"),
+           os.environ.get("ONEBIT_CPU_MM_THRESHOLD"))
+    hit = _parsed.get(key)
+    if hit is None:
+        hit = _parsed[key] = _parse_cpu_params()
+    return hit
+
+
+def _parse_cpu_params() -> tuple[int, int, int]:
     isa, algo = _env("ONEBIT_CPU_ISA", "auto"), _env("ONEBIT_CPU_ALGO", "simd")
     if isa not in _ISA:
         raise ValueError(f"ONEBIT_CPU_ISA must be one of {sorted(_ISA)}, got {isa!r}")

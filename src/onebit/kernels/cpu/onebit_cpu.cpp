@@ -21,8 +21,9 @@
 //       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc),
 //                two accumulators per row (the default: fastest exact AVX2 path measured here);
 //                algo=8/9: exact sign flip of x by xor / vblendvps from vpsllvd'd bits, no table.
-//       int8:    (algo=6, any ISA, not exact) x quantized per block of 128 to int8, bits spread
-//                to bytes (vpshufb + vpand + vpminub), vpmaddubsw + vpmaddwd; see bin_i8_avx2.
+//       int8:    (algo=6, any ISA, not exact) x quantized per block of 128 to int8; AVX2: bits
+//                spread to bytes (vpshufb + vpand + vpminub), vpmaddubsw + vpmaddwd (bin_i8_avx2);
+//                AVX512-VNNI: the bits mask q (vmovdqu8 {z}), vpdpbusd (bin_i8_vnni).
 //       scalar:  the same table, one lane at a time (portable).
 //       lut:     (algo=1, measured slower than the SIMD paths) T-MAC style: per x row, for every group of 8 activations
 //                the 256 signed sums; each packed byte is then one table lookup.
@@ -30,7 +31,11 @@
 //     at::mm (MKL/oneDNN), i.e. the packed weight is expanded once per block, not per row.
 //     AVX2 (default from AVX2_MM_THRESHOLD rows): tiles expanded to ±1 fp32 with SIMD (512 KiB,
 //     L2-sized, below 128 rows; up to 64 MiB above), one fp32 GEMM per tile written in place.
-//     mm_threshold < 0 = per-ISA default (AVX2: AVX2_MM_THRESHOLD; AVX-512, scalar: never).
+//     AVX-512 (default from AVX512_MM_THRESHOLD_F32 / _16 rows): blocks of 1024 rows expanded to ±1
+//     in the input dtype by masked blends, one GEMM per block (fp32: MKL in place; bf16: oneDNN, AMX
+//     where the CPU has it).
+//     mm_threshold < 0 = per-ISA default (AVX2: AVX2_MM_THRESHOLD; AVX-512: by dtype; scalar and
+//     ternary: never).
 //
 // Files: this one (pybind module, ISA detection and dispatch, prologue / epilogue, GEMM path),
 // onebit_cpu.h (shared declarations, tables), onebit_cpu_portable.cpp (scalar / LUT kernels),
@@ -65,6 +70,18 @@ bool has_bf16dp() {
 #endif
 }
 
+bool has_vnni512() {
+#if defined(__x86_64__)
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && best_isa_raw() == 2;
+  }();
+  return v;
+#else
+  return false;
+#endif
+}
+
 int64_t best_isa() { return best_isa_raw(); }
 
 int64_t best_isa_raw() {
@@ -84,8 +101,12 @@ int64_t best_isa_raw() {
 // (AVX2 sign flip by xor / by vblendvps)
 constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9;
 // mm_threshold < 0 (auto): batch rows from which AVX2 expands tiles and calls a GEMM (measured,
-// docs/kernels.md); AVX-512 and scalar never do unless asked
+// docs/kernels.md); AVX-512 by dtype (below); scalar and ternary never do unless asked
 constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
+// AVX-512 (binary): from 32 fp32 rows / 8 bf16 or fp16 rows the GEMM path (±1 rows expanded by
+// masked blends, then MKL / oneDNN: AVX-512 FMA for fp32, AMX for bf16) beats the direct kernel
+// (bench/kernels.py --batch 8 16 32 64 512, docs/kernels.md)
+constexpr int64_t AVX512_MM_THRESHOLD_F32 = 32, AVX512_MM_THRESHOLD_16 = 8;
 constexpr int64_t AVX2_TILE_BYTES = 512 * 1024;  // expanded fp32 tile: fits L2
 
 int64_t resolve_isa(int64_t isa) {
@@ -205,7 +226,11 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
 
   const uint8_t* W = packed.data_ptr<uint8_t>();
   const int64_t use = resolve_isa(isa);
-  if (mm_threshold < 0) mm_threshold = use == ISA_AVX2 && !ternary ? AVX2_MM_THRESHOLD : NEVER_MM;
+  if (mm_threshold < 0)
+    mm_threshold = ternary ? NEVER_MM
+                   : use == ISA_AVX2 ? AVX2_MM_THRESHOLD
+                   : use == ISA_AVX512 ? (dt == at::kFloat ? AVX512_MM_THRESHOLD_F32 : AVX512_MM_THRESHOLD_16)
+                                       : NEVER_MM;
   if (M >= mm_threshold && !ternary && use == ISA_AVX2) {
     // batched, AVX2: tiles of weight rows expanded to ±1 fp32 (sized to stay in L2), one fp32
     // GEMM per tile (MKL/oneDNN); x is already rounded as the reference, the result is rounded
@@ -231,16 +256,35 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     }
   } else if (M >= mm_threshold) {
     // batched: expand blocks of weight rows in the activation dtype, one GEMM per block
+    // (AVX-512, binary: the rows are expanded with masked blends; otherwise a byte table)
     const int64_t NB = 1024;
     at::Tensor xt = xs.narrow(1, 0, K).to(dt);
     at::Tensor wbuf = at::empty({std::min(NB, N), KB * per}, x.options());
+    const bool blend = !ternary && use == ISA_AVX512;
     for (int64_t n0 = 0; n0 < N; n0 += NB) {
-      const int64_t n1 = std::min(N, n0 + NB);
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_unpack", [&] {
-        unpack_rows<scalar_t>(W, KB, n0, n1, ternary, wbuf.data_ptr<scalar_t>());
-      });
+      const int64_t n1 = std::min(N, n0 + NB), ldb = KB * per;
+      if (blend && dt == at::kFloat) {
+        float* wp = wbuf.data_ptr<float>();
+        at::parallel_for(n0, n1, 8, [&](int64_t b, int64_t e) {
+          expand_bin_f32_avx512(W, KB, b, e, wp + (b - n0) * ldb, ldb);
+        });
+      } else if (blend) {
+        auto* wp = reinterpret_cast<uint16_t*>(wbuf.data_ptr());
+        const uint16_t one = dt == at::kBFloat16 ? 0x3F80 : 0x3C00;
+        at::parallel_for(n0, n1, 8, [&](int64_t b, int64_t e) {
+          expand_bin16_avx512(W, KB, b, e, wp + (b - n0) * ldb, ldb, one);
+        });
+      } else {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_unpack", [&] {
+          unpack_rows<scalar_t>(W, KB, n0, n1, ternary, wbuf.data_ptr<scalar_t>());
+        });
+      }
       at::Tensor wb = wbuf.narrow(0, 0, n1 - n0).narrow(1, 0, K);
-      acc.narrow(1, n0, n1 - n0).copy_(at::mm(xt, wb.t()));
+      at::Tensor t = acc.narrow(1, n0, n1 - n0);
+      if (dt == at::kFloat)
+        at::mm_out(t, xt, wb.t());  // row stride N: BLAS writes it in place (ldc)
+      else
+        t.copy_(at::mm(xt, wb.t()));  // the product rounded to the input dtype, as the reference
     }
   } else {
     const float* xp = xs.data_ptr<float>();
@@ -273,9 +317,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
       });
     } else if (!ternary && algo == ALGO_I8) {
       const QuantX qx = quantize_x(xp, M, ldx, K);
+      const bool vnni = has_vnni512();
       blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         if (use == ISA_SCALAR)
           bin_i8_scalar(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
+        else if (use == ISA_AVX512 && vnni)
+          bin_i8_vnni(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
         else
           bin_i8_avx2(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
       });

@@ -16,6 +16,7 @@
 #define AVX2_TARGET __attribute__((target("avx2,fma")))
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2,fma")))
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,bmi2,fma")))
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,bmi2,fma")))
 
 namespace onebit_packed {
 
@@ -103,6 +104,12 @@ template <int NP>  // instantiated for 1, 2, 3 bf16 parts of x
 BF16_TARGET void bin_bf16dp(const uint16_t* xparts, int64_t pstride, int64_t M, int64_t ldx,
                             const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y,
                             int64_t ldy);
+AVX512_TARGET void expand_bin16_avx512(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
+                                       uint16_t* buf, int64_t ldb, uint16_t one);
+AVX512_TARGET void expand_bin_f32_avx512(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
+                                         float* buf, int64_t ldb);
+VNNI_TARGET void bin_i8_vnni(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
+                             int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 AVX512_TARGET void ter_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
                               int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
