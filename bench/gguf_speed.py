@@ -19,6 +19,11 @@ onebit's own runtime runs the packed checkpoint (fp32 activations) in these vari
 int8`` / ``head int4-g32`` (the embedding and the untied head quantized by
 ``onebit.embeddings.EmbedQuantConfig``, the head through ``torch.ops.onebit.quant_linear``);
 ``--compile`` adds the static loop with a ``torch.compile``'d step (its compile time printed).
+Three more variants run the int8-head model with other settings: ``bf16`` (activations in bfloat16:
+the AVX512-BF16 GEMV, and for prefill the AMX bf16 GEMM on ±1 rows), ``psum`` (the exact AVX-512
+masked-sum GEMV, ``ONEBIT_CPU_ALGO=psum``, instead of the default shift kernel) and ``int8 act``
+(``ONEBIT_CPU_ALGO=i8``: activations quantized to int8 per block of 128 on the fly, the VNNI GEMV;
+not exact, ~0.7 % error per layer, as llama.cpp's TQ2_0 / Q1_0 do with their q8 activations).
 
 Memory: the fp model is built and quantized in fp16 (not fp32), the llama.cpp files are opened one
 at a time (each round opens, runs and closes them), and the process's peak RSS (ru_maxrss) is
@@ -130,19 +135,38 @@ class OneBitRuntime:
     its dynamic cache, logits of every prompt position)."""
 
     def __init__(self, ckpt: Path | None = None, model: torch.nn.Module | None = None, loop: str = "static",
-                 compile: bool = False):
+                 compile: bool = False, env: dict[str, str] | None = None, dtype: torch.dtype | None = None):
         import onebit
 
         self.model = (model if model is not None else onebit.load(str(ckpt)).float()).eval()
         self.loop, self.compile, self.decoder = loop, compile, None
+        #: environment set while this variant runs (e.g. ONEBIT_CPU_ALGO=i8), and the activation
+        #: dtype it runs in (the shared model is cast there and back, outside the timed regions)
+        self.env, self.dtype = dict(env or {}), dtype
         #: seconds of the first decode step ever run (torch.compile's time when compile=True)
         self.first_step_s: float | None = None
 
     def close(self) -> None:
         pass
 
-    @torch.inference_mode()
     def run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        if self.dtype is not None:
+            cast_runtime(self.model, self.dtype)
+        try:
+            return self._run(prompt, new_tokens, threads)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            if self.dtype is not None:
+                cast_runtime(self.model, torch.float32)
+
+    @torch.inference_mode()
+    def _run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
         torch.set_num_threads(threads)
         ids = torch.tensor([prompt])
         if self.loop == "hf":
@@ -210,7 +234,14 @@ def onebit_runtimes(ckpt: Path, compile: bool) -> dict[str, OneBitRuntime]:
         if not path.is_dir():
             print(f"no {path} (a --reuse of an older --workdir): the {label} variant is skipped")
             continue
-        out[f"onebit runtime static, {label}"] = OneBitRuntime(model=load_runtime_model(path))
+        m = load_runtime_model(path)
+        out[f"onebit runtime static, {label}"] = OneBitRuntime(model=m)
+        if kind == "int8":  # the same model object (no extra memory), other settings
+            out["onebit runtime static, head int8, bf16"] = OneBitRuntime(model=m, dtype=torch.bfloat16)
+            out["onebit runtime static, head int8, psum"] = OneBitRuntime(
+                model=m, env={"ONEBIT_CPU_ALGO": "psum"})
+            out["onebit runtime static, head int8, int8 act"] = OneBitRuntime(
+                model=m, env={"ONEBIT_CPU_ALGO": "i8"})
     return out
 
 
@@ -258,13 +289,14 @@ def embed_ckpts(ckpt: Path) -> dict[str, Path]:
 def load_runtime_model(path: Path) -> torch.nn.Module:
     """A checkpoint in fp32 activations; quantized tables keep their stored (fp16) scales."""
     import onebit
-    from onebit.nn.quant_embedding import QuantEmbedding, QuantLMHead
 
-    m = onebit.load(str(path)).eval()
-    for mod in m.modules():
-        if not isinstance(mod, (QuantEmbedding, QuantLMHead)):
-            mod._apply(lambda t: t.float() if t.is_floating_point() else t, recurse=False)
-    return m
+    return cast_runtime(onebit.load(str(path)).eval(), torch.float32)
+
+
+def cast_runtime(m: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast the model's floating tensors (activations follow) to ``dtype``, in place; packed bits
+    and the quantized tables' stored fp16 scales keep their dtype (their modules' ``_apply``)."""
+    return m.to(dtype)
 
 
 def main() -> int:
