@@ -168,3 +168,102 @@ def test_distill_rotate_puts_the_teacher_in_the_students_basis(stories260k, fp_2
     assert main(["distill", stories260k, str(tmp_path / "kd2"), "--student", str(out), *small]) == 0
     teacher2, settings2 = seen[-1]
     assert settings2 == (True, 3) and torch.allclose(teacher2.model.embed_tokens.weight, want)
+
+
+# ------------------------------------------------------------ --rotate-online: down_proj's input at run time
+@pytest.mark.parametrize("n", [64, 172, 192, 512])
+def test_fast_randomized_hadamard_is_x_times_q(n):
+    from onebit.methods import hadamard as hd
+
+    x = torch.randn(3, 5, n, dtype=torch.float64)
+    signs, r = hd.randomized_hadamard_parts(n, 4)
+    want = x @ hd.randomized_hadamard(n, 4)
+    assert torch.allclose(hd.apply_randomized_hadamard(x, signs, r), want, atol=1e-12)
+    assert rel(hd.apply_randomized_hadamard(x.float(), signs, r).double(), want) < 1e-6
+    assert hd.apply_randomized_hadamard(x.half(), signs, r).dtype == torch.float16
+
+
+@pytest.mark.parametrize("which", ["fp_260k", "fp_3m_model"])
+def test_online_rotation_computes_the_same_logits_and_survives_a_swap(request, which):
+    fp = request.getfixturevalue(which)
+    ids = torch.randint(0, fp.config.vocab_size, (2, 48))
+    ref = logits(fp, ids)
+    rot = rotate_model(copy.deepcopy(fp), seed=0, online=True)
+    assert rel(logits(rot, ids), ref) < 1e-4
+    mlp = rot.model.layers[0].mlp
+    plain = rotate_model(copy.deepcopy(fp), seed=0)
+    assert not torch.allclose(mlp.down_proj.weight, plain.model.layers[0].mlp.down_proj.weight)   # W Q folded
+    for layer in rot.model.layers:   # a quantizer's swap: the MLP hooks the new down_proj on its next call
+        layer.mlp.down_proj = copy.deepcopy(layer.mlp.down_proj)
+        layer.mlp.down_proj._forward_pre_hooks.clear()
+    assert rel(logits(rot, ids), ref) < 1e-4
+    assert rel(logits(copy.deepcopy(rot), ids), ref) < 1e-4
+    assert "down_proj_rotation" not in "".join(rot.state_dict())        # nothing new in a checkpoint
+    with pytest.raises(OneBitError, match="already rotated"):
+        rotate_model(plain, seed=0, online=True)
+
+
+def test_online_config_needs_rotate_and_is_recorded_only_when_on():
+    from onebit.rotation import online_setting
+
+    cls = get_handler_cls("q1_0").config_cls
+    with pytest.raises(OneBitError, match="needs --rotate"):
+        cls(rotate_online=True)
+    assert "rotate_online" not in cls(rotate=True).to_dict()
+    d = cls(rotate=True, rotate_online=True).to_dict()
+    assert d["rotate_online"] is True and cls.from_dict(d).rotate_online
+    assert online_setting(d) and not online_setting({}) and not online_setting(cls(rotate=True))
+    with pytest.raises(OneBitError, match="awq"):
+        online_setting({"method": "awq", "rotate": True, "rotate_online": True})
+
+
+@pytest.fixture(scope="module")
+def online_q1_0(fp_3m_model, tmp_path_factory):
+    cfg = get_handler_cls("q1_0").config_cls(rotate=True, rotate_online=True)
+    q = onebit.quantize(copy.deepcopy(fp_3m_model), cfg, progress=False)
+    out = tmp_path_factory.mktemp("online") / "ck"
+    onebit.save(q, out)
+    return q, out
+
+
+def test_online_rotation_saves_and_loads_with_the_same_logits(online_q1_0, fp_3m_model):
+    from transformers import AutoModelForCausalLM
+
+    q, ck = online_q1_0
+    assert q.config.quantization_config["rotate_online"] is True
+    ids = torch.randint(0, fp_3m_model.config.vocab_size, (2, 40))
+    want = logits(q, ids)
+    for loaded in (onebit.load(ck), AutoModelForCausalLM.from_pretrained(ck)):
+        assert loaded.config.quantization_config["rotate_online"] is True
+        assert torch.allclose(logits(loaded, ids), want, atol=1e-5, rtol=1e-5)
+        loaded.model.layers[0].mlp._forward_pre_hooks.clear()    # without the online rotation: another model
+        loaded.model.layers[0].mlp.down_proj._forward_pre_hooks.clear()
+        assert rel(logits(loaded, ids), want) > 1e-3
+    plain = onebit.quantize(copy.deepcopy(fp_3m_model), get_handler_cls("q1_0").config_cls(rotate=True),
+                            progress=False)
+    assert rel(logits(plain, ids), want) > 1e-3
+
+
+def test_export_of_an_online_rotated_checkpoint_is_refused(online_q1_0, tmp_path, capsys):
+    from onebit.cli.main import main
+
+    out = tmp_path / "r.gguf"
+    assert main(["export", str(online_q1_0[1]), str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--rotate-online" in err and "llama.cpp has no op" in err, err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_rotate_online_without_rotate_and_rotate_with_streaming_are_one_line_errors(stories260k, tmp_path, capsys):
+    from onebit.cli.main import main
+
+    out = tmp_path / "q"
+    assert main(["quantize", stories260k, str(out), "--method", "q1_0", "--rotate-online", "-q"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs --rotate" in err and not out.exists(), err
+    for args in (["quantize", stories260k, str(out), "--method", "q1_0"],
+                 ["distill", stories260k, str(out), "--method", "q1_0", "--samples", "4", "--seqlen", "16",
+                  "--data-cache", str(tmp_path / "cache"), "--blockwise-steps", "1", "--steps", "0"]):
+        assert main([*args, "--rotate", "--streaming", "-q"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--no-streaming" in err and not out.exists(), err

@@ -49,6 +49,15 @@ class QuantConfig:
         "help": "rotate the residual stream by a randomized Hadamard before quantizing (folded into "
         "the weights; onebit.rotation)"})
     rotate_seed: int = field(default=0, metadata={"help": "seed of the randomized Hadamard rotation"})
+    #: with ``rotate``: also rotate each down_proj's input by a randomized Hadamard at run time
+    #: (QuaRot's online rotation; not foldable, so such a checkpoint does not export to GGUF)
+    rotate_online: bool = field(default=False, metadata={
+        "help": "with --rotate: also rotate each MLP down_proj's input by a randomized Hadamard at run "
+        "time (QuaRot's online rotation; the checkpoint does not export to GGUF)"})
+
+    def __post_init__(self) -> None:
+        if self.rotate_online and not self.rotate:
+            raise OneBitError("--rotate-online (rotate_online) needs --rotate (rotate=True)")
 
     def validate(self) -> None:
         """Raise :class:`OneBitError` for settings that cannot work."""
@@ -58,6 +67,8 @@ class QuantConfig:
         if not d.get("rotate"):  # unrotated: the dict older onebit versions read
             d.pop("rotate", None)
             d.pop("rotate_seed", None)
+        if not d.get("rotate_online"):
+            d.pop("rotate_online", None)
         return {"quant_method": QUANT_METHOD, "format_version": BASE_FORMAT_VERSION,
                 "method": self.method, **d}
 

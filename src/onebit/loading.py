@@ -22,6 +22,7 @@ from .formats.checkpoint import load_state_dict_file, read_headers, read_quant_c
 from .formats.ledger import Ledger, ledger_from_specs
 from .config import QuantConfig
 from .registry import config_from_dict
+from .rotation import install_online_like
 from .surgery import empty_model, prepare_empty, prepare_empty_embeddings
 
 
@@ -121,5 +122,6 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
     if missing:
         raise CheckpointError(f"'{path}' is missing tensor '{missing[0]}'")
     model.config.quantization_config = qc
+    install_online_like(model, qc)   # --rotate-online: down_proj's input rotated at run time
     model.eval()
     return model

@@ -18,7 +18,15 @@ A tied head cannot stay tied: the embedding becomes ``E Q`` but the head ``E dia
 the final norm's weight), so the head is untied (``config.tie_word_embeddings = False``; one more
 ``vocab × hidden`` table in the checkpoint, unless every ``w`` is 1).  Everything is folded into
 weights: a rotated checkpoint loads, runs and exports to llama.cpp like any other, with no online
-transform (an online Hadamard on down_proj's input — QuaRot's — is not implemented).
+transform.
+
+``online=True`` (``rotate_online``) adds QuaRot's online rotation of each down_proj's input: with
+``Q`` the randomized Hadamard of the intermediate size (``seed + 2``), the weight takes ``W ← W Q``
+before quantizing and at run time the input ``x`` (``act(gate) ⊙ up``) becomes ``x Q``
+(:class:`OnlineHadamard`, the fast transform; a forward pre-hook on down_proj, installed by
+:func:`install_online` alone, which the loaders call again from ``quantization_config``).  That
+transform sits between a nonlinearity and down_proj, so it folds into no weight and llama.cpp has
+no op for it: such a checkpoint does not export.
 
 Supported: ``*ForCausalLM`` with ``model.embed_tokens``, ``model.layers[i]``
 (``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm``,
@@ -27,6 +35,7 @@ Supported: ``*ForCausalLM`` with ``model.embed_tokens``, ``model.layers[i]``
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -39,6 +48,12 @@ from .methods import hadamard as hd
 UNSUPPORTED_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
 READ_ATTN = ("q_proj", "k_proj", "v_proj")
 READ_MLP = ("gate_proj", "up_proj")
+#: the online rotation's seed is ``rotate_seed + ONLINE_SEED_OFFSET`` (``+ 1`` is the per-head one)
+ONLINE_SEED_OFFSET = 2
+#: the MLP submodule holding the online rotation (no tensors in the state dict)
+ONLINE_NAME = "down_proj_rotation"
+#: methods that fold down_proj's input scales into up_proj's rows: the online rotation sits between
+NO_ONLINE_METHODS = ("awq", "smoothquant")
 
 
 def rotation_settings(config: Any) -> tuple[bool, int]:
@@ -50,6 +65,21 @@ def rotation_settings(config: Any) -> tuple[bool, int]:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise OneBitError(f"rotate_seed must be an integer >= 0, got {seed!r}")
     return rotate, seed
+
+
+def online_setting(config: Any) -> bool:
+    """``rotate_online`` of a method config or a ``quantization_config`` dict (absent: False);
+    it needs ``rotate``, and no method that folds down_proj's input scales into up_proj."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    online = get("rotate_online", False)
+    if not isinstance(online, bool):
+        raise OneBitError(f"rotate_online must be true or false, got {online!r}")
+    if online and not get("rotate", False):
+        raise OneBitError("--rotate-online (rotate_online) needs --rotate (rotate=True)")
+    if online and get("method", None) in NO_ONLINE_METHODS:
+        raise OneBitError(f"--rotate-online does not work with {get('method')} (it folds down_proj's input "
+                          "scales into up_proj, across the online rotation)")
+    return online
 
 
 def _linear(mod: nn.Module, name: str) -> nn.Linear:
@@ -115,14 +145,16 @@ def head_dim(config) -> int:
 
 
 @torch.no_grad()
-def rotate_model(model: nn.Module, seed: int = 0, heads: bool = True) -> nn.Module:
+def rotate_model(model: nn.Module, seed: int = 0, heads: bool = True, online: bool = False) -> nn.Module:
     """Rotate ``model`` in place (see the module docstring) and return it; ``heads``: also the
-    per-head v/o rotation.  A model already rotated with the same seed is left as it is (marked by
-    ``model._onebit_rotation``); a different seed is an error."""
+    per-head v/o rotation; ``online``: also down_proj's input, at run time.  A model already rotated
+    with the same settings is left as it is (marked by ``model._onebit_rotation``, ``(seed, heads,
+    online)``); other settings are an error."""
     done = getattr(model, "_onebit_rotation", None)
     if done is not None:
-        if done != (seed, heads):
-            raise OneBitError(f"model is already rotated with seed {done[0]}; cannot rotate it with {seed}")
+        if done != (seed, heads, online):
+            raise OneBitError(f"model is already rotated with seed {done[0]} (online: {done[2]}); cannot "
+                              f"rotate it with seed {seed} (online: {online})")
         return model
     emb, layers, final_norm, head = _parts(model)
     n = emb.weight.shape[1]
@@ -154,7 +186,74 @@ def rotate_model(model: nn.Module, seed: int = 0, heads: bool = True) -> nn.Modu
             if attn.v_proj.bias is not None:
                 _set(attn.v_proj.bias, hd.rotate_head_outputs(attn.v_proj.bias.detach(), h))
             _set(attn.o_proj.weight, hd.rotate_head_inputs(attn.o_proj.weight.detach(), h))
-    model._onebit_rotation = (seed, heads)
+    if online:
+        for layer in layers:
+            down = layer.mlp.down_proj
+            signs, r = hd.randomized_hadamard_parts(down.in_features, seed + ONLINE_SEED_OFFSET)
+            _set(down.weight, hd.apply_randomized_hadamard(down.weight.detach(), signs, r))  # W Q
+        install_online(model, seed)
+    model._onebit_rotation = (seed, heads, online)
+    return model
+
+
+class OnlineHadamard(nn.Module):
+    """``x ↦ x Q`` on the last dimension, ``Q`` the randomized Hadamard ``(n, seed)``, by the fast
+    transform.  ``Q``'s parts (``n`` signs, an ``m×m`` ``R``) are plain attributes rebuilt from the
+    seed: nothing in the state dict, and ``.half()`` does not round them."""
+
+    def __init__(self, n: int, seed: int):
+        super().__init__()
+        self.n, self.seed = n, seed
+        self.signs, self.r = hd.randomized_hadamard_parts(n, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.signs.device != x.device:
+            self.signs, self.r = self.signs.to(x.device), self.r.to(x.device)
+        return hd.apply_randomized_hadamard(x, self.signs, self.r)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, seed={self.seed}"
+
+
+def _rotate_down_input(rot: OnlineHadamard, module: nn.Module, args: tuple) -> tuple:
+    return (rot(args[0]), *args[1:])
+
+
+def _hook_down(rot: OnlineHadamard, mlp: nn.Module, *_) -> None:
+    """Give the module now at ``mlp.down_proj`` the rotation pre-hook, first of its pre-hooks (a
+    quantizer's swap replaces the module; the MLP's own pre-hook calls this again on each forward)."""
+    down = mlp.down_proj
+    if not any(isinstance(h, functools.partial) and h.func is _rotate_down_input and h.args[0] is rot
+               for h in down._forward_pre_hooks.values()):
+        down.register_forward_pre_hook(functools.partial(_rotate_down_input, rot), prepend=True)
+
+
+def install_online(model: nn.Module, seed: int) -> nn.Module:
+    """Install the online rotation of each down_proj's input (the one place that does): an
+    :class:`OnlineHadamard` at ``mlp.down_proj_rotation`` applied by a pre-hook on down_proj, which
+    a pre-hook on the MLP re-attaches to whatever module down_proj is (quantized, loaded).
+    Idempotent; the weights are not touched (:func:`rotate_model` folds ``W Q`` once)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise OneBitError(f"--rotate-online supports Llama-family models; {type(model).__name__} is not one")
+    n_default = getattr(model.config, "intermediate_size", None)
+    for layer in layers:
+        mlp = layer.mlp
+        rot = getattr(mlp, ONLINE_NAME, None)
+        if rot is None:
+            n = getattr(mlp.down_proj, "in_features", None) or n_default
+            rot = OnlineHadamard(int(n), seed + ONLINE_SEED_OFFSET)
+            mlp.add_module(ONLINE_NAME, rot)
+            mlp.register_forward_pre_hook(functools.partial(_hook_down, rot))
+        _hook_down(rot, mlp)
+    return model
+
+
+def install_online_like(model: nn.Module, qc: Any) -> nn.Module:
+    """Re-install the online rotation a loaded checkpoint's ``quantization_config`` records (its
+    weights already hold ``W Q``); a no-op without ``rotate_online``."""
+    if qc and online_setting(qc):
+        install_online(model, rotation_settings(qc)[1])
     return model
 
 
@@ -173,7 +272,8 @@ def _drop_tied_keys(model: nn.Module) -> None:
 
 def rotate_like(model: nn.Module, config: Any) -> nn.Module:
     """Rotate ``model`` as a method config or ``quantization_config`` asks (``rotate``,
-    ``rotate_seed``); a no-op without ``rotate``.  The distillation teacher goes through this, so
+    ``rotate_seed``, ``rotate_online``); a no-op without ``rotate``.  The distillation teacher goes through this, so
     its hidden states are in the student's rotated basis."""
     rotate, seed = rotation_settings(config)
-    return rotate_model(model, seed) if rotate else model
+    online = online_setting(config)
+    return rotate_model(model, seed, online=online) if rotate else model

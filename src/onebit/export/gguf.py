@@ -110,6 +110,10 @@ class _Exporter:
         if self.method not in EXPORT_METHODS:
             raise OneBitError(f"method '{self.method}' has no exact llama.cpp form; exportable: "
                               f"{', '.join(EXPORTABLE)}")
+        if self.qc.get("rotate_online"):
+            raise OneBitError("a checkpoint quantized with --rotate-online does not export: its online Hadamard "
+                              "on down_proj's input folds into no weight and llama.cpp has no op for it "
+                              "(quantize with --rotate alone to export)")
         self.arch = ARCHS.get(self.cfg.model_type)
         if self.arch is None:
             raise OneBitError(f"llama.cpp export supports {', '.join(sorted(ARCHS))} models; this one is "

@@ -176,6 +176,9 @@ def register() -> None:
         def _process_model_after_weight_loading(self, model, **kwargs):
             # onebit's own code reads the plain dict (as written by onebit.quantize)
             model.config.quantization_config = self.quantization_config.to_dict()
+            from ..rotation import install_online_like
+
+            install_online_like(model, model.config.quantization_config)  # --rotate-online (run time)
             return model
 
         def is_serializable(self):

@@ -15,7 +15,12 @@ coordinates, so a 1-bit sign or a per-row scale loses less (QuaRot, arXiv 2404.0
   reading a rotated stream ``x Q`` takes ``W Q`` (:func:`rotate_input`), a layer writing it takes
   ``Qᵀ W`` and ``b Q`` (:func:`rotate_output`), an RMSNorm weight ``w`` folds into its readers as
   ``W diag(w)`` (:func:`fold_scale`); per-head forms (:func:`rotate_head_outputs`,
-  :func:`rotate_head_inputs`) apply one ``head_dim`` rotation to each head's block.
+  :func:`rotate_head_inputs`) apply one ``head_dim`` rotation to each head's block;
+* the online form (QuaRot's rotation of down_proj's input): :func:`randomized_hadamard_parts` gives
+  ``(s, R)`` of the same ``Q`` as :func:`randomized_hadamard`, and :func:`apply_randomized_hadamard`
+  computes ``x Q`` with the fast transform (``O(n log n + n·m)``, no ``n×n`` matrix).  Folding it
+  into a weight, ``W ← W Q``, is the same call on ``W``'s rows; at run time the input ``x`` becomes
+  ``x Q``, so ``(x Q)(W Q)ᵀ = x Wᵀ`` (column-vector form: ``W' = W Q``, ``x' = Qᵀ x``).
 
 Everything is computed in float64 and returned in the input's dtype.
 """
@@ -77,18 +82,40 @@ def random_orthogonal(m: int, generator: torch.Generator) -> torch.Tensor:
     return (q * torch.sign(torch.diagonal(r))[None, :]).contiguous()
 
 
-def randomized_hadamard(n: int, seed: int = 0) -> torch.Tensor:
-    """The orthogonal ``n×n`` float64 matrix ``diag(s) (R ⊗ H/√2ᵏ)`` (see the module docstring);
-    the same ``(n, seed)`` always gives the same matrix."""
+def randomized_hadamard_parts(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, R)`` (float64: ``n`` signs, an ``m×m`` orthogonal ``R``) of the randomized Hadamard
+    ``Q = diag(s) (R ⊗ H/√2ᵏ)`` of size ``n = m·2ᵏ``; the same ``(n, seed)`` always gives the same."""
     m, p = split_pow2(n)
     if m > MAX_ODD:
         raise OneBitError(f"no randomized Hadamard rotation of size {n}: its odd factor {m} is over "
                           f"{MAX_ODD} (supported: m*2^k with odd m <= {MAX_ODD})")
     g = torch.Generator().manual_seed(int(seed))
     signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64) * 2 - 1
-    r = random_orthogonal(m, g)
-    k = torch.kron(r, hadamard(p) / p ** 0.5)
-    return signs[:, None] * k
+    return signs, random_orthogonal(m, g)
+
+
+def randomized_hadamard(n: int, seed: int = 0) -> torch.Tensor:
+    """The orthogonal ``n×n`` float64 matrix ``diag(s) (R ⊗ H/√2ᵏ)`` (see the module docstring);
+    the same ``(n, seed)`` always gives the same matrix."""
+    signs, r = randomized_hadamard_parts(n, seed)
+    p = n // r.shape[0]
+    return signs[:, None] * torch.kron(r, hadamard(p) / p ** 0.5)
+
+
+def apply_randomized_hadamard(x: torch.Tensor, signs: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``x Q`` along the last dimension for ``Q = diag(signs) (R ⊗ H/√p)`` (``p = n / m``), without
+    building ``Q``: with ``z = x ⊙ s`` seen as ``Z`` ``[m, p]``, ``z (R ⊗ K) = Rᵀ Z K`` and
+    ``Z K`` is :func:`fwht` of each row.  Computed in ``x``'s dtype, or float32 for a 16-bit ``x``."""
+    n, m = x.shape[-1], r.shape[0]
+    if signs.shape != (n,) or n % m:
+        raise OneBitError(f"a randomized Hadamard of {signs.shape[0]} signs and a {m}x{m} R cannot "
+                          f"rotate vectors of size {n}")
+    dt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    z = (x.to(dt) * signs.to(dt)).reshape(*x.shape[:-1], m, n // m)
+    z = fwht(z)
+    if m > 1:
+        z = torch.matmul(r.to(dt).T, z)
+    return z.reshape(x.shape).to(x.dtype)
 
 
 # ---------------------------------------------------------------- fold formulas on [out, in] weights
