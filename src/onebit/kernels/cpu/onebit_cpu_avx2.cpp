@@ -30,8 +30,10 @@ __attribute__((target("avx2,fma"))) void bin_avx2(const float* x, int64_t M, int
       const uint8_t* w3 = w2 + KB;
       // two accumulators per row: 8 independent FMA chains hide the FMA latency
       __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      const uint8_t* w[4] = {w0, w1, w2, w3};
       int64_t j = 0;
       for (; j + 2 <= KB; j += 2) {
+        if ((j & 63) == 0) prefetch_ahead(w, KB, j);
         const __m256 xv = _mm256_loadu_ps(xm + 8 * j), xw = _mm256_loadu_ps(xm + 8 * j + 8);
         a0 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w0[j]]), a0);
         a1 = _mm256_fmadd_ps(xv, _mm256_load_ps(T[w1[j]]), a1);
@@ -115,6 +117,7 @@ AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uin
       for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm256_setzero_ps();
       uint32_t bits[4];
       for (int64_t j = 0; j < K4; ++j) {
+        if ((j & 15) == 0) prefetch_ahead(w, KB, 4 * j);
         for (int r = 0; r < 4; ++r) std::memcpy(&bits[r], w[r] + 4 * j, 4);
         flip_step<BLEND>(xm + 32 * j, bits, a, sh, sgn);
       }
@@ -151,6 +154,7 @@ AVX2_TARGET void bin_i8_avx2(const QuantX& qx, int64_t m0, int64_t M, const uint
       for (int r = 0; r < 4; ++r) f[r] = _mm256_setzero_ps();
       alignas(16) uint8_t tail[4][QB / 8];
       for (int64_t b = 0; b < nb; ++b) {
+        if ((b & 3) == 0) prefetch_ahead(w, KB, b * (QB / 8));
         const uint8_t* wb[4];
         for (int r = 0; r < 4; ++r) {
           if (b < full) {

@@ -76,6 +76,7 @@ AVX512_TARGET void bin_avx512_shift(const float* x, int64_t M, int64_t ldx, cons
       __m512 a[4][2];
       for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
       for (int64_t j = 0; j < K4; ++j) {
+        if ((j & 15) == 0) prefetch_ahead(w, KB, 4 * j);
         __m512i na = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(xm + 32 * j)), sgn);
         __m512i nb = _mm512_xor_si512(_mm512_castps_si512(_mm512_loadu_ps(xm + 32 * j + 16)), sgn);
         for (int r = 0; r < 4; ++r) {
@@ -123,6 +124,7 @@ AVX512_TARGET void bin_avx512_psum(const float* xc, const float* cs, const float
       int64_t pc[4] = {0, 0, 0, 0};
       for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
       for (int64_t j = 0; j < K4; ++j) {
+        if ((j & 15) == 0) prefetch_ahead(w, KB, 4 * j);
         __m512 xa = _mm512_loadu_ps(xm + 32 * j);
         __m512 xb = _mm512_loadu_ps(xm + 32 * j + 16);
         for (int r = 0; r < 4; ++r) {
@@ -209,6 +211,7 @@ BF16_TARGET void bin_bf16dp(const uint16_t* xparts, int64_t pstride, int64_t M, 
       for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
       uint64_t bits[4];
       for (int64_t j = 0; j < K8; ++j) {
+        if ((j & 7) == 0) prefetch_ahead(w, KB, 8 * j);
         for (int r = 0; r < 4; ++r) std::memcpy(&bits[r], w[r] + 8 * j, 8);
         bf16dp_step<NP>(xm, 64 * j, bits, a, shifts);
       }
@@ -256,6 +259,7 @@ VNNI_TARGET void bin_i8_vnni(const QuantX& qx, int64_t m0, int64_t M, const uint
         const __m512i xa = _mm512_loadu_si512(q + b * QB);
         const __m512i xb = _mm512_loadu_si512(q + b * QB + 64);
         const __m512 sv = _mm512_set1_ps(s[b]);
+        if ((b & 3) == 0) prefetch_ahead(w, KB, b * BB);
         for (int r = 0; r < 4; ++r) {
           uint64_t lo = 0, hi = 0;
           if (b < full) {
