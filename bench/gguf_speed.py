@@ -19,14 +19,15 @@ onebit's own runtime runs the packed checkpoint (fp32 activations) in these vari
 int8`` / ``head int4-g32`` (the embedding and the untied head quantized by
 ``onebit.embeddings.EmbedQuantConfig``, the head through ``torch.ops.onebit.quant_linear``);
 ``--compile`` adds the static loop with a ``torch.compile``'d step (its compile time printed).
-Three more variants run the int8-head model with other settings: ``bf16`` (activations in bfloat16:
-the AVX512-BF16 GEMV, and for prefill the AMX bf16 GEMM on ±1 rows), ``psum`` (the exact AVX-512
-masked-sum GEMV, ``ONEBIT_CPU_ALGO=psum``, instead of the default shift kernel) and ``int8 act``
+Three more variants run the int8-head checkpoint with other settings: ``bf16`` (activations in
+bfloat16: the AVX512-BF16 GEMV, and for prefill the AMX bf16 GEMM on ±1 rows), ``shift`` (the
+other exact AVX-512 GEMV, ``ONEBIT_CPU_ALGO=shift``: the default on non-Intel CPUs; the default on
+Intel is the masked-sum one) and ``int8 act``
 (``ONEBIT_CPU_ALGO=i8``: activations quantized to int8 per block of 128 on the fly, the VNNI GEMV;
 not exact, ~0.7 % error per layer, as llama.cpp's TQ2_0 / Q1_0 do with their q8 activations).
 
-Memory: the fp model is built and quantized in fp16 (not fp32), the llama.cpp files are opened one
-at a time (each round opens, runs and closes them), and the process's peak RSS (ru_maxrss) is
+Memory: the fp model is built and quantized in fp16 (not fp32), the llama.cpp files and the onebit
+checkpoints are opened one at a time (each round loads, runs and closes them), and the process's peak RSS (ru_maxrss) is
 printed at the end against the largest model measured (the F16 file): the bench's bar is <= 2x.
 
     python bench/gguf_speed.py                      # TinyLlama shape, 1 and 2 threads, 3 rounds
@@ -129,32 +130,46 @@ class LlamaCpp:
 
 
 class OneBitRuntime:
-    """A model in onebit's runtime (a checkpoint path, or a model already in memory): one prefill,
-    then single-token steps.  ``loop``: 'static' (onebit.generate.StaticDecoder: static KV cache,
-    last-position logits; ``compile``: torch.compile its step) or 'hf' (transformers' forward with
-    its dynamic cache, logits of every prompt position)."""
+    """A onebit checkpoint in onebit's runtime: one prefill, then single-token steps.  ``loop``:
+    'static' (onebit.generate.StaticDecoder: static KV cache, last-position logits; ``compile``:
+    torch.compile its step) or 'hf' (transformers' forward with its dynamic cache, logits of every
+    prompt position).  The model is loaded (``load_runtime_model(ckpt)``) when the variant runs and
+    dropped by ``close()``, as the llama.cpp files are: one model in memory at a time."""
 
-    def __init__(self, ckpt: Path | None = None, model: torch.nn.Module | None = None, loop: str = "static",
-                 compile: bool = False, env: dict[str, str] | None = None, dtype: torch.dtype | None = None):
-        import onebit
-
-        self.model = (model if model is not None else onebit.load(str(ckpt)).float()).eval()
-        self.loop, self.compile, self.decoder = loop, compile, None
+    def __init__(self, ckpt: Path, loop: str = "static", compile: bool = False,
+                 env: dict[str, str] | None = None, dtype: torch.dtype = torch.float32):
+        self.ckpt, self.loop, self.compile = ckpt, loop, compile
         #: environment set while this variant runs (e.g. ONEBIT_CPU_ALGO=i8), and the activation
-        #: dtype it runs in (the shared model is cast there and back, outside the timed regions)
+        #: dtype the model is cast to when loaded
         self.env, self.dtype = dict(env or {}), dtype
-        #: seconds of the first decode step ever run (torch.compile's time when compile=True)
+        self.model: torch.nn.Module | None = None
+        self.decoder = None
+        self.warm = False
+        #: seconds of the first decode step after the first load (torch.compile's time when compile=True)
         self.first_step_s: float | None = None
 
+    def open(self) -> torch.nn.Module:
+        if self.model is None:
+            self.model = cast_runtime(load_runtime_model(self.ckpt), self.dtype)
+            self.decoder, self.warm = None, False
+        return self.model
+
     def close(self) -> None:
-        pass
+        self.model = self.decoder = None
+        self.warm = False
+        gc.collect()
+
+    def sizes(self) -> tuple[int, int]:
+        """module_bytes of the model (loaded for the count, then dropped)."""
+        out = module_bytes(self.open())
+        self.close()
+        return out
 
     def run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
         saved = {k: os.environ.get(k) for k in self.env}
         os.environ.update(self.env)
-        if self.dtype is not None:
-            cast_runtime(self.model, self.dtype)
         try:
+            self.open()
             return self._run(prompt, new_tokens, threads)
         finally:
             for k, v in saved.items():
@@ -162,8 +177,6 @@ class OneBitRuntime:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            if self.dtype is not None:
-                cast_runtime(self.model, torch.float32)
 
     @torch.inference_mode()
     def _run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
@@ -176,9 +189,11 @@ class OneBitRuntime:
         if self.decoder is None or self.decoder.max_len < len(prompt) + new_tokens + 1:
             self.decoder = StaticDecoder(self.model, len(prompt) + new_tokens + 1, compile=self.compile)
         dec = self.decoder
-        if self.first_step_s is None:         # untimed warm-up: first calls, the compile (if any)
+        if not self.warm:                     # untimed warm-up: first calls, the compile (if any)
             dec.step(dec.prefill(ids[:, :8]).argmax(-1, keepdim=True))
-            self.first_step_s = dec.first_step_s
+            self.warm = True
+            if self.first_step_s is None:
+                self.first_step_s = dec.first_step_s
         t0 = time.perf_counter()
         tok = dec.prefill(ids).argmax(-1, keepdim=True)
         t1 = time.perf_counter()
@@ -191,9 +206,9 @@ class OneBitRuntime:
         from onebit.calibration import cache_kw
 
         kw = cache_kw(self.model)
-        if self.first_step_s is None:         # untimed warm-up
+        if not self.warm:                     # untimed warm-up
             self.model(ids[:, :8], use_cache=True)
-            self.first_step_s = 0.0
+            self.warm = True
         t0 = time.perf_counter()
         out = self.model(ids, use_cache=True)
         t1 = time.perf_counter()
@@ -223,25 +238,21 @@ def module_bytes(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def onebit_runtimes(ckpt: Path, compile: bool) -> dict[str, OneBitRuntime]:
-    """The onebit runtime variants (the fp32-head model shared by the HF and static loops)."""
-    base = load_runtime_model(ckpt)
-    out = {"onebit runtime HF loop": OneBitRuntime(model=base, loop="hf"),
-           "onebit runtime static": OneBitRuntime(model=base)}
+    """The onebit runtime variants (each loads its checkpoint when it runs)."""
+    out = {"onebit runtime HF loop": OneBitRuntime(ckpt, loop="hf"),
+           "onebit runtime static": OneBitRuntime(ckpt)}
     if compile:
-        out["onebit runtime static+compile"] = OneBitRuntime(model=base, compile=True)
+        out["onebit runtime static+compile"] = OneBitRuntime(ckpt, compile=True)
     for kind, path in embed_ckpts(ckpt).items():
         label = "head int8" if kind == "int8" else "head int4-g32"
         if not path.is_dir():
             print(f"no {path} (a --reuse of an older --workdir): the {label} variant is skipped")
             continue
-        m = load_runtime_model(path)
-        out[f"onebit runtime static, {label}"] = OneBitRuntime(model=m)
-        if kind == "int8":  # the same model object (no extra memory), other settings
-            out["onebit runtime static, head int8, bf16"] = OneBitRuntime(model=m, dtype=torch.bfloat16)
-            out["onebit runtime static, head int8, psum"] = OneBitRuntime(
-                model=m, env={"ONEBIT_CPU_ALGO": "psum"})
-            out["onebit runtime static, head int8, int8 act"] = OneBitRuntime(
-                model=m, env={"ONEBIT_CPU_ALGO": "i8"})
+        out[f"onebit runtime static, {label}"] = OneBitRuntime(path)
+        if kind == "int8":  # the same checkpoint, other settings
+            out["onebit runtime static, head int8, bf16"] = OneBitRuntime(path, dtype=torch.bfloat16)
+            out["onebit runtime static, head int8, shift"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "shift"})
+            out["onebit runtime static, head int8, int8 act"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "i8"})
     return out
 
 
@@ -361,7 +372,7 @@ def main() -> int:
     if not args.no_onebit_runtime:
         for name, r in onebit_runtimes(ckpt, args.compile).items():
             runners[name] = r
-            sizes[name] = module_bytes(r.model)
+            sizes[name] = r.sizes()
         print(f"onebit runtime variants loaded; peak RSS so far {peak_rss() / 2**30:.2f} GiB", flush=True)
     if args.only:
         keep = [k for k in args.only.split(",") if k]

@@ -22,10 +22,11 @@ Environment (read on every call, so benchmarks and tests can switch; parsed once
 * ``ONEBIT_CPU_ISA``: ``auto`` | ``avx512`` | ``avx2`` | ``scalar`` (caps the C++ path; a level
   this CPU lacks falls back to the best it has).
 * ``ONEBIT_CPU_ALGO``: ``simd`` (default) | ``lut`` (T-MAC style table GEMV) | ``kmask``
-  (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x) | ``shift`` (AVX-512
-  vpsllvd + vpternlogd; the default for fp32, and for every dtype without AVX512-BF16) | ``bf16dp``
+  (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x; the fp32 default on
+  Intel CPUs) | ``shift`` (AVX-512 vpsllvd + vpternlogd; the fp32 default on other CPUs, and for
+  every dtype without AVX512-BF16) | ``bf16dp``
   (AVX512-BF16 dot products; the default for bf16/fp16 inputs) | ``i8`` (x quantized to int8
-  per block of 128 on the fly, any ISA; not exact, opt-in) | ``table`` (AVX2 ±1 table + FMA; the
+  per block of 128 on the fly, any ISA, AVX512-VNNI where present; not exact, opt-in) | ``table`` (AVX2 ±1 table + FMA; the
   AVX2 default) | ``xor`` / ``blend`` (AVX2 exact sign flip of x by xor / by vblendvps), for
   measurements.
 * ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands tiles of the packed

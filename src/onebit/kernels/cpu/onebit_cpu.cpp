@@ -16,8 +16,9 @@
 //                parts, vdpbf16ps (32 multiply-adds per instruction); see bin_bf16dp.
 //       AVX-512: 32 bits broadcast to all lanes, vpsllvd moves bit i to the sign bit of lane i,
 //                t = (-x) ^ (that & signbit) in one vpternlogd, acc += t (no mask registers).
-//                algo=2: mask-register variant (kmov + masked xor); algo=3: one masked add per 16
-//                weights on centred x (2P - S); both kmov-bound and slower on this CPU (Zen 5).
+//                algo=2: mask-register variant (kmov + masked xor); algo=3 (psum): one masked
+//                add per 16 weights on centred x (2P - S).  Default for fp32: psum on Intel
+//                (measured faster on the Xeon dev VM), shift elsewhere (faster on Zen 5).
 //       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc),
 //                two accumulators per row (the default: fastest exact AVX2 path measured here);
 //                algo=8/9: exact sign flip of x by xor / vblendvps from vpsllvd'd bits, no table.
@@ -75,6 +76,18 @@ bool has_vnni512() {
   static const bool v = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vnni") && best_isa_raw() == 2;
+  }();
+  return v;
+#else
+  return false;
+#endif
+}
+
+bool intel_cpu() {
+#if defined(__x86_64__)
+  static const bool v = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
   }();
   return v;
 #else
@@ -289,6 +302,10 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   } else {
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
+    // fp32 default on AVX-512: the masked-sum kernel on Intel (measured faster there, with
+    // prefetch: 1.18x llama.cpp TQ2_0 decode against 1.01x for shift, docs/kernels.md), the shift
+    // kernel elsewhere (measured faster on Zen 5, before prefetch)
+    if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && intel_cpu()) algo = 3;
     // bf16 dot products: default for bf16/fp16 inputs (1-2 parts); for fp32 (3 parts) the
     // shift kernel measured faster here, so only on request (algo=5)
     if (!ternary && ((algo == 0 && dt != at::kFloat) || algo == 5) && use == ISA_AVX512 &&
