@@ -136,13 +136,16 @@ class OneBitRuntime:
     prompt position).  The model is loaded (``load_runtime_model(ckpt)``) when the variant runs and
     dropped by ``close()``, as the llama.cpp files are: one model in memory at a time."""
 
-    def __init__(self, ckpt: Path, loop: str = "static", compile: bool = False,
-                 env: dict[str, str] | None = None, dtype: torch.dtype = torch.float32):
+    def __init__(self, ckpt: Path | None = None, loop: str = "static", compile: bool = False,
+                 env: dict[str, str] | None = None, dtype: torch.dtype = torch.float32,
+                 model: torch.nn.Module | None = None):
         self.ckpt, self.loop, self.compile = ckpt, loop, compile
         #: environment set while this variant runs (e.g. ONEBIT_CPU_ALGO=i8), and the activation
         #: dtype the model is cast to when loaded
         self.env, self.dtype = dict(env or {}), dtype
-        self.model: torch.nn.Module | None = None
+        #: a model given in memory (bench/smollm2_speed.py) is kept, not loaded and dropped
+        self.kept = model.eval() if model is not None else None
+        self.model: torch.nn.Module | None = self.kept
         self.decoder = None
         self.warm = False
         #: seconds of the first decode step after the first load (torch.compile's time when compile=True)
@@ -155,9 +158,10 @@ class OneBitRuntime:
         return self.model
 
     def close(self) -> None:
-        self.model = self.decoder = None
-        self.warm = False
-        gc.collect()
+        if self.kept is None:
+            self.model = self.decoder = None
+            self.warm = False
+            gc.collect()
 
     def sizes(self) -> tuple[int, int]:
         """module_bytes of the model (loaded for the count, then dropped)."""

@@ -249,11 +249,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     // GEMM per tile (MKL/oneDNN); x is already rounded as the reference, the result is rounded
     // to the input dtype by the epilogue
     const int64_t kp = ((K + 15) / 16) * 16, ldb = std::max(kp, 8 * KB);
-    // tile: 512 KiB (stays in L2 while a small batch uses it); from 128 rows up to 64 MiB (one
-    // GEMM for most layers: 128-row tiles measured ~10 % slower than one GEMM at 512 rows);
+    // tile: 512 KiB (stays in L2 while a small batch uses it); from 128 rows 16 MiB (at 512 rows,
+    // MKL capped at AVX2, 1 thread: 64 MiB tiles 1.17x dense's time, 8-16 MiB 1.02-1.08x, 2-4 MiB
+    // 1.06-1.21x, swept with ONEBIT_CPU_TILE_BYTES; docs/kernels.md);
     // ONEBIT_CPU_TILE_BYTES overrides, for measurements
     const char* te = std::getenv("ONEBIT_CPU_TILE_BYTES");
-    const int64_t tile_bytes = te ? std::max<int64_t>(1, std::atoll(te)) : M >= 128 ? 128 * AVX2_TILE_BYTES
+    const int64_t tile_bytes = te ? std::max<int64_t>(1, std::atoll(te)) : M >= 128 ? 32 * AVX2_TILE_BYTES
                                                                                    : AVX2_TILE_BYTES;
     const int64_t NB = std::max<int64_t>(16, std::min<int64_t>(N, (tile_bytes / (4 * ldb)) / 16 * 16));
     at::Tensor xt = xs.narrow(1, 0, K);
