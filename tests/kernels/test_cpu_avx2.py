@@ -13,9 +13,9 @@ import torch
 from onebit.formats.packing import unpack_signs
 from onebit.kernels import dispatch
 from onebit.kernels.cpu import loader
-from onebit.kernels.reference import binary_linear_ref
+from onebit.kernels.reference import binary_linear_ref, ternary_linear_ref
 
-from ._cases import assert_close, binary_layer, make_x, rel_err
+from ._cases import assert_close, binary_layer, make_x, rel_err, ternary_layer
 
 NEVER = 1 << 40
 AUTO = -1
@@ -80,6 +80,21 @@ def test_avx512_gemm_path(mod, thr, dtype, shape):
         x = make_x(batch, in_f, dtype, "transposed" if batch == 3 else "contiguous")
         y = mod.binary_linear(x, p, g, h, in_f, ISAS["avx512"], thr, 0)
         assert_close(y, binary_linear_ref(x, p, g, h, in_f))
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ternary_auto_gemm_path(mod, isa, dtype):
+    """Ternary batched input: the direct kernel below, table unpack + BLAS from 64 fp32 / 32
+    bf16-fp16 rows (auto), on both sides of the crossover and with more rows than one block."""
+    if mod.best_isa() < ISAS[isa]:
+        pytest.skip(f"this CPU has no {isa}")
+    for out_f, in_f in [(37, 172), (1100, 301)]:
+        tp, scale = ternary_layer(out_f, in_f)
+        for batch in (1, 31, 33, 70):
+            x = make_x(batch, in_f, dtype)
+            assert_close(mod.ternary_linear(x, tp, scale, in_f, ISAS[isa], AUTO),
+                         ternary_linear_ref(x, tp, scale, in_f))
 
 
 def test_avx2_gemm_small_tiles(mod, monkeypatch):

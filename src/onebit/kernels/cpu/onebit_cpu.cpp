@@ -35,8 +35,8 @@
 //     AVX-512 (default from AVX512_MM_THRESHOLD_F32 / _16 rows): blocks of 1024 rows expanded to ±1
 //     in the input dtype by masked blends, one GEMM per block (fp32: MKL in place; bf16: oneDNN, AMX
 //     where the CPU has it).
-//     mm_threshold < 0 = per-ISA default (AVX2: AVX2_MM_THRESHOLD; AVX-512: by dtype; scalar and
-//     ternary: never).
+//     mm_threshold < 0 = per-ISA default (AVX2: AVX2_MM_THRESHOLD; AVX-512: by dtype; ternary: by
+//     dtype, TER_MM_THRESHOLD_*; scalar: never).
 //
 // Files: this one (pybind module, ISA detection and dispatch, prologue / epilogue, GEMM path),
 // onebit_cpu.h (shared declarations, tables), onebit_cpu_portable.cpp (scalar / LUT kernels),
@@ -114,12 +114,16 @@ int64_t best_isa_raw() {
 // (AVX2 sign flip by xor / by vblendvps)
 constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9;
 // mm_threshold < 0 (auto): batch rows from which AVX2 expands tiles and calls a GEMM (measured,
-// docs/kernels.md); AVX-512 by dtype (below); scalar and ternary never do unless asked
+// docs/kernels.md); AVX-512 and ternary by dtype (below); scalar never does unless asked
 constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
 // AVX-512 (binary): from 32 fp32 rows / 8 bf16 or fp16 rows the GEMM path (±1 rows expanded by
 // masked blends, then MKL / oneDNN: AVX-512 FMA for fp32, AMX for bf16) beats the direct kernel
 // (bench/kernels.py --batch 8 16 32 64 512, docs/kernels.md)
 constexpr int64_t AVX512_MM_THRESHOLD_F32 = 32, AVX512_MM_THRESHOLD_16 = 8;
+// ternary (AVX2 and AVX-512): rows unpacked through the byte table, then BLAS, from 64 fp32 / 32
+// bf16-fp16 rows (5632x2048 at 512 rows, 1 thread: fp32 519 -> 129 ms, bf16 426 -> 23 ms; the
+// table unpack costs ~10 ms per call, so the direct kernel wins below; docs/kernels.md)
+constexpr int64_t TER_MM_THRESHOLD_F32 = 64, TER_MM_THRESHOLD_16 = 32;
 constexpr int64_t AVX2_TILE_BYTES = 512 * 1024;  // expanded fp32 tile: fits L2
 
 int64_t resolve_isa(int64_t isa) {
@@ -240,7 +244,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const uint8_t* W = packed.data_ptr<uint8_t>();
   const int64_t use = resolve_isa(isa);
   if (mm_threshold < 0)
-    mm_threshold = ternary ? NEVER_MM
+    mm_threshold = ternary ? (use == ISA_SCALAR ? NEVER_MM : dt == at::kFloat ? TER_MM_THRESHOLD_F32 : TER_MM_THRESHOLD_16)
                    : use == ISA_AVX2 ? AVX2_MM_THRESHOLD
                    : use == ISA_AVX512 ? (dt == at::kFloat ? AVX512_MM_THRESHOLD_F32 : AVX512_MM_THRESHOLD_16)
                                        : NEVER_MM;
