@@ -1,6 +1,6 @@
 #!/bin/bash
 # ppl at 2048 tokens, 8 windows, wikitext2 and c4: teacher and block-wise students
-cd /work/main
+cd "$(dirname "$0")/../../.." || exit 1   # the repository root
 T=../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 for m in "$@"; do
   for d in wikitext2 c4; do

@@ -1,6 +1,6 @@
 #!/bin/bash
 # SmolLM2-135M, OneBit (foldable), block-wise only: token-relative loss, half the sequences without the start token
-cd /work/main
+cd "$(dirname "$0")/../../.." || exit 1   # the repository root
 T=../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 /usr/bin/time -v .venv/bin/onebit distill $T out/smol/onebit-bw2 --method onebit --foldable \
   --samples 128 --seqlen 256 --data-cache out/smol/data \

@@ -1,6 +1,6 @@
 #!/bin/bash
 # run2's finished blocks (--resume), then 100 end-to-end KD steps on the same teacher data
-cd /work/main
+cd "$(dirname "$0")/../../.." || exit 1   # the repository root
 T=../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 /usr/bin/time -v .venv/bin/onebit distill $T out/smol/onebit-bw2-kd --method onebit --foldable \
   --samples 128 --seqlen 256 --data-cache out/smol/data \

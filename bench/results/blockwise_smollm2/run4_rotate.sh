@@ -1,6 +1,6 @@
 #!/bin/bash
 # as bench/results/blockwise_smollm2/run2.sh, with --rotate (randomized Hadamard residual rotation, folded)
-cd /work/main
+cd "$(dirname "$0")/../../.." || exit 1   # the repository root
 export PYTHONPATH=/work/snap/src   # the code at commit f017904
 T=../shared/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 /usr/bin/time -v .venv/bin/onebit distill $T out/smol/onebit-bw2-rot --method onebit --foldable --rotate \
