@@ -17,7 +17,10 @@ The ops are defined with the low-level ``torch.library.Library`` (schema + a
 ``CompositeExplicitAutograd`` default) rather than ``torch.library.custom_op``: the latter's Python
 wrapper cost ~10 µs per call on this CPU (``python bench/decode.py --profile``: ~150 packed calls per
 decode step of a 1.1B model), the plain dispatcher path ~3 µs.  The ops are inference ops (packed
-weights are not trained); they have no autograd formula.
+weights are not trained) without an autograd formula: their ``Autograd`` kernel (~3 µs, skipped
+under ``torch.inference_mode``) gives an output computed from inputs that require grad a node
+whose backward raises, instead of silently zero gradients (``onebit.nn.lora.grad_path`` replaces
+that output for LoRA training).
 """
 from __future__ import annotations
 
@@ -26,6 +29,39 @@ import torch
 from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
 
 _LIB = torch.library.Library("onebit", "DEF")  # noqa: TOR901 (kept alive for the process)
+_BELOW_AUTOGRAD = torch._C._after_autograd_keyset
+
+
+class _NoGradient(torch.autograd.Function):
+    """Passes ``out`` through; its backward raises (the op has no autograd formula)."""
+
+    @staticmethod
+    def forward(ctx, name: str, out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.name = name
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"onebit::{ctx.name} has no gradient (packed weights are frozen); "
+                           "to train through a packed layer use onebit.nn.lora.grad_path")
+
+
+def _autograd_kernel(name: str):
+    op = None  # the OpOverload, looked up on the first call (the op is defined after this)
+
+    def kernel(keyset, *args):
+        nonlocal op
+        if op is None:
+            op = getattr(torch.ops.onebit, name).default
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op.redispatch(keyset & _BELOW_AUTOGRAD, *args)
+        if torch.is_grad_enabled():
+            req = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            if req:
+                return _NoGradient.apply(name, out, *req)
+        return out
+
+    return kernel
 
 
 def _define(name: str, schema: str, reference, per_code: int | None):
@@ -35,6 +71,7 @@ def _define(name: str, schema: str, reference, per_code: int | None):
     weights per byte; ``None``: ``8 // bits``, from the ``bits`` argument)."""
     _LIB.define(f"{name}{schema}")
     _LIB.impl(name, reference, "CompositeExplicitAutograd")
+    _LIB.impl(name, _autograd_kernel(name), "Autograd", with_keyset=True)
 
     def fake(x, packed, *args):
         in_features = args[-1]
