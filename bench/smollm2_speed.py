@@ -149,8 +149,9 @@ def main() -> int:
             p, d = med[(name, t)]
             fp_p, fp_d = med[("onebit fp32", t)]
             f16 = med.get(("llama.cpp F16", t))
-            line += (f" | {d:9.1f} {d / fp_d:6.2f}x {d / f16[1] if f16 else float('nan'):5.2f}x"
-                     f" | {p:7.1f} {p / fp_p:6.2f}x {p / f16[0] if f16 else float('nan'):5.2f}x")
+            vs = (lambda v, i: f"{v / f16[i]:5.2f}x") if f16 else (lambda v, i: f"{'-':>6s}")  # noqa: E731
+            line += (f" | {d:9.1f} {d / fp_d:6.2f}x {vs(d, 1)}"
+                     f" | {p:7.1f} {p / fp_p:6.2f}x {vs(p, 0)}")
         print(line)
     print(f"load average at the end: {' '.join(open('/proc/loadavg').read().split()[:3])}")
     return 0
