@@ -62,37 +62,26 @@ using namespace onebit_packed;
 enum Isa : int64_t { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 int64_t best_isa_raw();
 
-bool has_bf16dp() {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16") && best_isa_raw() == 2;
-#else
-  return false;
-#endif
-}
+// what the run-time dispatch asks of the CPU beyond the ISA level, probed once
+struct CpuFeatures {
+  bool bf16dp = false;   // AVX512-BF16 (with the AVX-512 level)
+  bool vnni512 = false;  // AVX512-VNNI (with the AVX-512 level)
+  bool intel = false;    // vendor: picks the fp32 AVX-512 GEMV (psum on Intel, shift elsewhere)
+};
 
-bool has_vnni512() {
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = [] {
+    CpuFeatures r;
 #if defined(__x86_64__)
-  static const bool v = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni") && best_isa_raw() == 2;
-  }();
-  return v;
-#else
-  return false;
+    const bool avx512 = best_isa_raw() == 2;
+    r.bf16dp = avx512 && __builtin_cpu_supports("avx512bf16");
+    r.vnni512 = avx512 && __builtin_cpu_supports("avx512vnni");
+    r.intel = __builtin_cpu_is("intel") != 0;
 #endif
-}
-
-bool intel_cpu() {
-#if defined(__x86_64__)
-  static const bool v = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_is("intel") != 0;
+    return r;
   }();
-  return v;
-#else
-  return false;
-#endif
+  return f;
 }
 
 int64_t best_isa() { return best_isa_raw(); }
@@ -310,11 +299,11 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     // fp32 default on AVX-512: the masked-sum kernel on Intel (measured faster there, with
     // prefetch: 1.18x llama.cpp TQ2_0 decode against 1.01x for shift, docs/kernels.md), the shift
     // kernel elsewhere (measured faster on Zen 5, before prefetch)
-    if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && intel_cpu()) algo = 3;
+    if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && cpu_features().intel) algo = 3;
     // bf16 dot products: default for bf16/fp16 inputs (1-2 parts); for fp32 (3 parts) the
     // shift kernel measured faster here, so only on request (algo=5)
     if (!ternary && ((algo == 0 && dt != at::kFloat) || algo == 5) && use == ISA_AVX512 &&
-        has_bf16dp()) {
+        cpu_features().bf16dp) {
       // exact split of x (fp32 values already rounded as the reference) into bf16 parts
       const int np = dt == at::kBFloat16 ? 1 : dt == at::kHalf ? 2 : 3;
       const int64_t ldp = ((per * KB + 63) / 64) * 64 + 64;
@@ -339,7 +328,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
       });
     } else if (!ternary && algo == ALGO_I8) {
       const QuantX qx = quantize_x(xp, M, ldx, K);
-      const bool vnni = has_vnni512();
+      const bool vnni = cpu_features().vnni512;
       blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         if (use == ISA_SCALAR)
           bin_i8_scalar(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
