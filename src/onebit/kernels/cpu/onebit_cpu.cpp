@@ -110,8 +110,8 @@ constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
 // (bench/kernels.py --batch 8 16 32 64 512, docs/kernels.md)
 constexpr int64_t AVX512_MM_THRESHOLD_F32 = 32, AVX512_MM_THRESHOLD_16 = 8;
 // ternary (AVX2 and AVX-512): rows unpacked through the byte table, then BLAS, from 64 fp32 / 32
-// bf16-fp16 rows (5632x2048 at 512 rows, 1 thread: fp32 519 -> 129 ms, bf16 426 -> 23 ms; the
-// table unpack costs ~10 ms per call, so the direct kernel wins below; docs/kernels.md)
+// bf16-fp16 rows (the table unpack is a fixed cost per call, so the direct kernel wins below;
+// SmolLM2 ternary prefill 184 -> 494 tok/s, bench/smollm2_speed.py, docs/kernels.md)
 constexpr int64_t TER_MM_THRESHOLD_F32 = 64, TER_MM_THRESHOLD_16 = 32;
 constexpr int64_t AVX2_TILE_BYTES = 512 * 1024;  // expanded fp32 tile: fits L2
 
