@@ -50,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import copy_bandwidth, machine  # noqa: E402
+from kernels import env  # noqa: E402  (bench/kernels.py: set dispatcher variables, restore after)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT.parent / "shared" / "models" / "stories3M"
@@ -170,17 +171,9 @@ class OneBitRuntime:
         return out
 
     def run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
+        with env(**self.env):
             self.open()
             return self._run(prompt, new_tokens, threads)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     @torch.inference_mode()
     def _run(self, prompt: list[int], new_tokens: int, threads: int) -> tuple[float, float]:
