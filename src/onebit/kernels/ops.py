@@ -14,10 +14,10 @@ one scale per block of a row (q1_0 linears, the q1 LM head).
 A fake (meta) implementation makes each op traceable by ``torch.compile``.
 
 The ops are defined with the low-level ``torch.library.Library`` (schema + a
-``CompositeExplicitAutograd`` default) rather than ``torch.library.custom_op``: the latter's Python
-wrapper cost ~10 µs per call on this CPU (``python bench/decode.py --profile``: ~150 packed calls per
-decode step of a 1.1B model), the plain dispatcher path ~3 µs.  The ops are inference ops (packed
-weights are not trained) without an autograd formula: their ``Autograd`` kernel (~3 µs, skipped
+``CompositeExplicitAutograd`` default) rather than ``torch.library.custom_op``, whose Python
+wrapper cost more per call (~150 packed calls per decode step of a 1.1B model;
+``python bench/dispatch.py`` times the paths).  The ops are inference ops (packed
+weights are not trained) without an autograd formula: their ``Autograd`` kernel (a few µs, skipped
 under ``torch.inference_mode``) gives an output computed from inputs that require grad a node
 whose backward raises, instead of silently zero gradients (``onebit.nn.lora.grad_path`` replaces
 that output for LoRA training).
