@@ -22,8 +22,8 @@ AUTO = -1
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
 ALGO = dispatch._ALGO
-# in_features not a multiple of 8 / 32 / 64 / 128 / 256; out odd
-SHAPES = [(37, 172), (13, 9), (65, 1031), (7, 300)]
+# in_features not a multiple of 8 / 32 / 64 / 128 / 256 (and one that is: 512); out odd
+SHAPES = [(37, 172), (13, 9), (65, 1031), (7, 300), (6, 512)]
 BATCHES = (1, 3, 70)
 QB = 128  # the i8 path's block of activations
 
@@ -195,3 +195,22 @@ def test_op_with_i8_env(mod, monkeypatch):
     p, g, h = binary_layer(19, 300, seed=8)
     x = make_x(3, 300, torch.bfloat16)
     assert_i8_close(torch.ops.onebit.binary_linear(x, p, g, h, 300), i8_reference(x, p, g, h, 300))
+
+
+def test_i8_table_kernel_batches_and_cache(mod):
+    """AVX2 int8 path: the table kernel over the cached 32-row transposed copy, at batch sizes
+    past the GEMM crossover and past one L2 block of tables (K = 1031: 56 rows per block); the
+    cache follows an in-place change of the weight (version counter) and a new weight."""
+    p, g, h = binary_layer(45, 1031, seed=9)
+    for batch in (1, 16, 70):
+        x = make_x(batch, 1031, torch.float32)
+        assert_i8_close(mod.binary_linear(x, p, g, h, 1031, ISAS["avx2"], AUTO, ALGO["i8"]),
+                        i8_reference(x, p, g, h, 1031))
+    x = make_x(2, 1031, torch.float32)
+    q, _, _ = binary_layer(45, 1031, seed=10)
+    p.copy_(q)  # same storage, new bits
+    assert_i8_close(mod.binary_linear(x, p, g, h, 1031, ISAS["avx2"], NEVER, ALGO["i8"]),
+                    i8_reference(x, q, g, h, 1031))
+    r, _, _ = binary_layer(45, 1031, seed=11)
+    assert_i8_close(mod.binary_linear(x, r, g, h, 1031, ISAS["avx2"], NEVER, ALGO["i8"]),
+                    i8_reference(x, r, g, h, 1031))

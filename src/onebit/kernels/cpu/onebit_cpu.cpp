@@ -22,8 +22,8 @@
 //       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc),
 //                two accumulators per row (the default: fastest exact AVX2 path measured here);
 //                algo=8/9: exact sign flip of x by xor / vblendvps from vpsllvd'd bits, no table.
-//       int8:    (algo=6, any ISA, not exact) x quantized per block of 128 to int8; AVX2: bits
-//                spread to bytes (vpshufb + vpand + vpminub), vpmaddubsw + vpmaddwd (bin_i8_avx2);
+//       int8:    (algo=6, any ISA, not exact) x quantized per block of 128 to int8; AVX2: vpshufb
+//                lookups of partial sums per 4 columns over a cached transposed copy (bin_i8_lut);
 //                AVX512-VNNI: the bits mask q (vmovdqu8 {z}), vpdpbusd (bin_i8_vnni).
 //       scalar:  the same table, one lane at a time (portable).
 //       lut:     (algo=1, measured slower than the SIMD paths) T-MAC style: per x row, for every group of 8 activations
@@ -40,7 +40,8 @@
 //
 // Files: this one (pybind module, ISA detection and dispatch, prologue / epilogue, GEMM path),
 // onebit_cpu.h (shared declarations, tables), onebit_cpu_portable.cpp (scalar / LUT kernels),
-// onebit_cpu_avx2.cpp and onebit_cpu_avx512.cpp (the SIMD kernels).
+// onebit_cpu_avx2.cpp and onebit_cpu_avx512.cpp (the SIMD kernels), onebit_cpu_i8lut.cpp (the AVX2
+// int8-activation table kernel).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -237,7 +238,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                    : use == ISA_AVX2 ? AVX2_MM_THRESHOLD
                    : use == ISA_AVX512 ? (dt == at::kFloat ? AVX512_MM_THRESHOLD_F32 : AVX512_MM_THRESHOLD_16)
                                        : NEVER_MM;
-  if (M >= mm_threshold && !ternary && use == ISA_AVX2) {
+  // int8 activations on AVX2 (or AVX-512 without VNNI): the table kernel at every batch size (it
+  // beats the exact GEMM path there too, bench/kernels.py --isa avx2 --variant avx2-i8)
+  const bool i8lut = !ternary && algo == ALGO_I8 && (use == ISA_AVX2 || (use == ISA_AVX512 && !cpu_features().vnni512));
+  if (i8lut) {
+    bin_i8_lut(quantize_x(xs.data_ptr<float>(), M, ldx, K), M, packed, acc.data_ptr<float>());
+  } else if (M >= mm_threshold && !ternary && use == ISA_AVX2) {
     // batched, AVX2: tiles of weight rows expanded to ±1 fp32 (sized to stay in L2), one fp32
     // GEMM per tile (MKL/oneDNN); x is already rounded as the reference, the result is rounded
     // to the input dtype by the epilogue
@@ -328,14 +334,11 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
       });
     } else if (!ternary && algo == ALGO_I8) {
       const QuantX qx = quantize_x(xp, M, ldx, K);
-      const bool vnni = cpu_features().vnni512;
       blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         if (use == ISA_SCALAR)
           bin_i8_scalar(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
-        else if (use == ISA_AVX512 && vnni)
-          bin_i8_vnni(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
         else
-          bin_i8_avx2(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
+          bin_i8_vnni(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
       });
     } else if (!ternary && algo == 3 && use == ISA_AVX512) {
       // centred copy of x, its mean and its (tiny) sum, per row

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <cmath>
@@ -68,9 +69,8 @@ using RowKernel = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64
 // QB = 128 columns: s_b = max|x_b| / 127, q = round_half_even(x / s_b) in [-127, 127] (0 where
 // s_b = 0).  With P_b = sum of q over the +1 columns of block b and S_b = sum of q over block b,
 //   y = sum_b s_b (2 P_b - S_b) = 2 sum_b s_b P_b - C,   C = sum_b s_b S_b (once per x row);
-// every P_b is an exact integer.  AVX2: per 32 weights, the 4 bit bytes are spread to 32 bytes
-// (vpshufb), masked to one bit per byte (vpand) and clamped to 0/1 (vpminub); vpmaddubsw(0/1, q)
-// adds pairs into int16 (4 chunks stay below 1016), vpmaddwd per block, cvt + fma by s_b.
+// every P_b is an exact integer.  AVX2: table lookups of partial P_b per 4 columns
+// (onebit_cpu_i8lut.cpp); AVX512-VNNI: vpdpbusd on q masked by the bits (bin_i8_vnni).
 constexpr int64_t QB = 128;
 
 struct QuantX {
@@ -98,12 +98,15 @@ AVX2_TARGET void bin_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t*
 template <bool BLEND>  // instantiated for false (xor) and true (blend)
 AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
                                int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
-AVX2_TARGET void bin_i8_avx2(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
-                             int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 AVX2_TARGET void expand_bin_f32_avx2(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
                                      float* buf, int64_t ldb);
 AVX2_TARGET void ter_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB,
                           int64_t n0, int64_t n1, float* y, int64_t ldy);
+
+// ---------------------------------------------------------------- onebit_cpu_i8lut.cpp
+// algo=i8 on AVX2 (and AVX-512 without VNNI): acc[m, n] (before the h epilogue) for every x row
+// m < M and output n, by table lookups over a cached 32-row transposed copy of `packed`
+void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* acc);
 
 // ---------------------------------------------------------------- onebit_cpu_avx512.cpp
 AVX512_TARGET void bin_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,

@@ -1,5 +1,6 @@
 // AVX2 (+FMA) kernels of the packed onebit ops: ±1 table + FMA (the AVX2 default), exact sign
-// flip (xor / blend), int8 activations, ±1 fp32 expansion for the GEMM path, ternary.  Built
+// flip (xor / blend), ±1 fp32 expansion for the GEMM path, ternary (int8 activations:
+// onebit_cpu_i8lut.cpp).  Built
 // without -march: each function carries AVX2_TARGET and runs only where onebit_cpu.cpp's
 // run-time dispatch found AVX2.  Shared declarations: onebit_cpu.h.
 #include "onebit_cpu.h"
@@ -135,56 +136,6 @@ AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uin
 
 template void bin_avx2_flip<false>(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 template void bin_avx2_flip<true>(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
-
-AVX2_TARGET void bin_i8_avx2(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
-                             int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  const __m256i idx = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                       2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-  const __m256i bm = _mm256_set1_epi64x(int64_t(0x8040201008040201ull));
-  const __m256i one8 = _mm256_set1_epi8(1), one16 = _mm256_set1_epi16(1);
-  const int64_t nb = qx.nb, full = KB / (QB / 8);  // blocks whose 16 bit bytes are all in the row
-  for (int64_t m = m0; m < m0 + M; ++m) {
-    const int8_t* q = qx.q.data() + m * qx.ldq;
-    const float* s = qx.s.data() + m * nb;
-    for (int64_t n = n0; n < n1; n += 4) {
-      const int rows = int(std::min<int64_t>(4, n1 - n));
-      const uint8_t* w[4];
-      for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
-      __m256 f[4];
-      for (int r = 0; r < 4; ++r) f[r] = _mm256_setzero_ps();
-      alignas(16) uint8_t tail[4][QB / 8];
-      for (int64_t b = 0; b < nb; ++b) {
-        if ((b & 3) == 0) prefetch_ahead(w, KB, b * (QB / 8));
-        const uint8_t* wb[4];
-        for (int r = 0; r < 4; ++r) {
-          if (b < full) {
-            wb[r] = w[r] + b * (QB / 8);
-          } else {  // last, partial block: zero-padded copy (q is zero there anyway)
-            std::memset(tail[r], 0, QB / 8);
-            std::memcpy(tail[r], w[r] + b * (QB / 8), KB - b * (QB / 8));
-            wb[r] = tail[r];
-          }
-        }
-        __m256i a[4];
-        for (int r = 0; r < 4; ++r) a[r] = _mm256_setzero_si256();
-        for (int c = 0; c < QB / 32; ++c) {
-          const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + b * QB + 32 * c));
-          for (int r = 0; r < 4; ++r) {
-            uint32_t bits;
-            std::memcpy(&bits, wb[r] + 4 * c, 4);
-            __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), idx);
-            v = _mm256_min_epu8(_mm256_and_si256(v, bm), one8);
-            a[r] = _mm256_add_epi16(a[r], _mm256_maddubs_epi16(v, xq));
-          }
-        }
-        const __m256 sv = _mm256_set1_ps(s[b]);
-        for (int r = 0; r < 4; ++r)
-          f[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(a[r], one16)), sv, f[r]);
-      }
-      for (int r = 0; r < rows; ++r) y[(m - m0) * ldy + n + r] = 2.f * hsum256(f[r]) - qx.c[m];
-    }
-  }
-}
 
 // ---------------------------------------------------------------- binary: expand to ±1 fp32
 // rows [n0, n1) -> buf [n1 - n0, ldb] (ldb >= 8 KB), ±1.0f from the bits, AVX2 (sllv + and + or)

@@ -31,29 +31,33 @@ QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K) {
   r.q.assign(M * r.ldq, 0);
   r.s.assign(M * r.nb, 0.f);
   r.c.assign(M, 0.f);
-  at::parallel_for(0, M, 4, [&](int64_t b0, int64_t e0) {
-    for (int64_t m = b0; m < e0; ++m) {
+  std::vector<double> part(M * r.nb, 0.0);  // s_b S_b per (row, block), summed per row below
+  // threads over (row, block): one decode row is split too
+  at::parallel_for(0, M * r.nb, 8, [&](int64_t b0, int64_t e0) {
+    for (int64_t i = b0; i < e0; ++i) {
+      const int64_t m = i / r.nb, b = i % r.nb;
       const float* xr = xs + m * ldx;
-      double c = 0;
-      for (int64_t b = 0; b < r.nb; ++b) {
-        const int64_t k0 = b * QB, k1 = std::min(K, k0 + QB);
-        float amax = 0.f;
-        for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
-        const float s = amax / 127.0f;
-        r.s[m * r.nb + b] = s;
-        if (s == 0.f) continue;
-        int64_t sum = 0;
-        for (int64_t k = k0; k < k1; ++k) {
-          float v = std::nearbyint(xr[k] / s);
-          v = std::min(127.f, std::max(-127.f, v));
-          r.q[m * r.ldq + k] = int8_t(v);
-          sum += int64_t(v);
-        }
-        c += double(s) * double(sum);
+      const int64_t k0 = b * QB, k1 = std::min(K, k0 + QB);
+      float amax = 0.f;
+      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      const float s = amax / 127.0f;
+      r.s[i] = s;
+      if (s == 0.f) continue;
+      int64_t sum = 0;
+      for (int64_t k = k0; k < k1; ++k) {
+        float v = std::nearbyint(xr[k] / s);
+        v = std::min(127.f, std::max(-127.f, v));
+        r.q[m * r.ldq + k] = int8_t(v);
+        sum += int64_t(v);
       }
-      r.c[m] = float(c);
+      part[i] = double(s) * double(sum);
     }
   });
+  for (int64_t m = 0; m < M; ++m) {
+    double c = 0;
+    for (int64_t b = 0; b < r.nb; ++b) c += part[m * r.nb + b];
+    r.c[m] = float(c);
+  }
   return r;
 }
 
