@@ -98,6 +98,7 @@ AVX2_TARGET void bin_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t*
 template <bool BLEND>  // instantiated for false (xor) and true (blend)
 AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
                                int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
+AVX2_TARGET float quant_block_avx2(const float* x, int64_t n, int8_t* q, int64_t* sum);
 AVX2_TARGET void expand_bin_f32_avx2(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
                                      float* buf, int64_t ldb);
 AVX2_TARGET void ter_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB,

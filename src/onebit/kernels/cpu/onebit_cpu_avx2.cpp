@@ -137,6 +137,43 @@ AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uin
 template void bin_avx2_flip<false>(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 template void bin_avx2_flip<true>(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
+// ---------------------------------------------------------------- int8 activations: one block
+// quantize_x's block (onebit_cpu_portable.cpp) with the same IEEE operations 8 lanes at a time:
+// amax, s = amax / 127, q = round_half_even(x / s) clamped to ±127 (vroundps = nearbyint), S = sum q
+AVX2_TARGET float quant_block_avx2(const float* x, int64_t n, int8_t* q, int64_t* sum) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 mx = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) mx = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + k), absm), mx);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, mx);
+  float amax = 0.f;
+  for (int i = 0; i < 8; ++i) amax = std::max(amax, lanes[i]);
+  for (int64_t i = k; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float s = amax / 127.0f;
+  *sum = 0;
+  if (s == 0.f) return s;
+  const __m256 sv = _mm256_set1_ps(s), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  __m256i acc = _mm256_setzero_si256();
+  for (k = 0; k + 8 <= n; k += 8) {
+    __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i vi = _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v)));
+    acc = _mm256_add_epi32(acc, vi);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(vi), _mm256_extracti128_si256(vi, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(w, w));
+  }
+  alignas(32) int32_t t[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc);
+  for (int i = 0; i < 8; ++i) *sum += t[i];
+  for (; k < n; ++k) {
+    float v = std::nearbyint(x[k] / s);
+    v = std::min(127.f, std::max(-127.f, v));
+    q[k] = int8_t(v);
+    *sum += int64_t(v);
+  }
+  return s;
+}
+
 // ---------------------------------------------------------------- binary: expand to ±1 fp32
 // rows [n0, n1) -> buf [n1 - n0, ldb] (ldb >= 8 KB), ±1.0f from the bits, AVX2 (sllv + and + or)
 AVX2_TARGET void expand_bin_f32_avx2(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
