@@ -153,18 +153,20 @@ void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* ac
   });
   const uint8_t* rp = R.data_ptr<uint8_t>();
   // blocks of x rows whose tables (ng * 32 bytes each) fit in ~512 KiB of L2; within a block the
-  // weight tiles are streamed once, each used by every row of the block
-  const int64_t MB = std::max<int64_t>(1, (512 * 1024) / (ng * 32));
-  for (int64_t mb0 = 0; mb0 < M; mb0 += MB)
-  at::parallel_for(0, tiles, 4, [&](int64_t b, int64_t e) {
+  // weight tiles are streamed once, each used by every row of the block.  One parallel region
+  // over (row block, tile), row-block-major: a thread's share is whole row blocks where there
+  // are several (prefill), a share of the tiles where there is one (decode)
+  const int64_t MB = std::max<int64_t>(1, (512 * 1024) / (ng * 32)), nmb = (M + MB - 1) / MB;
+  at::parallel_for(0, nmb * tiles, 4, [&](int64_t b, int64_t e) {
     alignas(32) float out[TILE];
-    for (int64_t t = b; t < e; ++t)
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t mb0 = (i / tiles) * MB, t = i % tiles, rows = std::min(TILE, N - t * TILE);
       for (int64_t m = mb0; m < std::min(M, mb0 + MB); ++m) {  // the tile (KBp x 32 bytes) stays in L1
         tile_rows(rp + t * KBp * TILE, tabs.data() + m * KBp * 64, qx.s.data() + m * qx.nb, qx.nb, out);
-        const int64_t rows = std::min(TILE, N - t * TILE);
-        // out lanes: rows 0-7, 8-15, 16-23, 24-31 in order (f[1] holds a1's low half: rows 8-15)
+        // out: rows 0-7, 8-15, 16-23, 24-31 in order
         for (int64_t r = 0; r < rows; ++r) acc[m * N + t * TILE + r] = 2.f * out[r] - qx.c[m];
       }
+    }
   });
 }
 
