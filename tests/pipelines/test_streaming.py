@@ -14,7 +14,8 @@ import onebit
 from onebit.errors import OneBitError
 from onebit.pipelines import streaming
 from onebit.formats.checkpoint import INDEX_NAME, weight_files
-from onebit.pipelines.streaming import SafetensorsReader, SafetensorsWriter, should_stream, stream_quantize
+from onebit.formats.sharded import SafetensorsReader, SafetensorsWriter
+from onebit.pipelines.streaming import should_stream, stream_quantize
 from onebit.models import load_model
 
 

@@ -39,11 +39,10 @@ from ..errors import CheckpointError, OneBitError
 from ..config import QuantConfig
 from ..formats.checkpoint import atomic_dir, read_safetensors_header, unique_state_dict, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
-from ..formats.sharded import SAFETENSORS_DTYPES
+from ..formats.sharded import SAFETENSORS_DTYPES, SafetensorsReader, ShardedOutput
 from ..progress import Progress as tqdm
-from ..formats.sharded import SafetensorsReader
 from ..pipelines.streaming import plan_tensors
-from ..pipelines.streaming_blocks import BlockTensors, ShardedOutput
+from ..pipelines.streaming_blocks import BlockTensors
 from ..surgery import empty_model
 from .blockstate import fingerprint, open_state
 from .blockwise import BlockConfig, capture_inputs, finish_block, peak_rss_mib, plan_blocks

@@ -18,7 +18,7 @@ import torch
 
 from ..config import dtype_name
 from ..errors import CheckpointError
-from .checkpoint import INDEX_NAME, copy_tokenizer_files, read_safetensors_header
+from .checkpoint import INDEX_NAME, WEIGHTS_NAME, copy_tokenizer_files, read_safetensors_header
 
 log = logging.getLogger("onebit")
 
@@ -96,6 +96,32 @@ class SafetensorsWriter:
 
     def specs(self) -> dict[str, tuple[tuple[int, ...], str]]:
         return {k: (tuple(v["shape"]), v["dtype"]) for k, v in self.entries.items()}
+
+
+class ShardedOutput:
+    """The output shards of a streamed conversion in ``tmp``: each tensor goes to the shard named like
+    its source tensor's file (one ``model.safetensors`` when ``src`` is not sharded)."""
+
+    def __init__(self, tmp: Path, src: Path, where: dict[str, tuple[Path, str]], qc: dict):
+        self.tmp, self.src, self.where, self.qc = tmp, src, where, qc
+        self.sharded = (src / INDEX_NAME).is_file()
+        meta = {"format": "pt", "onebit_format_version": str(qc["format_version"])}
+        self.writers = {f: SafetensorsWriter(tmp / (f.name if self.sharded else WEIGHTS_NAME), meta)
+                        for f in dict.fromkeys(f for f, _ in where.values())}
+        self.weight_map: dict[str, str] = {}
+
+    def write(self, mk: str, src_mk: str, t: torch.Tensor) -> None:
+        """Append ``t`` as ``mk`` to the shard of source tensor ``src_mk``."""
+        w = self.writers[self.where[src_mk][0]]
+        w.add(mk, t)
+        self.weight_map[mk] = w.file.name
+
+    def finish(self, dtype: torch.dtype | None) -> dict:
+        """Close the shards and write the index and config (:func:`~onebit.formats.sharded.finish_output`)."""
+        for w in self.writers.values():
+            w.close()
+        return finish_output(self.tmp, self.writers.values(), self.weight_map, self.sharded, self.src,
+                             self.qc, dtype)
 
 
 def finish_output(tmp: Path, writers, weight_map: dict[str, str], sharded: bool, src: Path, qc: dict,

@@ -32,9 +32,9 @@ from torch import nn
 
 from ..config import QuantConfig
 from ..errors import CheckpointError, OneBitError
-from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
+from ..formats.checkpoint import atomic_dir, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
-from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
+from ..formats.sharded import SafetensorsReader, ShardedOutput
 from ..progress import Progress as tqdm
 from ..registry import get_handler
 from ..surgery import _is_conv1d, empty_model, find_linears
@@ -131,24 +131,14 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
         qc = config.to_dict()
         qc["modules"] = modules
         biases = {f"{name}.bias" for name in targets}
-        sharded = (src / INDEX_NAME).is_file()
         todo = [(f, mk, k) for mk, (f, k) in where.items() if mk not in biases]
         order = {f: i for i, f in enumerate(files)}
         todo.sort(key=lambda t: (order[t[0]], readers[t[0]].specs[t[2]]["data_offsets"][0]))
 
-        done: list[SafetensorsWriter] = []
-        weight_map: dict[str, str] = {}
-        meta = {"format": "pt", "onebit_format_version": str(qc["format_version"])}
         with atomic_dir(out, overwrite) as tmp:
-            writer, writer_src = None, None
+            output = ShardedOutput(tmp, src, where, qc)
             for f, mk, k in tqdm(todo, desc=f"stream-quantize [{config.method}]", unit="tensor",
                                  disable=not progress):
-                if writer_src != f:
-                    if writer is not None:
-                        writer.close()
-                        done.append(writer)
-                    writer_src = f
-                    writer = SafetensorsWriter(tmp / (f.name if sharded else WEIGHTS_NAME), meta)
                 t = readers[f].read(k)
                 if dtype is not None and t.is_floating_point():
                     t = t.to(dtype)
@@ -159,17 +149,12 @@ def stream_quantize(src: str | os.PathLike, out: str | os.PathLike, config: Quan
                     lin = _as_linear(t, _is_conv1d(model.get_submodule(name)), where.get(f"{name}.bias"),
                                      readers, dtype)
                     for key, v in handler.quantize_linear(name, lin).state_dict().items():
-                        writer.add(f"{name}.{key}", v)
-                        weight_map[f"{name}.{key}"] = writer.file.name
+                        output.write(f"{name}.{key}", mk, v)
                     del lin
                 else:
-                    writer.add(mk, t)
-                    weight_map[mk] = writer.file.name
+                    output.write(mk, mk, t)
                 del t
-            if writer is not None:
-                writer.close()
-                done.append(writer)
-            specs = finish_output(tmp, done, weight_map, sharded, src, qc, dtype)
+            specs = output.finish(dtype)
     finally:
         for r in readers.values():
             r.close()

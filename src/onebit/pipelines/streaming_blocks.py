@@ -33,9 +33,9 @@ from torch import nn
 from ..config import QuantConfig
 from ..errors import OneBitError
 from ..surgery import as_linear, empty_model, set_submodule
-from ..formats.checkpoint import INDEX_NAME, WEIGHTS_NAME, atomic_dir, weight_files
+from ..formats.checkpoint import atomic_dir, weight_files
 from ..formats.ledger import Ledger, ledger_from_specs
-from ..formats.sharded import SafetensorsReader, SafetensorsWriter, finish_output
+from ..formats.sharded import SafetensorsReader, ShardedOutput
 from ..calibration import file_samples
 from ..methods.sequential import capture_block_inputs, find_blocks, run_block
 from ..progress import Progress as tqdm
@@ -96,32 +96,6 @@ class BlockTensors:
                 got[mk] = self.read(mk)
                 assign_tensor(model, mk, got[mk])
         return got
-
-
-class ShardedOutput:
-    """The output shards of a streamed conversion in ``tmp``: each tensor goes to the shard named like
-    its source tensor's file (one ``model.safetensors`` when ``src`` is not sharded)."""
-
-    def __init__(self, tmp: Path, src: Path, where: dict[str, tuple[Path, str]], qc: dict):
-        self.tmp, self.src, self.where, self.qc = tmp, src, where, qc
-        self.sharded = (src / INDEX_NAME).is_file()
-        meta = {"format": "pt", "onebit_format_version": str(qc["format_version"])}
-        self.writers = {f: SafetensorsWriter(tmp / (f.name if self.sharded else WEIGHTS_NAME), meta)
-                        for f in dict.fromkeys(f for f, _ in where.values())}
-        self.weight_map: dict[str, str] = {}
-
-    def write(self, mk: str, src_mk: str, t: torch.Tensor) -> None:
-        """Append ``t`` as ``mk`` to the shard of source tensor ``src_mk``."""
-        w = self.writers[self.where[src_mk][0]]
-        w.add(mk, t)
-        self.weight_map[mk] = w.file.name
-
-    def finish(self, dtype: torch.dtype | None) -> dict:
-        """Close the shards and write the index and config (:func:`~onebit.formats.sharded.finish_output`)."""
-        for w in self.writers.values():
-            w.close()
-        return finish_output(self.tmp, self.writers.values(), self.weight_map, self.sharded, self.src,
-                             self.qc, dtype)
 
 
 # --------------------------------------------------------------------------- the loop
