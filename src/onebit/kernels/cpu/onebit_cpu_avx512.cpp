@@ -236,11 +236,11 @@ template void bin_bf16dp<3>(const uint16_t*, int64_t, int64_t, int64_t, const ui
                             int64_t, int64_t, float*, int64_t);
 
 // ---------------------------------------------------------------- binary: int8 activations, VNNI
-// The int8-activation math of onebit_cpu.h (algo=i8, not exact; same integers P_b as the AVX2 and
-// scalar versions) with AVX512-VNNI: per 64 columns the 64 sign bits are the byte mask of a
-// zero-masked move of q (vmovdqu8 {z}), and vpdpbusd(1, that) adds the kept bytes four at a time
-// into 16 int32 lanes: 3 instructions per 64 weights, against ~10 for the AVX2 spread of bits to
-// bytes.  Per block of QB = 128 columns: cvt + fma by s_b.
+// The int8-activation math of onebit_cpu.h (algo=i8, not exact; same integers P_b as the AVX2
+// table kernel and the scalar version) with AVX512-VNNI: per 64 columns the 64 sign bits are the
+// byte mask of a zero-masked move of q (vmovdqu8 {z}), and vpdpbusd(1, that) adds the kept bytes
+// four at a time into 16 int32 lanes: 3 instructions per 64 weights.  Per block of QB = 128
+// columns: cvt + fma by s_b.
 VNNI_TARGET void bin_i8_vnni(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
                              int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
   const __m512i one8 = _mm512_set1_epi8(1);

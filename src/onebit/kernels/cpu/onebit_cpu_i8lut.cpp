@@ -1,6 +1,6 @@
-// int8-activation GEMV over a 32-row transposed copy of the packed bits (algo=i8 on AVX2 CPUs and
-// AVX-512 CPUs without VNNI): table lookups instead of multiplies, in the style of T-MAC /
-// bitnet.cpp's TL kernels, with the exact integers of the other int8 paths.
+// int8-activation kernel over a 32-row transposed copy of the packed bits (algo=i8 on AVX2 CPUs and
+// AVX-512 CPUs without VNNI, every batch size): table lookups instead of multiplies, in the style
+// of T-MAC / bitnet.cpp's TL kernels, with the exact integers of the other int8 paths.
 //
 // Math (onebit_cpu.h, QuantX): y = 2 sum_b s_b P_b - C, P_b = sum of q over the +1 columns of
 // block b (QB = 128 columns).  Per x row and per group of 4 columns (a nibble of a packed byte),
@@ -11,11 +11,11 @@
 // W[32 tile + r][j] (rows past N and bytes past KB zero), so that one 32-byte load holds byte j
 // of 32 rows: its low nibbles index the table of columns 8j..8j+3, its high nibbles that of
 // 8j+4..8j+7.  Per 8 columns x 32 rows: 3 ops to split the nibbles, 4 vpshufb, 4 unpacks
-// (low/high bytes -> int16) and 4 adds, i.e. ~0.5 op per 8 weights against ~1 per 8 for the
-// vpmaddubsw path; int16 sums of one block stay below 16 * 2 * 508 = 16256.
+// (low/high bytes -> int16) and 4 adds, i.e. ~0.5 op per 8 weights against ~1.6 for the
+// vpmaddubsw kernel it replaced; int16 sums of one block stay below 16 * 2 * 508 = 16256.
 //
 // The transposed copy is made on the first call for a weight and cached, keyed by its storage
-// (held weakly: an entry dies with its tensor), offset, shape and version counter (an in-place
+// (held weakly: an entry dies with its tensor), data pointer, shape and version counter (an in-place
 // change of the weight makes a new copy).  It costs as much memory as the packed bits.
 #include <ATen/ATen.h>
 #include <c10/core/Storage.h>
