@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 import onebit
 from onebit.cli.main import main
 from onebit.errors import OneBitError
+from onebit.formats import sharded
 from onebit.pipelines import streaming
 from onebit.formats.packing import pack_signs, unpack_signs
 
@@ -202,7 +203,7 @@ def test_no_linear_layers_left(src, tmp_path):
 @pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_interrupted_streaming_write_leaves_nothing(src, tmp_path, monkeypatch, exc):
     calls = {"n": 0}
-    orig = streaming.SafetensorsWriter.add
+    orig = sharded.SafetensorsWriter.add
 
     def add(self, name, t):
         calls["n"] += 1
@@ -210,7 +211,7 @@ def test_interrupted_streaming_write_leaves_nothing(src, tmp_path, monkeypatch, 
             raise exc
         return orig(self, name, t)
 
-    monkeypatch.setattr(streaming.SafetensorsWriter, "add", add)
+    monkeypatch.setattr(sharded.SafetensorsWriter, "add", add)
     with pytest.raises(type(exc)):
         streaming.stream_quantize(src, tmp_path / "out", onebit.OneBitConfig(), progress=False)
     _nothing_left(tmp_path, tmp_path / "out")
@@ -220,7 +221,7 @@ def test_out_of_space_cli_one_line(src, tmp_path, monkeypatch, capsys):
     def full(self, name, t):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(streaming.SafetensorsWriter, "add", full)
+    monkeypatch.setattr(sharded.SafetensorsWriter, "add", full)
     rc = main(["quantize", str(src), str(tmp_path / "out"), "--streaming", "-q"])
     assert_one_line_error(rc, capsys.readouterr().err, "No space left on device")
     _nothing_left(tmp_path, tmp_path / "out")
@@ -230,7 +231,7 @@ def test_overwrite_failure_keeps_old_output(src, tmp_path, monkeypatch):
     out = tmp_path / "out"
     streaming.stream_quantize(src, out, onebit.OneBitConfig(), progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(streaming.SafetensorsWriter, "close",
+    monkeypatch.setattr(sharded.SafetensorsWriter, "close",
                         lambda self: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(OSError):
         streaming.stream_quantize(src, out, onebit.OneBitConfig(), overwrite=True, progress=False)

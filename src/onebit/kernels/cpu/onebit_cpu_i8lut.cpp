@@ -144,7 +144,9 @@ void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* ac
   const at::Tensor R = transposed(packed, KBp);
   std::vector<int8_t> tabs(size_t(M) * KBp * 64);
   const int64_t ng = 2 * KBp;  // groups of 4 columns per row
-  at::parallel_for(0, M * ng, 256, [&](int64_t b, int64_t e) {  // one decode row is split too
+  // a decode row is split only where it is long: each parallel region costs a wake-up of the
+  // other threads (a few µs, more with the short OpenMP spin of onebit.threads)
+  at::parallel_for(0, M * ng, 2048, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e;) {
       const int64_t m = i / ng, g0 = i % ng, g1 = std::min(ng, g0 + (e - i));
       build_tables(qx.q.data() + m * qx.ldq, g0, g1, tabs.data() + m * ng * 32);

@@ -41,8 +41,8 @@ QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K) {
     return false;
 #endif
   }();
-  // threads over (row, block): one decode row is split too
-  at::parallel_for(0, M * r.nb, 8, [&](int64_t b0, int64_t e0) {
+  // threads over (row, block), 32 blocks at least per thread: a long decode row is split too
+  at::parallel_for(0, M * r.nb, 32, [&](int64_t b0, int64_t e0) {
     for (int64_t i = b0; i < e0; ++i) {
       const int64_t m = i / r.nb, b = i % r.nb;
       const float* xr = xs + m * ldx;
