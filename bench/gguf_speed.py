@@ -50,7 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import copy_bandwidth, machine  # noqa: E402
-from kernels import env  # noqa: E402  (bench/kernels.py: set dispatcher variables, restore after)
+from kernel_speed import env  # noqa: E402  (bench/kernel_speed.py: set dispatcher variables, restore after)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT.parent / "shared" / "models" / "stories3M"

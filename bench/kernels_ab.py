@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.isa == "avx2" and "ONEDNN_MAX_CPU_ISA" not in os.environ:
-        # as bench/kernels.py --isa avx2: the GEMM path's BLAS capped at AVX2 too (read at load)
+        # as bench/kernel_speed.py --isa avx2: the GEMM path's BLAS capped at AVX2 too (read at load)
         os.environ.update(MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
         os.execv(sys.executable, [sys.executable, *sys.argv])
     torch.set_num_threads(args.threads)

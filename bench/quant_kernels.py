@@ -37,7 +37,7 @@ SHAPES = [("SmolLM2", 1536, 576), ("SmolLM2", 576, 1536), ("SmolLM2", 49152, 576
 #: name -> (bits, group (0: per channel), symmetric); bits 1 = q1_0 (block_sign_linear)
 FORMATS = {"q1_0 g128": (1, 128, True), "int4 g32 sym": (4, 32, True), "int8 per-channel": (8, 0, True),
            "int8 g128": (8, 128, True), "int2 g64": (2, 64, True), "int4 g128 asym": (4, 128, False)}
-from kernels import env  # noqa: E402  (bench/kernels.py: set dispatcher variables, restore after)
+from kernel_speed import env  # noqa: E402  (bench/kernel_speed.py: set dispatcher variables, restore after)
 
 DEFAULT_FORMATS = ["q1_0 g128", "int4 g32 sym", "int8 per-channel", "int8 g128", "int2 g64"]
 

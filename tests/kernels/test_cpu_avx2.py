@@ -187,7 +187,7 @@ def test_dispatch_knows_the_new_algos(monkeypatch):
 
 
 def test_op_with_i8_env(mod, monkeypatch):
-    """Through torch.ops (what bench/kernels.py times): ONEBIT_CPU_ISA=avx2 ONEBIT_CPU_ALGO=i8."""
+    """Through torch.ops (what bench/kernel_speed.py times): ONEBIT_CPU_ISA=avx2 ONEBIT_CPU_ALGO=i8."""
     import onebit.kernels  # noqa: F401  (registers the op and the CPU backend)
 
     monkeypatch.setenv("ONEBIT_CPU_ISA", "avx2")

@@ -11,10 +11,10 @@ benchmark cycles through enough copies of each weight to exceed the last-level c
 decode where every layer's weights come from DRAM once per token (``--warm``: one copy, which for
 packed weights fits in cache).
 
-    python bench/kernels.py                              # CPU: fp32 + bf16, batch 1 8 64 512
-    python bench/kernels.py --batch 1 --dtypes float32 --variants   # + the other CPU paths and the reference
-    python bench/kernels.py --isa avx2 --preset tinyllama --variants  # an AVX2-only CPU (issue 19)
-    python bench/kernels.py --device cuda                # GPU: fp16
+    python bench/kernel_speed.py                              # CPU: fp32 + bf16, batch 1 8 64 512
+    python bench/kernel_speed.py --batch 1 --dtypes float32 --variants   # + the other CPU paths and the reference
+    python bench/kernel_speed.py --isa avx2 --preset tinyllama --variants  # an AVX2-only CPU (issue 19)
+    python bench/kernel_speed.py --device cuda                # GPU: fp16
 
 ``--isa avx2`` caps onebit's kernels at AVX2 (``ONEBIT_CPU_ISA``) and, unless ``--dense-isa
 native``, re-runs the script with MKL and oneDNN capped at AVX2 too (``MKL_ENABLE_INSTRUCTIONS``,
@@ -167,7 +167,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench/kernels.py: error: --device cuda but CUDA is not available")
+        sys.exit("bench/kernel_speed.py: error: --device cuda but CUDA is not available")
     dtypes = args.dtypes or (["float32", "bfloat16"] if args.device == "cpu" else ["float16"])
     shapes = ([tuple(int(v) for v in s.lower().split("x")) for s in args.shapes] if args.shapes
               else PRESETS[args.preset])
