@@ -108,7 +108,7 @@ constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9;
 constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
 // AVX-512 (binary): from 32 fp32 rows / 8 bf16 or fp16 rows the GEMM path (±1 rows expanded by
 // masked blends, then MKL / oneDNN: AVX-512 FMA for fp32, AMX for bf16) beats the direct kernel
-// (bench/kernels.py --batch 8 16 32 64 512, docs/kernels.md)
+// (bench/kernel_speed.py --batch 8 16 32 64 512, docs/kernels.md)
 constexpr int64_t AVX512_MM_THRESHOLD_F32 = 32, AVX512_MM_THRESHOLD_16 = 8;
 // ternary (AVX2 and AVX-512): rows unpacked through the byte table, then BLAS, from 64 fp32 / 32
 // bf16-fp16 rows (the table unpack is a fixed cost per call, so the direct kernel wins below;
@@ -239,10 +239,10 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                    : use == ISA_AVX512 ? (dt == at::kFloat ? AVX512_MM_THRESHOLD_F32 : AVX512_MM_THRESHOLD_16)
                                        : NEVER_MM;
   // int8 activations on AVX2 (or AVX-512 without VNNI): the table kernel at every batch size (it
-  // beats the exact GEMM path there too, bench/kernels.py --isa avx2 --variant avx2-i8)
+  // beats the exact GEMM path there too, bench/kernel_speed.py --isa avx2 --variant avx2-i8)
   const bool i8lut = !ternary && algo == ALGO_I8 && (use == ISA_AVX2 || (use == ISA_AVX512 && !cpu_features().vnni512));
   if (i8lut) {
-    bin_i8_lut(quantize_x(xs.data_ptr<float>(), M, ldx, K), M, packed, acc.data_ptr<float>());
+    bin_i8_lut(quantize_x(xs.data_ptr<float>(), M, ldx, K, true), M, packed, acc.data_ptr<float>());
   } else if (M >= mm_threshold && !ternary && use == ISA_AVX2) {
     // batched, AVX2: tiles of weight rows expanded to ±1 fp32 (sized to stay in L2), one fp32
     // GEMM per tile (MKL/oneDNN); x is already rounded as the reference, the result is rounded
@@ -333,7 +333,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
         fn(pp + m0 * ldp, M * ldp, mb, ldp, W, KB, r0, r1, ap + m0 * N, N);
       });
     } else if (!ternary && algo == ALGO_I8) {
-      const QuantX qx = quantize_x(xp, M, ldx, K);
+      const QuantX qx = quantize_x(xp, M, ldx, K, use != ISA_SCALAR);
       blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         if (use == ISA_SCALAR)
           bin_i8_scalar(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);

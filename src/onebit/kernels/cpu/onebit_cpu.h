@@ -41,7 +41,7 @@ inline const Tables& tables() {  // one table for every file
 // Software prefetch of the packed rows a GEMV reads next: each kernel, working on 4 rows, touches
 // the same 64-byte line of the 4 rows PREFETCH_ROWS below once per 64 bytes it reads.  With the
 // weights coming from DRAM once per token the GEMVs were latency-bound without it (5632x2048,
-// 1 thread, cold weights: i8 0.28 -> 0.19 ms; bench/kernels.py, docs/kernels.md).  The address is
+// 1 thread, cold weights: i8 0.28 -> 0.19 ms; bench/kernel_speed.py, docs/kernels.md).  The address is
 // formed as an integer: past the last row it points outside the matrix, which a prefetch (a hint,
 // never a fault) may do.
 constexpr int64_t PREFETCH_ROWS = 8;
@@ -85,7 +85,9 @@ void bin_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_
                 int64_t n1, float* y, int64_t ldy);
 void ter_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
                 int64_t n1, float* y, int64_t ldy);
-QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K);
+// avx2: the blocks by quant_block_avx2 (the dispatcher's ISA choice; identical results: the same
+// IEEE operations as the scalar loop)
+QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool avx2);
 void bin_i8_scalar(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
                    int64_t n0, int64_t n1, float* y, int64_t ldy);
 void bin_build_lut(const float* xm, int64_t KB, float* lut);

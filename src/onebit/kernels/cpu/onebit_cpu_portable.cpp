@@ -24,7 +24,7 @@ void bin_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_
   }
 }
 
-QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K) {
+QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool avx2) {
   QuantX r;
   r.nb = (K + QB - 1) / QB;
   r.ldq = r.nb * QB + 32;
@@ -32,15 +32,6 @@ QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K) {
   r.s.assign(M * r.nb, 0.f);
   r.c.assign(M, 0.f);
   std::vector<double> part(M * r.nb, 0.0);  // s_b S_b per (row, block), summed per row below
-  // the same block in AVX2 where the CPU has it (identical results: the same IEEE operations)
-  static const bool avx2 = [] {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return false;
-#endif
-  }();
   // threads over (row, block), 32 blocks at least per thread: a long decode row is split too
   at::parallel_for(0, M * r.nb, 32, [&](int64_t b0, int64_t e0) {
     for (int64_t i = b0; i < e0; ++i) {
