@@ -1,18 +1,21 @@
-"""Distil stories3M into OneBit on this CPU: perplexity vs training tokens and wall time.
+"""Distil a model (stories3M by default) into OneBit: perplexity vs training tokens and wall time.
 
     python bench/distill_quality.py                       # 60-minute budget, everything counted
     python bench/distill_quality.py --minutes 5 --tag quick
     python bench/distill_quality.py --steps 400 --eval-on teacher --tag sweep   # a hyper-parameter trial
+    python bench/distill_quality.py --device cuda --model SmolLM2.gguf --eval-data wikitext2 \
+        --eval-seqlen 2048 --final-data wikitext2 c4 ...  # a GPU run: bench/gpu_distill_smollm2.sh
 
 The student trains on sequences the fp teacher generates (cached, never the
 evaluation text).  With ``--steps 0`` (default) the cosine schedule is fitted
 to the budget: teacher data, a short step timing, training and the periodic
 evaluations all end within ``--minutes``.  Every ``--eval-every`` steps the
-student's perplexity is measured on the first ``--eval-windows`` windows of 512
-tokens of the TinyStories validation sample (evaluation only) - or, with
-``--eval-on teacher``, of held-out teacher text, which is what hyper-parameter
-trials should look at - with the fp teacher on the same windows alongside.  At
-the end both are scored on every window of the TinyStories sample (243 × 512,
+student's perplexity is measured on the first ``--eval-windows`` windows of
+``--eval-seqlen`` (512) tokens of ``--eval-data`` (the TinyStories validation
+sample; evaluation only) - or, with ``--eval-on teacher``, of held-out teacher
+text, which is what hyper-parameter trials should look at - with the fp teacher
+on the same windows alongside.  At the end both are scored on every window of
+each ``--final-data`` text (default: the evaluation text; TinyStories: 243 × 512,
 as bench/svid_quality.py).  Writes bench/results/distill_<tag>.csv (rows appear
 as the run goes) and .png, prints the machine and the CPU load, and with
 ``--save DIR`` writes the packed student for ``onebit eval``.
@@ -33,7 +36,7 @@ from common import machine_line  # bench/common.py
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plot(rows, teacher_ppl, png, title):
+def plot(rows, teacher_ppl, png, title, text="TinyStories"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +49,7 @@ def plot(rows, teacher_ppl, png, title):
         ax.axhline(2 * teacher_ppl, color="r", ls=":", label="2× teacher (target)")
         ax.set_yscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("TinyStories perplexity")
+        ax.set_ylabel(f"{text} perplexity")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
     fig.suptitle(title, fontsize=9)
@@ -63,7 +66,8 @@ def fit_steps(a, teacher, student, data, names, eval_ids, budget_s: float) -> in
     t0 = time.perf_counter()
     cfg = TrainConfig(steps=1000, batch_size=a.batch_size, lr=a.lr, alpha=a.alpha, eval_windows=a.eval_windows,
                       bf16=a.bf16, compile=a.compile)
-    tr = Trainer(teacher, copy.deepcopy(student), data, cfg, names, eval_ids=eval_ids, eval_seqlen=512)
+    tr = Trainer(teacher, copy.deepcopy(student), data, cfg, names, eval_ids=eval_ids, eval_seqlen=a.eval_seqlen,
+                 info=a.info)
     for _ in range(3):  # warm-up
         tr.train_step()
     t1 = time.perf_counter()
@@ -131,9 +135,15 @@ def main(argv=None) -> int:
                    help="cosine floor of the polish stage's lr (default 1: constant)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-windows", type=int, default=16)
-    p.add_argument("--eval-on", choices=["tinystories", "teacher"], default="tinystories",
-                   help="what the periodic evaluation measures: the TinyStories sample (an evaluation file), "
-                   "or held-out teacher-generated text (another seed) - use this one to choose "
+    p.add_argument("--eval-data", default="tinystories",
+                   help="text of the periodic evaluation: tinystories (default), wikitext2, c4 or a file")
+    p.add_argument("--eval-seqlen", type=int, default=512, help="window of every evaluation (default 512)")
+    p.add_argument("--final-data", nargs="+", default=None, metavar="TEXT",
+                   help="texts scored at the end on every window (default: --eval-data)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--eval-on", choices=["data", "tinystories", "teacher"], default="data",
+                   help="what the periodic evaluation measures: --eval-data (an evaluation file; "
+                   "'tinystories' is the old name of this choice), or held-out teacher-generated text (another seed) - use this one to choose "
                    "hyper-parameters without looking at the evaluation file")
     p.add_argument("--final-windows", type=int, default=None, help="default: every window")
     p.add_argument("--save", default=None, metavar="DIR",
@@ -147,6 +157,13 @@ def main(argv=None) -> int:
     if not 0 < a.fit_safety <= 1:
         p.error(f"--fit-safety must be in (0, 1], got {a.fit_safety}")
     torch.set_num_threads(a.threads)
+    from onebit.distill import dist
+
+    a.info = dist.init(a.device)
+    dev = a.info.device
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 teacher's generation and evaluation
+        torch.backends.cudnn.allow_tf32 = True
 
     from onebit.distill.data import teacher_data
     from onebit.distill.student import freeze, student_from_teacher
@@ -160,15 +177,22 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / f"distill_{a.tag}.csv", out / f"distill_{a.tag}.png"
     print(f"machine: {machine_line()}", flush=True)
-    print(f"settings: {vars(a)}", flush=True)
-    teacher = load_model(a.model)
+    print(f"settings: { {k: v for k, v in vars(a).items() if k != 'info'} }", flush=True)
+    if dev.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}", flush=True)
+    t_load = time.perf_counter()
+    teacher = load_model(a.model, device=str(dev))
     tok = load_tokenizer(a.model)
-    ids = tokenize_text(tok, load_text("tinystories"))
-    eval_ids = ids
+    print(f"teacher loaded in {time.perf_counter() - t_load:.1f}s", flush=True)
+    texts = {name: tokenize_text(tok, load_text(name)) for name in dict.fromkeys([a.eval_data, *(a.final_data or [])])}
+    eval_ids = texts[a.eval_data]
+    what = a.eval_data
     if a.eval_on == "teacher":  # held-out teacher samples: a seed the training data never uses
-        eval_ids = teacher_data(teacher, a.eval_windows, 512, seed=1_000_003, cache_dir=a.data_cache).reshape(-1)
-    t_ppl = perplexity(teacher, eval_ids, 512, a.eval_windows, progress=False).ppl
-    print(f"fp teacher, {a.eval_windows} windows x 512 of {a.eval_on}: ppl {t_ppl:.3f}", flush=True)
+        eval_ids = teacher_data(teacher, a.eval_windows, a.eval_seqlen, seed=1_000_003,
+                                cache_dir=a.data_cache).reshape(-1)
+        what = "held-out teacher text"
+    t_ppl = perplexity(teacher, eval_ids, a.eval_seqlen, a.eval_windows, progress=False).ppl
+    print(f"fp teacher, {a.eval_windows} windows x {a.eval_seqlen} of {what}: ppl {t_ppl:.3f}", flush=True)
 
     t0 = t_begin = time.perf_counter()
     data = teacher_data(teacher, a.samples, a.seqlen, seed=0, cache_dir=a.data_cache, progress=True,
@@ -211,8 +235,8 @@ def main(argv=None) -> int:
         cfg.steps = steps - polish
         print(f"stage 1: {cfg.steps} steps (lr {a.lr}, alpha {a.alpha}); stage 2 (polish): {polish} steps "
               f"(latents reset, lr {a.polish_lr}, alpha {a.polish_alpha})", flush=True)
-    tr = Trainer(teacher, student, data, cfg, names, eval_ids=eval_ids, eval_seqlen=512, progress=False,
-                 on_eval=on_eval)
+    tr = Trainer(teacher, student, data, cfg, names, eval_ids=eval_ids, eval_seqlen=a.eval_seqlen, progress=False,
+                 on_eval=on_eval, info=a.info)
     tr.train(time_limit=a.minutes * 60 - (time.perf_counter() - t_begin))
     if polish and tr.step == cfg.steps:
         from onebit.distill.stages import polish as polish_stage
@@ -236,21 +260,25 @@ def main(argv=None) -> int:
               f"end of this stage", flush=True)
         tr._record_eval()
     n_steps, n_tokens, t_train = tr.step + done[0], tr.tokens + done[1], tr.elapsed + done[2]
-    plot(rows, t_ppl, png_path, f"stories3M → OneBit, {machine_line()}")
+    plot(rows, t_ppl, png_path, f"{Path(a.model).name} → {a.method}, {machine_line()}",
+         text=what if a.eval_on != "teacher" else "held-out teacher text")
     fw = a.final_windows
-    fs = perplexity(student, ids, 512, fw, progress=False).ppl
-    ft = perplexity(teacher, ids, 512, fw, progress=False).ppl
-    n = ids.numel() // 512 if fw is None else fw
-    print(f"final ({n} windows x 512, TinyStories sample): teacher {ft:.3f}, student {fs:.3f} "
-          f"= {fs / ft:.2f}x after {n_steps} steps, {n_tokens:,d} tokens, {t_train / 60:.1f} min training "
-          f"(+{t_data / 60:.1f} min teacher data; {t_total / 60:.1f} min in all, evaluations and step timing "
-          "included)", flush=True)
+    for name in a.final_data or [a.eval_data]:
+        ids, seq = texts[name], (512 if name == "tinystories" else a.eval_seqlen)
+        fs = perplexity(student, ids, seq, fw, progress=False).ppl
+        ft = perplexity(teacher, ids, seq, fw, progress=False).ppl
+        n = ids.numel() // seq if fw is None else fw
+        print(f"final ({n} windows x {seq}, {name}): teacher {ft:.3f}, student {fs:.3f} "
+              f"= {fs / ft:.2f}x after {n_steps} steps, {n_tokens:,d} tokens, {t_train / 60:.1f} min training "
+              f"(+{t_data / 60:.1f} min teacher data; {t_total / 60:.1f} min in all, evaluations and step timing "
+              "included)", flush=True)
     print(f"machine at the end: {machine_line()}")
     print(f"wrote {csv_path} and {png_path}")
     if a.save:
         from onebit.distill.student import pack_student
         from onebit.formats.checkpoint import save_checkpoint
 
+        student.to("cpu")  # packed checkpoints are written from host tensors
         ledger = save_checkpoint(pack_student(student, qc), a.save, tokenizer=tok, source=a.model, overwrite=True)
         print(f"wrote the packed student to {a.save} ({ledger.summary()['total_bytes'] / 2**20:.2f} MiB)")
     f.close()

@@ -37,7 +37,7 @@ def sample_rows(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     (``python bench/teacher_data_speed.py``).
     """
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64) * cdf[:, -1:]
+    u = torch.rand(probs.shape[0], 1, generator=gen, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, side="right")[:, 0].clamp_(max=probs.shape[-1] - 1)
 
 
@@ -60,29 +60,38 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
     bos = bos_token_id if bos_token_id is not None else getattr(model.config, "bos_token_id", None)
     bos = 1 if bos is None else int(bos)
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    # On an accelerator the sampling stays there (its own generator, seeded from the same seed): moving
+    # [b, vocab] probabilities to the host every step would cost more than the model's forward.
+    on_host = device.type == "cpu"
+    dgen = gen if on_host else torch.Generator(device=device).manual_seed(seed)
     out = []
     for start in tqdm(range(0, n, batch_size), desc="teacher data", disable=not progress, unit="batch"):
         b = min(batch_size, n - start)
         ids = torch.empty(b, seqlen, dtype=torch.long)  # filled in place: no copy of the prefix per token
         ids[:, 0] = bos
         ids[:, 1] = torch.randint(0, vocab, (b,), generator=gen)
+        dev_ids = None if on_host else ids.to(device)  # filled on the device, copied back once
         past, cur, pos = None, ids[:, :2].to(device), 2
         while pos < seqlen:
             o = model(cur, **{kw: past}, use_cache=True)
             past = o.get("cache", None) if o.get("cache", None) is not None else o.get("past_key_values")
             logits = o.logits[:, -1].float()
             if pos < 1 + greedy_tokens:
-                nxt = logits.argmax(-1).cpu()
+                nxt = logits.argmax(-1)
             else:
                 logits = logits / max(temperature, 1e-6)
                 if top_k and top_k < logits.shape[-1]:
                     kth = logits.topk(top_k, dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = sample_rows(torch.softmax(logits, -1).cpu(), gen)
-            ids[:, pos] = nxt
-            cur = nxt.view(b, 1).to(device)
+                probs = torch.softmax(logits, -1)
+                nxt = sample_rows(probs.cpu(), gen) if on_host else sample_rows(probs, dgen)
+            if on_host:
+                ids[:, pos] = nxt
+            else:
+                dev_ids[:, pos] = nxt
+            cur = nxt.view(b, 1)
             pos += 1
-        out.append(ids)
+        out.append(ids if on_host else dev_ids.cpu())
     return torch.cat(out)
 
 

@@ -55,6 +55,9 @@ def register(sub) -> None:
                    help="teacher data: first tokens chosen greedily, then sampled (default: %(default)s)")
     d.add_argument("--gen-temperature", type=float, default=1.0,
                    help="teacher data: sampling temperature (default: %(default)s)")
+    d.add_argument("--gen-batch-size", type=int, default=64, metavar="N",
+                   help="teacher data: sequences generated at once (default: %(default)s; on a GPU 1024 or "
+                   "more keeps it busy; part of the cache key)")
     d.add_argument("--data-seed", type=int, default=0, help="seed of the data (default: %(default)s)")
     d.add_argument("--data-cache", default=None,
                    help="directory caching teacher data as token ids (default: ~/.cache/onebit/distill-data)")
@@ -265,10 +268,15 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
 
     seqlen = args.seqlen or context_length(teacher)  # --seqlen 0: the teacher's context
     if args.data == "teacher":
+        if args.gen_batch_size < 1:
+            raise OneBitError(f"--gen-batch-size must be at least 1, got {args.gen_batch_size}")
         kw = dict(seed=args.data_seed, greedy_tokens=args.greedy_tokens, temperature=args.gen_temperature,
-                  cache_dir=args.data_cache, progress=prog)
+                  cache_dir=args.data_cache, progress=prog, batch_size=args.gen_batch_size)
         if info.main:
+            home = next(teacher.parameters()).device
+            teacher.to(info.device)  # generate where the training runs (a GPU samples on the GPU)
             data = teacher_data(teacher, args.samples, seqlen, **kw)
+            teacher.to(home)
         dist.barrier(info)
         if not info.main:
             data = teacher_data(teacher, args.samples, seqlen, generate=False, **kw)

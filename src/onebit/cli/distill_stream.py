@@ -71,6 +71,7 @@ def _data(args, src, dtype):
     try:
         data = teacher_data(None, args.samples, seqlen, seed=args.data_seed, greedy_tokens=args.greedy_tokens,
                             temperature=args.gen_temperature, cache_dir=args.data_cache, generate=False,
+                            batch_size=args.gen_batch_size,
                             fingerprint=streamed_fingerprint(src, dtype))
     except OneBitError as e:
         raise OneBitError(f"streaming block-wise needs calibration data the teacher cannot generate without "

@@ -48,6 +48,15 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _sampler(teacher) -> str:
+    """The sampler's name in the cache key: on an accelerator the draws come from its own generator
+    (``calibration.teacher_samples``), so they differ from the host's for the same seed."""
+    if teacher is None:
+        return "cdf"
+    dev = next(teacher.parameters()).device.type
+    return "cdf" if dev == "cpu" else f"cdf-{dev}"
+
+
 def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int = 3,
                  temperature: float = 1.0, cache_dir: str | os.PathLike | None = None,
                  progress: bool = False, generate: bool = True, batch_size: int = 64,
@@ -61,7 +70,7 @@ def teacher_data(teacher, n: int, seqlen: int, seed: int = 0, greedy_tokens: int
 
     key = dict(fp=fingerprint or model_fingerprint(teacher), n=n, seqlen=seqlen, seed=seed, greedy=greedy_tokens,
                temperature=temperature, batch=batch_size,
-               sampler="cdf")  # calibration.sample_rows; the multinomial-sampled caches do not match
+               sampler=_sampler(teacher))  # calibration.sample_rows; the multinomial-sampled caches do not match
     name = "teacher-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     file = cache / f"{name}.safetensors"
