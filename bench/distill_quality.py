@@ -36,7 +36,7 @@ from common import machine_line  # bench/common.py
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plot(rows, teacher_ppl, png, title, text="TinyStories"):
+def plot(rows, teacher_ppl, png, title, text="TinyStories", target=2.0):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +46,7 @@ def plot(rows, teacher_ppl, png, title, text="TinyStories"):
     for ax, key, label in ((axes[0], "tokens", "training tokens"), (axes[1], "wall_s", "wall time (s)")):
         ax.plot([r[key] for r in rows], [r["ppl_student"] for r in rows], "o-", label="OneBit student")
         ax.axhline(teacher_ppl, color="k", ls="--", label=f"fp teacher ({teacher_ppl:.2f})")
-        ax.axhline(2 * teacher_ppl, color="r", ls=":", label="2× teacher (target)")
+        ax.axhline(target * teacher_ppl, color="r", ls=":", label=f"{target:g}× teacher (target)")
         ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel(f"{text} perplexity")
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--final-data", nargs="+", default=None, metavar="TEXT",
                    help="texts scored at the end on every window (default: --eval-data)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--target-ratio", type=float, default=2.0, help="the plot's target line, × the teacher's ppl")
     p.add_argument("--eval-on", choices=["data", "tinystories", "teacher"], default="data",
                    help="what the periodic evaluation measures: --eval-data (an evaluation file; "
                    "'tinystories' is the old name of this choice), or held-out teacher-generated text (another seed) - use this one to choose "
@@ -260,8 +261,9 @@ def main(argv=None) -> int:
               f"end of this stage", flush=True)
         tr._record_eval()
     n_steps, n_tokens, t_train = tr.step + done[0], tr.tokens + done[1], tr.elapsed + done[2]
-    plot(rows, t_ppl, png_path, f"{Path(a.model).name} → {a.method}, {machine_line()}",
-         text=what if a.eval_on != "teacher" else "held-out teacher text")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else machine_line()
+    plot(rows, t_ppl, png_path, f"{Path(a.model).name} → {a.method}, {where}",
+         text=what if a.eval_on != "teacher" else "held-out teacher text", target=a.target_ratio)
     fw = a.final_windows
     for name in a.final_data or [a.eval_data]:
         ids, seq = texts[name], (512 if name == "tinystories" else a.eval_seqlen)

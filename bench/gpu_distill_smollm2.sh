@@ -20,5 +20,5 @@ python3 bench/distill_quality.py --device "${DEVICE:-cuda}" --bf16 --model "$T" 
   --lr 2e-3 --alpha 1 --warmup 20 --min-lr-ratio 0.05 --reset-every 200 \
   --polish 0.3 --polish-lr 2.5e-4 --polish-alpha 0 --polish-min-lr-ratio 0.4 --polish-reset-every 500 \
   --eval-data wikitext2 --eval-seqlen 2048 --eval-windows 8 --eval-every 200 --final-data wikitext2 c4 \
-  --minutes "$MIN" --tag smollm2_gpu --out "$OUTDIR" --data-cache "$OUTDIR/data" --save "$OUTDIR/student"
+  --target-ratio 3 --minutes "$MIN" --tag smollm2_gpu --out "$OUTDIR" --data-cache "$OUTDIR/data" --save "$OUTDIR/student"
 python3 bench/student_embed.py strip "$OUTDIR/student" "$OUTDIR/stripped"
