@@ -70,6 +70,8 @@ def test_bad_inputs(stories260k, stories3m, data_dir, tmp_path, cache, capsys):
     assert "multiple" in _err(capsys)
     assert main(["distill", *base, "--reset-every", "-1"]) == 2
     assert "--reset-every" in _err(capsys)
+    assert main(["distill", *base, "--gen-batch-size", "0"]) == 2
+    assert "--gen-batch-size" in _err(capsys)
 
 
 def _packed(model_dir, out):

@@ -42,6 +42,19 @@ def test_teacher_data_cached(fp_260k, tmp_path, monkeypatch):
     assert torch.equal(teacher_data(fp_260k, 3, 16, seed=1, cache_dir=tmp_path), a)
     with pytest.raises(AssertionError):  # another seed is another file
         teacher_data(fp_260k, 3, 16, seed=2, cache_dir=tmp_path)
+    with pytest.raises(AssertionError):  # so is another generation batch (the draws depend on it)
+        teacher_data(fp_260k, 3, 16, seed=1, cache_dir=tmp_path, batch_size=2)
+
+
+def test_teacher_data_generation_batch(fp_260k, tmp_path):
+    """Sequences generated in batches of 2 are the teacher's too: each batch's first rows are the
+    same generation as a smaller run's; on the host the cache key's sampler stays 'cdf' (old caches)."""
+    from onebit.distill.data import _sampler
+
+    a = teacher_data(fp_260k, 4, 12, seed=3, cache_dir=tmp_path, batch_size=2)
+    b = teacher_data(fp_260k, 2, 12, seed=3, cache_dir=tmp_path, batch_size=2)
+    assert a.shape == (4, 12) and torch.equal(a[:2], b)
+    assert _sampler(fp_260k) == "cdf" and _sampler(None) == "cdf"
 
 
 def test_fingerprint_ignores_the_load_path_but_not_the_weights(fp_260k):
