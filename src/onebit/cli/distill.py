@@ -272,14 +272,15 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
             raise OneBitError(f"--gen-batch-size must be at least 1, got {args.gen_batch_size}")
         kw = dict(seed=args.data_seed, greedy_tokens=args.greedy_tokens, temperature=args.gen_temperature,
                   cache_dir=args.data_cache, progress=prog, batch_size=args.gen_batch_size)
+        # generate where the training runs (a GPU samples on the GPU); every rank keys the cache there
+        home = next(teacher.parameters()).device
+        teacher.to(info.device)
         if info.main:
-            home = next(teacher.parameters()).device
-            teacher.to(info.device)  # generate where the training runs (a GPU samples on the GPU)
             data = teacher_data(teacher, args.samples, seqlen, **kw)
-            teacher.to(home)
         dist.barrier(info)
         if not info.main:
             data = teacher_data(teacher, args.samples, seqlen, generate=False, **kw)
+        teacher.to(home)
         frac = args.no_start_frac if args.no_start_frac is not None else (0.5 if blockwise else 0.0)
         data = mixed_starts(data, frac)
     else:
