@@ -70,6 +70,28 @@ def test_fingerprint_ignores_the_load_path_but_not_the_weights(fp_260k):
     assert model_fingerprint(other) != model_fingerprint(fp_260k)
 
 
+def test_fingerprint_sees_every_bit_and_not_the_thread_count(fp_260k):
+    """The data cache key hashes exact bytes: one ulp changes it; torch's thread count does not
+    (float sums did: their last digits follow the reduction order)."""
+    import copy
+
+    from onebit.distill.data import model_fingerprint
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = model_fingerprint(fp_260k)
+        torch.set_num_threads(2)
+        assert model_fingerprint(fp_260k) == one
+    finally:
+        torch.set_num_threads(before)
+    other = copy.deepcopy(fp_260k)
+    with torch.no_grad():
+        w = other.model.layers[0].mlp.up_proj.weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(float("inf")))
+    assert model_fingerprint(other) != one
+
+
 def test_frozen_parameters_untouched(fp_260k, data):
     tr, qc = _trainer(fp_260k, data, steps=3)
     before = {n: p.detach().clone() for n, p in tr.student.named_parameters()}

@@ -33,8 +33,17 @@ def default_cache_dir() -> Path:
 
 
 @torch.no_grad()
+def hash_tensor(h, name: str, t: torch.Tensor) -> None:
+    """Feed ``name``, shape, dtype and the exact bytes of ``t`` to the hash ``h``.
+
+    Bytes, not sums: a float sum's last digits depend on the reduction order, hence on torch's thread
+    count and the device, and the same teacher got two data caches under ``--threads 1`` and 2."""
+    h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+    h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def model_fingerprint(model) -> str:
-    """A short hash of a model's config and weights (cheap statistics of every parameter).
+    """A short hash of a model's config and weights (every parameter's exact bytes).
 
     Private config keys (``_name_or_path``, ``_attn_implementation``...) are left out: the same
     model loaded from ``../shared/...`` and from its absolute path is the same teacher, one cache.
@@ -43,8 +52,7 @@ def model_fingerprint(model) -> str:
     conf = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_")}
     h.update(json.dumps(conf, sort_keys=True, default=str).encode())
     for name, p in model.state_dict().items():
-        f = p.detach().float()
-        h.update(f"{name}:{tuple(p.shape)}:{f.sum().item():.6e}:{f.abs().sum().item():.6e}".encode())
+        hash_tensor(h, name, p)
     return h.hexdigest()[:16]
 
 

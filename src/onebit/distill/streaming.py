@@ -44,6 +44,7 @@ from ..progress import Progress as tqdm
 from ..pipelines.streaming import plan_tensors
 from ..pipelines.streaming_blocks import BlockTensors
 from ..surgery import empty_model
+from .data import hash_tensor
 from .blockstate import fingerprint, open_state
 from .blockwise import BlockConfig, capture_inputs, finish_block, peak_rss_mib, plan_blocks
 
@@ -119,8 +120,7 @@ def streamed_fingerprint(src: str | os.PathLike, dtype: torch.dtype | None = Non
                 raise CheckpointError(f"'{src}' has no tensor for '{name}'")
             f, k = where[mk]
             t = readers[f].read(k)
-            f32 = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).float()
-            h.update(f"{name}:{tuple(p.shape)}:{f32.sum().item():.6e}:{f32.abs().sum().item():.6e}".encode())
+            hash_tensor(h, name, (t.to(dtype) if dtype is not None and t.is_floating_point() else t).reshape(p.shape))
     finally:
         for r in readers.values():
             r.close()
