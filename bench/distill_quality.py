@@ -144,8 +144,9 @@ def main(argv=None) -> int:
     p.add_argument("--target-ratio", type=float, default=2.0, help="the plot's target line, × the teacher's ppl")
     p.add_argument("--eval-on", choices=["data", "tinystories", "teacher"], default="data",
                    help="what the periodic evaluation measures: --eval-data (an evaluation file; "
-                   "'tinystories' is the old name of this choice), or held-out teacher-generated text (another seed) - use this one to choose "
-                   "hyper-parameters without looking at the evaluation file")
+                   "'tinystories' is the old name of this choice), or held-out teacher-generated text "
+                   "(another seed) - use this one to choose hyper-parameters without looking at the "
+                   "evaluation file")
     p.add_argument("--final-windows", type=int, default=None, help="default: every window")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="also write the distilled student as a packed checkpoint (for onebit eval ...)")
