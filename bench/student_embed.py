@@ -26,7 +26,11 @@ PRINT = "embedding.json"
 
 
 def fingerprint(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+    from onebit.distill.data import hash_tensor  # the data cache's exact-bytes hash (any dtype, bf16 too)
+
+    h = hashlib.sha256()
+    hash_tensor(h, "", t)
+    return h.hexdigest()[:16]
 
 
 def strip(ckpt: Path, out: Path) -> None:

@@ -62,16 +62,15 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
     gen = torch.Generator(device="cpu").manual_seed(seed)
     # On an accelerator the sampling stays there (its own generator, seeded from the same seed): moving
     # [b, vocab] probabilities to the host every step would cost more than the model's forward.
-    on_host = device.type == "cpu"
-    dgen = gen if on_host else torch.Generator(device=device).manual_seed(seed)
+    dgen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     out = []
     for start in tqdm(range(0, n, batch_size), desc="teacher data", disable=not progress, unit="batch"):
         b = min(batch_size, n - start)
-        ids = torch.empty(b, seqlen, dtype=torch.long)  # filled in place: no copy of the prefix per token
+        ids = torch.empty(b, seqlen, dtype=torch.long)
         ids[:, 0] = bos
         ids[:, 1] = torch.randint(0, vocab, (b,), generator=gen)
-        dev_ids = None if on_host else ids.to(device)  # filled on the device, copied back once
-        past, cur, pos = None, ids[:, :2].to(device), 2
+        ids = ids.to(device)  # filled in place where the model runs (no copy on the host), copied back once
+        past, cur, pos = None, ids[:, :2], 2
         while pos < seqlen:
             o = model(cur, **{kw: past}, use_cache=True)
             past = o.get("cache", None) if o.get("cache", None) is not None else o.get("past_key_values")
@@ -83,15 +82,11 @@ def teacher_samples(model, n: int, seqlen: int, seed: int = 0, greedy_tokens: in
                 if top_k and top_k < logits.shape[-1]:
                     kth = logits.topk(top_k, dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = torch.softmax(logits, -1)
-                nxt = sample_rows(probs.cpu(), gen) if on_host else sample_rows(probs, dgen)
-            if on_host:
-                ids[:, pos] = nxt
-            else:
-                dev_ids[:, pos] = nxt
+                nxt = sample_rows(torch.softmax(logits, -1), dgen)
+            ids[:, pos] = nxt
             cur = nxt.view(b, 1)
             pos += 1
-        out.append(ids if on_host else dev_ids.cpu())
+        out.append(ids.cpu())
     return torch.cat(out)
 
 
