@@ -413,5 +413,6 @@ def run(args) -> int:
     resumable = bcfg is None or (state_dir / STATE_NAME).is_file()
     trainer, wall = _train(args, teacher, student, qc, data, tok, tcfg, state_dir, prog, info, resumable)
     _finish(args, trainer, tcfg, qc, tok, wall, state_dir, info, blocks)
+    del trainer, student, teacher  # the (sharded) models hold the process group: drop them first
     dist.finish(info)
     return 0

@@ -254,5 +254,12 @@ def materialize(model: nn.Module) -> nn.Module:
 
 
 def finish(info: DistInfo) -> None:
+    """Leave the process group together: every rank waits for the main one (still saving), then the
+    sharded modules that hold the group are collected before it is destroyed, so no gloo worker
+    thread outlives the group into interpreter shutdown (a rank could abort there)."""
     if info.active and tdist.is_initialized():
+        import gc
+
+        tdist.barrier()
+        gc.collect()
         tdist.destroy_process_group()
