@@ -2,11 +2,12 @@
 
     python bench/calib_fit.py TEACHER STUDENT... --data-cache out/smol/data [--n 8]
 
-Scores the first ``--n`` sequences of the teacher-data cache in ``--data-cache`` (the sequences
-the block-wise stage trained on; one cache file expected there) with the teacher and each student,
-with and without their start token, and with ``--heldout N`` as many fresh teacher sequences of another
-seed (generated once, cached beside; never trained on).  A student close to the teacher here but far from it on
-WikiText-2 fits its calibration text rather than language (bench/results/blockwise_smollm2/).
+Scores the first ``--n`` sequences of the teacher-data cache in ``--data-cache`` (the sequences the
+block-wise stage trained on; one cache file expected there, or name the file) with the teacher and
+each student, with and without their start token, and with ``--heldout N`` as many fresh teacher
+sequences of another seed (generated once, cached beside; never trained on).  A student close to the
+teacher here but far from it on WikiText-2 fits its calibration text rather than language
+(bench/results/blockwise_smollm2/).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def nll(model, ids: torch.Tensor) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="the teacher first, then students")
-    p.add_argument("--data-cache", required=True, help="directory holding one teacher-data cache file")
+    p.add_argument("--data-cache", required=True,
+                   help="directory holding one teacher-data cache file, or that file itself")
     p.add_argument("--n", type=int, default=8, help="sequences scored (default %(default)s)")
     p.add_argument("--heldout", type=int, default=0, metavar="N",
                    help="also score N fresh teacher sequences (seed 1000003, cached in --data-cache/heldout)")
@@ -38,15 +40,19 @@ def main(argv=None) -> int:
     from onebit.distill.data import teacher_data
     from onebit.models import load_model
 
-    files = sorted(Path(a.data_cache).glob("teacher-*.safetensors"))
+    cache = Path(a.data_cache)
+    files = [cache] if cache.is_file() else sorted(cache.glob("teacher-*.safetensors"))
     if len(files) != 1:
-        sys.exit(f"error: expected one teacher-data cache file in {a.data_cache}, found {len(files)}")
+        sys.exit(f"error: expected one teacher-data cache file in {a.data_cache}, found {len(files)} "
+                 "(name the file)")
+    if cache.is_file():
+        cache = cache.parent
     ids = load_file(str(files[0]))["input_ids"][:a.n]
     print(f"{ids.shape[0]} x {ids.shape[1]} tokens of {files[0].name}")
     held = None
     if a.heldout:
         held = teacher_data(load_model(a.models[0]), a.heldout, ids.shape[1], seed=1_000_003,
-                            cache_dir=Path(a.data_cache) / "heldout")
+                            cache_dir=cache / "heldout")
         print(f"held out: {held.shape[0]} x {held.shape[1]} fresh teacher tokens (seed 1000003)")
     base = hbase = None
     for name in a.models:
