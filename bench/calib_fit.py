@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 def nll(model, ids: torch.Tensor) -> float:
-    logits = model(ids).logits.float()
-    return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)))
+    """Mean next-token NLL over the rows of ``ids`` (each row one window of the project's perplexity)."""
+    from onebit.eval.perplexity import perplexity
+
+    return perplexity(model, ids.reshape(-1), ids.shape[1], progress=False).nll
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ONEBIT_CACHE", Path.home() / ".cache" / "onebit")) / "distill-data"
 
 
-@torch.no_grad()
 def hash_tensor(h, name: str, t: torch.Tensor) -> None:
     """Feed ``name``, shape, dtype and the exact bytes of ``t`` to the hash ``h``.
 
@@ -42,6 +41,7 @@ def hash_tensor(h, name: str, t: torch.Tensor) -> None:
     h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
+@torch.no_grad()
 def model_fingerprint(model) -> str:
     """A short hash of a model's config and weights (every parameter's exact bytes).
 
