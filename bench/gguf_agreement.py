@@ -12,7 +12,10 @@ is the share of the difference the activation rounding explains.
 
     python bench/gguf_agreement.py                                    # stories3M + SmolLM2, PTQ
     python bench/gguf_agreement.py --models stories3m --checkpoint onebit-foldable=out/s3m-kd
-Targets (issue 16): mean KL ≤ 0.01 and top-1 ≥ 98%.
+    python bench/gguf_agreement.py --models smollm2 --approximate --methods rank \
+        --checkpoint rank=out/smol/rank-bw-1024-kd          # a method with no exact form
+Targets (issue 16): mean KL ≤ 0.01 and top-1 ≥ 98%.  Each row also has the perplexity of the
+windows' next tokens in onebit and in llama.cpp: what an approximate export costs.
 """
 from __future__ import annotations
 
@@ -85,6 +88,12 @@ def act8_hooks(model, gguf_types: dict[str, str]):
     return hooks
 
 
+def window_ppl(logits: list[torch.Tensor], windows: torch.Tensor) -> float:
+    """Perplexity of each window's next tokens under ``logits`` (one ``[seqlen, vocab]`` per window)."""
+    nll = [torch.nn.functional.cross_entropy(lg[:-1].float(), w[1:], reduction="sum") for lg, w in zip(logits, windows)]
+    return float(torch.exp(torch.stack(nll).sum() / (windows.shape[0] * (windows.shape[1] - 1))))
+
+
 def llama_cpp_logits(path: Path, windows: torch.Tensor, threads: int) -> list[torch.Tensor]:
     from llama_cpp import Llama
 
@@ -102,7 +111,8 @@ def llama_cpp_logits(path: Path, windows: torch.Tensor, threads: int) -> list[to
 
 
 def run_one(model_name: str, method: str, ckpt: str | None, fp, spec: str, windows: torch.Tensor,
-            work: Path, threads: int, embed_type: str = "f16", pad: str = "auto") -> dict:
+            work: Path, threads: int, embed_type: str = "f16", pad: str = "auto",
+            approximate: bool = False) -> dict:
     import onebit
     from onebit.export.gguf import export_gguf
     from onebit.export.spec import PRESETS, save_quantized
@@ -114,7 +124,8 @@ def run_one(model_name: str, method: str, ckpt: str | None, fp, spec: str, windo
         ckpt = save_quantized(fp, work / f"{model_name}-{method}", name, spec, tokenizer=TOKENIZERS[model_name],
                               overwrite=True, **kw)
     gguf_path = work / f"{model_name}-{method}.gguf"
-    summary = export_gguf(ckpt, gguf_path, overwrite=True, embed_type=embed_type, pad=pad)
+    summary = export_gguf(ckpt, gguf_path, overwrite=True, embed_type=embed_type, pad=pad,
+                          approximate=approximate)
     model = onebit.load(ckpt).float().eval()
     dense = dense_model_from_gguf(gguf_path, model.config)
     types = {t.name: t.type_name for t in read_gguf_header(gguf_path).tensors}
@@ -135,6 +146,7 @@ def run_one(model_name: str, method: str, ckpt: str | None, fp, spec: str, windo
             "embed_type": types.get("token_embd.weight"),
             "linear_types": sorted({t for n, t in types.items() if n.startswith("blk.") and "norm" not in n}),
             "bits_end_to_end": round(summary.bits_per_weight(), 4),
+            "ppl_onebit": window_ppl(ref, windows), "ppl_llama_cpp": window_ppl(lcpp, windows),
             "kl": kl, "top1": top1, "kl_act8_sim": kl_sim, "top1_act8_sim": top1_sim, "kl_sim_vs_llama_cpp": kl_rest}
 
 
@@ -150,6 +162,8 @@ def main() -> int:
                     help="use this trained checkpoint for METHOD (with a single --models)")
     ap.add_argument("--embed-type", default="f16", help="onebit export --embed-type (default: %(default)s)")
     ap.add_argument("--pad", default="auto", choices=["auto", "on", "off"], help="onebit export --pad")
+    ap.add_argument("--approximate", action="store_true",
+                    help="onebit export --approximate (methods with no exact llama.cpp form)")
     ap.add_argument("--windows", type=int, default=4, help="windows per model (default 4)")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
@@ -174,12 +188,13 @@ def main() -> int:
             for method in args.methods.split(","):
                 t0 = time.perf_counter()
                 r = run_one(mname, method, ckpts.get(method), fp, spec, w, Path(tmp), args.threads,
-                            args.embed_type, args.pad)
+                            args.embed_type, args.pad, args.approximate)
                 r["seconds"] = round(time.perf_counter() - t0, 1)
                 rows.append(r)
                 ok = "ok" if r["kl"] <= 0.01 and r["top1"] >= 0.98 else "MISS"
                 print(f"{mname:10s} {method:16s} {'/'.join(r['linear_types']):16s} emb {r['embed_type']:5s} "
-                      f"{r['bits_end_to_end']:6.3f} b/w  KL {r['kl']:.5f}  top-1 {r['top1']:.4f}  "
+                      f"{r['bits_end_to_end']:6.3f} b/w  ppl onebit {r['ppl_onebit']:.2f} llama.cpp "
+                      f"{r['ppl_llama_cpp']:.2f}  KL {r['kl']:.5f}  top-1 {r['top1']:.4f}  "
                       f"| act8 sim: KL {r['kl_act8_sim']:.5f} top-1 {r['top1_act8_sim']:.4f}  "
                       f"sim vs llama.cpp KL {r['kl_sim_vs_llama_cpp']:.5f}  [{ok}]", flush=True)
     if args.json:

@@ -205,3 +205,67 @@ def test_a_checkpoint_with_lora_adapters_is_refused(tmp_path, s3m_checkpoints):
     with pytest.raises(OneBitError, match="LoRA adapters"):
         export_gguf(tmp_path / "ft", tmp_path / "x.gguf")
     assert list(tmp_path.glob("*.gguf")) == [] and list(tmp_path.glob(".x.gguf*")) == []
+
+
+# ------------------------------------------------------------ rank-k and MoS: --approximate only
+def _tie_to_rank_1(model, mos: bool):
+    """Make every rank-k / MoS layer of ``model`` a foldable OneBit layer in disguise: one scale
+    component (or all experts equal), input scales shared by q/k/v and by gate/up, and o_proj's
+    equal across the query heads of a KV group.  The approximate export is then exact."""
+    cfg = model.config
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    hd = cfg.hidden_size // heads
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            groups = [[a.q_proj, a.k_proj, a.v_proj], [m.gate_proj, m.up_proj], [a.o_proj], [m.down_proj]]
+            for mods in groups:
+                # uneven input scales (a random init's are nearly flat), some negative
+                g = mods[0].g[0].float() * torch.randn(mods[0].in_features, generator=gen).mul(0.7).exp()
+                g[::7] *= -1
+                if mods[0] is a.o_proj:          # equal within each KV group
+                    g = g.reshape(kv, heads // kv, hd).mean(1, keepdim=True).expand(-1, heads // kv, -1).reshape(-1)
+                for mod in mods:
+                    h = mod.h[0].float().clone()
+                    if mos:                      # every expert the same: the router cannot matter
+                        mod.g.copy_(g.expand_as(mod.g))
+                        mod.h.copy_(h.expand_as(mod.h))
+                        mod.router.copy_(torch.randn(mod.router.shape, generator=gen))
+                    else:
+                        mod.g.zero_()
+                        mod.h.zero_()
+                        mod.g[0] = g
+                        mod.h[0] = h
+
+
+@pytest.mark.parametrize("method,kw", [("onebit-rank", {"rank": 2}), ("onebit-mos", {"experts": 3})])
+def test_rank_and_mos_export_only_approximately(tmp_path, tiny128, method, kw):
+    import onebit
+    from onebit.formats.checkpoint import save_checkpoint
+    from onebit.models import load_model, load_tokenizer
+
+    ck = make_checkpoint(load_model(tiny128), tmp_path / "ck", method, tiny128, **kw)
+    with pytest.raises(OneBitError, match="--approximate"):
+        export_gguf(ck, tmp_path / "x.gguf")
+    assert list(tmp_path.glob("*.gguf")) == [] and list(tmp_path.glob(".x.gguf*")) == []
+
+    # a general rank-2 / MoS layer: every linear in Q1_0, the approximation named in the notes
+    s = export_gguf(ck, tmp_path / "a.gguf", approximate=True, embed_type="f32")
+    assert {t for n, t, *_ in s.tensors if n.startswith("blk.") and "norm" not in n} == {"q1_0"}
+    assert any(n.startswith("approximate") for n in s.notes)
+
+    # rank 1 in disguise, tied as --foldable ties: the export computes what onebit computes
+    model = onebit.load(ck).eval()
+    _tie_to_rank_1(model, mos=method == "onebit-mos")
+    save_checkpoint(model, tmp_path / "tied", source=tiny128, tokenizer=load_tokenizer(tiny128))
+    model = onebit.load(tmp_path / "tied").float().eval()
+    export_gguf(tmp_path / "tied", tmp_path / "t.gguf", approximate=True, embed_type="f32")
+    dense = dense_model_from_gguf(tmp_path / "t.gguf", model.config)
+    ids = torch.randint(3, 4000, (1, 32), generator=torch.Generator().manual_seed(0))
+    a, b = _logits(model, ids), _logits(dense, ids)
+    assert (a - b).abs().max().item() < 2e-3 * a.abs().max().item()
+    # and the untied layers of the general checkpoint are not: the test can tell
+    general = onebit.load(ck).float().eval()
+    dense_a = dense_model_from_gguf(tmp_path / "a.gguf", general.config)
+    assert (_logits(general, ids) - _logits(dense_a, ids)).abs().max().item() > 1e-2 * a.abs().max().item()

@@ -29,8 +29,11 @@ def register(sub) -> None:
                    "(exact; default: for 1-bit methods when it makes the file smaller, e.g. SmolLM2's "
                    "576 -> 640)")
     p.add_argument("--approximate", action="store_true",
-                   help="OneBit without --foldable ties: fold the mean input scale (not exact; measure "
-                   "it with bench/gguf_agreement.py)")
+                   help="write checkpoints with no exact llama.cpp form, approximately (measure the cost "
+                   "with bench/gguf_agreement.py --approximate): OneBit without --foldable ties (the mean "
+                   "input scale is folded); onebit-rank and onebit-mos (the effective weight over a "
+                   "folded input profile, as signs with one scale per block; MoS: the uniform mixture "
+                   "of its experts)")
     p.add_argument("--tensors", action="store_true", help="list every tensor in the summary")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_common(p)

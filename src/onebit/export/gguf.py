@@ -12,6 +12,13 @@ ternary                            TQ2_0, else Q2_0
 rtn / gptq, 4 or 8 bit, sym, g32   Q4_0 / Q8_0
 =================================  ============================================
 
+Approximate (``--approximate``): OneBit without ``--foldable`` ties (the mean input scale is
+folded), and the richer scales no llama.cpp type holds — rank-k (``onebit-rank``) and mixture of
+scales (``onebit-mos``, its router's token-adaptive mixture replaced by the uniform one, the
+router's neutral point).  Their effective weight is divided by an input-channel profile (folded
+like OneBit's ``g``) and written as signs with one least-squares scale per block of the weight
+type (128 for Q1_0): what the block scales cannot follow along a row is the approximation.
+
 OneBit's input scales are folded (``onebit.methods.foldable``): the shared ``g`` of q/k/v into
 the attention norm's weight, that of gate/up into the MLP norm's weight, o_proj's into v_proj's
 row scales and down_proj's into up_proj's.  llama.cpp's Llama graph wants the q/k rows
@@ -30,13 +37,16 @@ import torch
 from ..errors import OneBitError
 from ..formats import gguf_blocks as gb
 from ..formats.checkpoint import is_packed_checkpoint
+from ..formats.packing import unpack_signs
 from ..loading import load_checkpoint
 from ..methods.foldable import group_mean, group_spread, kv_groups
 from ..models import check_model_spec, gguf_source, load_model
 from ..nn.bitnet_linear import BinaryLinear, TernaryLinear
 from ..nn.block_sign_linear import BlockSignLinear
+from ..nn.mos_linear import MoSLinear
 from ..nn.onebit_linear import OneBitLinear
 from ..nn.quant_linear import QuantLinear
+from ..nn.rank_linear import RankScaleLinear
 from . import weights as W
 from .spec import EMBED_FALLBACK, EMBED_TYPES, EXPORTABLE, WEIGHT_TYPES
 from .tokenizer import add_tokenizer
@@ -46,6 +56,8 @@ log = logging.getLogger("onebit")
 ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 SIGN_METHODS = ("onebit", "q1_0", "bitnet")
 EXPORT_METHODS = ("onebit", "q1_0", "bitnet", "ternary", "rtn", "gptq", "none")
+#: methods written only with --approximate (signs + refit block scales), and what they lose there
+APPROX_METHODS = {"onebit-rank": "its rank-k scales", "onebit-mos": "its token-adaptive mixture of scales"}
 FILE_TYPES = {"q1_0": 40, "q2_0": 41, "tq2_0": 37, "q4_0": 2, "q8_0": 7, "q6_k": 18, "f16": 1, "f32": 0}
 LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
            "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -92,6 +104,28 @@ class ExportSummary:
         return "\n".join(lines)
 
 
+RICH = (RankScaleLinear, MoSLinear)
+
+
+@torch.no_grad()
+def effective_weight(m) -> torch.Tensor:
+    """The dense fp32 weight a rank-k layer computes with; for a mixture of scales, the one of the
+    uniform mixture of its experts (its router's neutral point: a zero input)."""
+    if isinstance(m, RankScaleLinear):
+        return m.dense_weight(torch.float32)
+    s = unpack_signs(m.weight_packed, m.in_features, torch.float32)
+    return s * (m.h.float().mean(0)[:, None] * m.g.float().mean(0)[None, :])
+
+
+def group_expand(f: torch.Tensor, reader_in: int, head_dim: int) -> torch.Tensor:
+    """v_proj's per-channel factor (one per channel of each KV head) on o_proj's inputs: each
+    query head reads its KV head's channels (GQA; the inverse layout of ``group_mean``)."""
+    groups = reader_in // f.numel()
+    if groups <= 1:
+        return f
+    return f.reshape(-1, 1, head_dim).expand(-1, groups, head_dim).reshape(-1)
+
+
 def _np(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
     return t.detach().float().cpu().numpy().astype(dtype)
 
@@ -107,9 +141,14 @@ class _Exporter:
         self.qc = dict(getattr(self.cfg, "quantization_config", None) or {})
         self.method = self.qc.get("method", "none")   # "none": an unquantized model, linears in F16
         self.weight_type, self.embed_type, self.approximate = weight_type, embed_type, approximate
-        if self.method not in EXPORT_METHODS:
+        if self.method in APPROX_METHODS and not approximate:
+            raise OneBitError(
+                f"method '{self.method}' has no exact llama.cpp form ({APPROX_METHODS[self.method]} fit no "
+                "llama.cpp type); --approximate writes its effective weight as signs with one scale per "
+                "block (measure the cost with bench/gguf_agreement.py --approximate)")
+        if self.method not in EXPORT_METHODS and self.method not in APPROX_METHODS:
             raise OneBitError(f"method '{self.method}' has no exact llama.cpp form; exportable: "
-                              f"{', '.join(EXPORTABLE)}")
+                              f"{', '.join(EXPORTABLE)} (onebit-rank and onebit-mos with --approximate)")
         if self.qc.get("rotate_online"):
             raise OneBitError("a checkpoint quantized with --rotate-online does not export: its online Hadamard "
                               "on down_proj's input folds into no weight and llama.cpp has no op for it "
@@ -125,6 +164,11 @@ class _Exporter:
         self.notes: list[str] = []
         self.fallbacks: list[str] = []      # embedding types replaced (also in notes; logged)
         self.types_used: dict[str, int] = {}
+        if self.method in APPROX_METHODS:
+            self.notes.append(f"approximate: {self.method}'s effective weights as signs with one scale per "
+                              f"block of {gb.TYPES[weight_type][1]} ({APPROX_METHODS[self.method]} "
+                              "approximated" + (", the uniform mixture of its experts" if
+                                                self.method == "onebit-mos" else "") + ")")
         d = self.cfg.hidden_size
         want = pad == "on" or (pad == "auto" and weight_type == "q1_0" and self.method in SIGN_METHODS)
         self.hidden = -(-d // 128) * 128 if want and d % 128 else d
@@ -225,7 +269,21 @@ class _Exporter:
     # ------------------------------------------------------------------- fold
     def _g(self, name: str):
         m = self.module(name)
+        if isinstance(m, RICH):       # the input-channel profile of the effective weight (mean 1)
+            col = effective_weight(m).pow(2).mean(0).sqrt()
+            col = col / col.mean().clamp_min(1e-30)
+            return col.clamp_min(1e-6)
         return m.g.detach().float() if hasattr(m, "g") and hasattr(m, "weight_packed") else None
+
+    def rich_codes(self, name: str, col: torch.Tensor | None, rowf: torch.Tensor | None) -> W.Codes:
+        """A rank-k / MoS layer: its effective weight over the folded input profile ``col`` (times
+        the reader's factor ``rowf`` on its rows) as signs with block scales."""
+        w = effective_weight(self.module(name))
+        if col is not None:
+            w = w / col[None, :]
+        if rowf is not None:
+            w = w * rowf[:, None]
+        return W.dense_sign_codes(w, gb.TYPES[self.weight_type][1])
 
     def shared_g(self, names: list[str]) -> torch.Tensor | None:
         gs = [self._g(n) for n in names]
@@ -269,6 +327,11 @@ class _Exporter:
         g_mlp = self.shared_g([f"{p}.mlp.{x}_proj" for x in ("gate", "up")])
         f_o = self.reader_factor(f"{p}.self_attn.o_proj", f"{p}.self_attn.v_proj")
         f_down = self.reader_factor(f"{p}.mlp.down_proj", f"{p}.mlp.up_proj")
+        o_in = self.module(f"{p}.self_attn.o_proj").in_features
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        cols = {f"{p}.self_attn.{x}_proj": g_attn for x in "qkv"}
+        cols.update({f"{p}.mlp.gate_proj": g_mlp, f"{p}.mlp.up_proj": g_mlp, f"{p}.mlp.down_proj": f_down,
+                     f"{p}.self_attn.o_proj": None if f_o is None else group_expand(f_o, o_in, hd)})
         an = self.module(f"{p}.input_layernorm").weight.detach().float()
         fn = self.module(f"{p}.post_attention_layernorm").weight.detach().float()
         self.add_dense(f"blk.{i}.attn_norm.weight", an * g_attn if g_attn is not None else an, "f32")
@@ -278,9 +341,12 @@ class _Exporter:
             name = f"{p}.{hf}"
             mod = self.module(name)
             h = None
-            if scale_h.get(name) is not None:
-                h = mod.h.detach().float() * scale_h[name]   # the reader's g, folded in
-            c = self.codes(name, h)
+            if isinstance(mod, RICH):
+                c = self.rich_codes(name, cols[name], scale_h.get(name))
+            else:
+                if scale_h.get(name) is not None:
+                    h = mod.h.detach().float() * scale_h[name]   # the reader's g, folded in
+                c = self.codes(name, h)
             perm = None
             if self.arch == "llama" and hf in ("self_attn.q_proj", "self_attn.k_proj"):
                 perm = qk_permutation(mod.out_features, heads if "q_proj" in hf else kv)
@@ -306,7 +372,7 @@ class _Exporter:
         head = self.model.get_submodule("lm_head")
         tied = head.weight is base.embed_tokens.weight or getattr(self.cfg, "tie_word_embeddings", False)
         if not tied:
-            c = self.codes("lm_head")
+            c = self.rich_codes("lm_head", None, None) if isinstance(head, RICH) else self.codes("lm_head")
             if c is None:
                 self.add_dense("output.weight", head.weight, self.embed_type)
             else:

@@ -80,6 +80,23 @@ def onebit_codes(mod, h: torch.Tensor | None = None) -> Codes:
     return Codes(s, hh[:, None], mod.in_features, "sign")
 
 
+def dense_sign_codes(w: torch.Tensor, block: int) -> Codes:
+    """Any dense weight ``[rows, cols]`` approximated as signs with one scale per block of ``block``
+    weights of a row: ``sign(w)`` and the mean ``|w|`` of the block (the least-squares scale for
+    those signs), fp16-rounded.  The approximate form of layers whose scales no llama.cpp type
+    holds (rank-k, mixture of scales)."""
+    w = w.detach().float().cpu()
+    rows, cols = w.shape
+    nb = -(-cols // block)
+    pad = nb * block - cols
+    sums = torch.nn.functional.pad(w.abs(), (0, pad)).reshape(rows, nb, block).sum(-1)
+    counts = torch.full((nb,), float(block))
+    counts[-1] = block - pad
+    d = (sums / counts).to(torch.float16).float().numpy()
+    v = torch.where(w >= 0, 1, -1).to(torch.int8).numpy()
+    return Codes(v, d, block, "sign")
+
+
 def block_sign_codes(mod) -> Codes:
     s = unpack_signs(mod.weight_packed, mod.in_features, torch.float32).to(torch.int8).numpy()
     return Codes(s, _f16(mod.scales), mod.group_size, "sign")
