@@ -144,8 +144,9 @@ class _Exporter:
         if self.method in APPROX_METHODS and not approximate:
             raise OneBitError(
                 f"method '{self.method}' has no exact llama.cpp form ({APPROX_METHODS[self.method]} fit no "
-                "llama.cpp type); --approximate writes its effective weight as signs with one scale per "
-                "block (measure the cost with bench/gguf_agreement.py --approximate)")
+                "llama.cpp type); train the student with --foldable or --method q1_0 to export it exactly "
+                "(--approximate writes signs with one scale per block, which ruined trained SmolLM2 "
+                "students: docs/export.md)")
         if self.method not in EXPORT_METHODS and self.method not in APPROX_METHODS:
             raise OneBitError(f"method '{self.method}' has no exact llama.cpp form; exportable: "
                               f"{', '.join(EXPORTABLE)} (onebit-rank and onebit-mos with --approximate)")
