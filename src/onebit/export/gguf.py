@@ -384,7 +384,7 @@ class _Exporter:
                               "llama.cpp quantizes them in its own 8-bit blocks inside the dot products")
 
     def metadata(self, writer, name: str) -> None:
-        cfg, a = self.cfg, self.arch
+        cfg = self.cfg
         heads = cfg.num_attention_heads
         hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         writer.add_name(name)
