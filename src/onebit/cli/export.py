@@ -34,7 +34,7 @@ def register(sub) -> None:
                    "input scale is folded); onebit-rank and onebit-mos (the effective weight over a "
                    "folded input profile, as signs with one scale per block; MoS: the uniform mixture "
                    "of its experts). Measured on trained SmolLM2 students it multiplies perplexity "
-                   "100-4000x (docs/export.md): train with --foldable or --method q1_0 instead")
+                   "120-4300x (docs/export.md): train with --foldable or --method q1_0 instead")
     p.add_argument("--tensors", action="store_true", help="list every tensor in the summary")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_common(p)
