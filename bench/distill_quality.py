@@ -133,6 +133,10 @@ def main(argv=None) -> int:
     p.add_argument("--polish-alpha", type=float, default=0.0)
     p.add_argument("--polish-min-lr-ratio", type=float, default=1.0,
                    help="cosine floor of the polish stage's lr (default 1: constant)")
+    p.add_argument("--average-last", type=float, default=0.0, metavar="FRAC",
+                   help="average the parameters over the last FRAC of the last stage's steps (SWA, "
+                   "onebit.distill.averaging); the final scores are given with and without the average "
+                   "(default: 0, off)")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--eval-data", default="tinystories",
@@ -216,13 +220,17 @@ def main(argv=None) -> int:
                       temperature=a.temperature, lm_weight=a.lm_weight, warmup=a.warmup,
                       min_lr_ratio=a.min_lr_ratio, eval_every=a.eval_every, eval_windows=a.eval_windows,
                       latent_clip=a.latent_clip, reset_every=a.reset_every, bf16=a.bf16,
-                      compile=a.compile)
+                      compile=a.compile, average_last=0.0 if a.polish else a.average_last)
     rows = []
     f = open(csv_path, "w", newline="")
     w = csv.DictWriter(f, ["step", "tokens", "wall_s", "ppl_student", "ppl_teacher", "ratio", "windows"])
     w.writeheader()
 
     def on_eval(r):
+        if r.get("averaged") is False:  # the last step before averaging: its final scores come at the end
+            print(f"step {r['step']:4d}  before averaging: ppl {r['ppl']:10.3f}  ({r['ppl'] / t_ppl:.2f}x teacher)",
+                  flush=True)
+            return
         row = {"step": r["step"], "tokens": r["tokens"], "wall_s": r["wall"], "ppl_student": round(r["ppl"], 4),
                "ppl_teacher": round(t_ppl, 4), "ratio": round(r["ppl"] / t_ppl, 4), "windows": a.eval_windows}
         rows.append(row)
@@ -251,7 +259,8 @@ def main(argv=None) -> int:
                          "wall": r["wall"] + first.elapsed})
 
         tr = polish_stage(first, polish, lr=a.polish_lr, alpha=a.polish_alpha, min_lr_ratio=a.polish_min_lr_ratio,
-                          reset_every=a.polish_reset_every, modules=qc["modules"], on_eval=on_eval2,
+                          reset_every=a.polish_reset_every, average_last=a.average_last, modules=qc["modules"],
+                          on_eval=on_eval2,
                           time_limit=a.minutes * 60 - (time.perf_counter() - t_begin))
         done = (first.step, first.tokens, first.elapsed)
     else:
@@ -260,7 +269,7 @@ def main(argv=None) -> int:
     if tr.step < tr.cfg.steps:  # stopped by the time budget: one last point
         print(f"the --minutes budget stopped training {tr.cfg.steps - tr.step} steps before the planned "
               f"end of this stage", flush=True)
-        tr._record_eval()
+        tr.finish()
     n_steps, n_tokens, t_train = tr.step + done[0], tr.tokens + done[1], tr.elapsed + done[2]
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else machine_line()
     plot(rows, t_ppl, png_path, f"{Path(a.model).name} → {a.method}, {where}",
@@ -271,7 +280,15 @@ def main(argv=None) -> int:
         fs = perplexity(student, ids, seq, fw, progress=False).ppl
         ft = perplexity(teacher, ids, seq, fw, progress=False).ppl
         n = ids.numel() // seq if fw is None else fw
-        print(f"final ({n} windows x {seq}, {name}): teacher {ft:.3f}, student {fs:.3f} "
+        what_s = "student"
+        if tr.replaced is not None:  # averaged: score the last step's parameters too, then put the mean back
+            tr.replaced.swap()
+            fr = perplexity(student, ids, seq, fw, progress=False).ppl
+            tr.replaced.swap()
+            print(f"final ({n} windows x {seq}, {name}): the last step's parameters {fr:.3f} = {fr / ft:.2f}x",
+                  flush=True)
+            what_s = f"student averaged over its last {tr.replaced.count} steps"
+        print(f"final ({n} windows x {seq}, {name}): teacher {ft:.3f}, {what_s} {fs:.3f} "
               f"= {fs / ft:.2f}x after {n_steps} steps, {n_tokens:,d} tokens, {t_train / 60:.1f} min training "
               f"(+{t_data / 60:.1f} min teacher data; {t_total / 60:.1f} min in all, evaluations and step timing "
               "included)", flush=True)

@@ -38,6 +38,13 @@ def test_distill_writes_a_checkpoint_the_other_commands_read(stories260k, tmp_pa
     assert main(["distill", stories260k, str(tmp_path / "kd2"), "--student", str(out), "--data-cache", cache,
                  "--alpha", "0", "--reset-every", "2", "--compile", *SMALL]) == 0
     assert (tmp_path / "kd2" / "model.safetensors").is_file()
+    # the same with the parameters averaged over the last half of the steps: both scores reported
+    assert main(["distill", stories260k, str(tmp_path / "kd3"), "--student", str(out), "--data-cache", cache,
+                 "--alpha", "0", "--average-last", "0.5", "--eval-data", "tinystories", "--eval-windows", "2",
+                 "--eval-seqlen", "64", *SMALL]) == 0
+    so = capsys.readouterr().out
+    assert "the last step's parameters:" in so and "saved: the averaged ones" in so
+    assert (tmp_path / "kd3" / "model.safetensors").is_file()
 
 
 def test_stop_and_resume_via_cli(stories260k, tmp_path, cache, capsys):
@@ -70,6 +77,8 @@ def test_bad_inputs(stories260k, stories3m, data_dir, tmp_path, cache, capsys):
     assert "multiple" in _err(capsys)
     assert main(["distill", *base, "--reset-every", "-1"]) == 2
     assert "--reset-every" in _err(capsys)
+    assert main(["distill", *base, "--average-last", "2"]) == 2
+    assert "--average-last" in _err(capsys)
     assert main(["distill", *base, "--gen-batch-size", "0"]) == 2
     assert "--gen-batch-size" in _err(capsys)
 

@@ -77,6 +77,10 @@ def register(sub) -> None:
                    help="every K steps reset each latent weight to sign(W) x |h g^T| (same signs and forward; "
                    "latents near zero stop flipping back and forth) - helps the polish stage, see the "
                    "docs/distillation.md (0 disables; default: %(default)s)")
+    t.add_argument("--average-last", type=float, default=0.0, metavar="FRAC",
+                   help="average the trained parameters over the last FRAC of the steps (SWA; for a 1-bit "
+                   "latent, a vote over its recent signs) and save the average; with --eval-data both are "
+                   "scored (0 disables; default: %(default)s)")
     t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA, off on CPU; on a CPU with AVX512-BF16 it is "
                    "1.55x faster per step for stories3M: bench/distill_speed.py)")
@@ -225,7 +229,7 @@ def _check(args):
                        kd=args.kd, alpha=args.kd_alpha, lm_weight=args.lm_weight, seed=args.train_seed,
                        eval_every=args.eval_every, eval_windows=args.eval_windows,
                        save_every=args.save_every, latent_clip=args.latent_clip,
-                       reset_every=args.reset_every, bf16=args.bf16,
+                       reset_every=args.reset_every, average_last=args.average_last, bf16=args.bf16,
                        compile=args.compile)
     tcfg.validate()
     return cfg_q, bcfg, tcfg, state_dir
@@ -327,8 +331,10 @@ def _train(args, teacher, student, qc, data, tok, tcfg, state_dir: Path, prog: b
         eval_ids = tokenize_text(tok, load_text(args.eval_data))
     trainer = Trainer(teacher, student, data, tcfg, trainable, str(state_dir), eval_ids, args.eval_seqlen,
                       prog, info, args.strategy,
-                      on_eval=lambda r: log.info("step %d (%d tokens, %.0fs): eval ppl %.3f",
-                                                 r["step"], r["tokens"], r["wall"], r["ppl"]))
+                      on_eval=lambda r: log.info("step %d (%d tokens, %.0fs): eval ppl %.3f%s",
+                                                 r["step"], r["tokens"], r["wall"], r["ppl"],
+                                                 {True: " (averaged parameters)", False: " (before averaging)"}
+                                                 .get(r.get("averaged"), "")))
     if args.resume and resumable:
         trainer.load_state(state_dir)
     comm = dist.compress_gradients(trainer.model, info, args.strategy, args.grad_compression, args.powersgd_rank)
@@ -363,6 +369,8 @@ def _finish(args, trainer, tcfg, qc, tok, wall: float, state_dir: Path, info, bl
     evals = [h for h in trainer.history if "ppl" in h]
     msg = f"; eval ppl {evals[0]['ppl']:.2f} -> {evals[-1]['ppl']:.2f}" if len(evals) > 1 else \
         (f"; eval ppl {evals[-1]['ppl']:.2f}" if evals else "")
+    if len(evals) > 1 and evals[-1].get("averaged"):
+        msg += f" (the last step's parameters: {evals[-2]['ppl']:.2f}; saved: the averaged ones)"
     print(f"distilled {args.teacher} -> {args.out}: {trainer.step} steps, {trainer.tokens:,d} tokens "
           f"in {wall:.0f}s{msg}")
     print(f"{s['quantized_modules']} linear layers at {s['bits_per_linear_weight']:.4f} bits/weight")

@@ -27,13 +27,15 @@ from .trainer import TrainConfig, Trainer
 
 
 def polish(trainer: Trainer, steps: int, lr: float = 5e-4, alpha: float = 0.0, min_lr_ratio: float = 1.0,
-           warmup: int = 10, reset_every: int = 0, modules=None, time_limit: float | None = None, **trainer_kw) -> Trainer:
+           warmup: int = 10, reset_every: int = 0, average_last: float = 0.0, modules=None,
+           time_limit: float | None = None, **trainer_kw) -> Trainer:
     """Run the polish stage after ``trainer`` finished; return the new stage's trainer (one process;
     under torchrun use the two-command form above).
 
     ``modules``: the quantized modules to reset (default: the modules that own
     ``trainer.trainable`` matrices).  The new stage draws its batches with
-    ``seed + 1``; ``trainer_kw`` go to :class:`Trainer` (``eval_ids``,
+    ``seed + 1``; ``average_last`` averages its parameters over that last
+    fraction of its steps (:mod:`.averaging`); ``trainer_kw`` go to :class:`Trainer` (``eval_ids``,
     ``on_eval``, ``progress``...; by default the first stage's evaluation
     text, window length and progress setting).
     """
@@ -43,7 +45,7 @@ def polish(trainer: Trainer, steps: int, lr: float = 5e-4, alpha: float = 0.0, m
     reset_latents(student, modules)
     cfg: TrainConfig = dataclasses.replace(trainer.cfg, steps=steps, lr=lr, lr_vectors=None, alpha=alpha,
                                            warmup=warmup, min_lr_ratio=min_lr_ratio, seed=trainer.cfg.seed + 1,
-                                           reset_every=reset_every)
+                                           reset_every=reset_every, average_last=average_last)
     kw = dict(eval_ids=trainer.eval_ids, eval_seqlen=trainer.eval_seqlen, progress=trainer.progress,
               info=trainer.info, strategy=trainer.strategy)
     kw.update(trainer_kw)

@@ -35,6 +35,7 @@ from ..eval.perplexity import perplexity
 from ..fileio import atomic_write
 from ..progress import Progress as tqdm
 from . import dist
+from .averaging import ParamAverage, start_step, trainable_params
 from .data import batch_indices
 from .losses import KD_KINDS, distill_loss
 from .student import param_groups, reset_latents, trained_modules
@@ -44,7 +45,7 @@ log = logging.getLogger("onebit")
 STATE_NAME = "state.pt"
 #: settings a resumed run must share with the run that wrote the checkpoint
 RESUME_KEYS = ("batch_size", "seed", "steps", "lr", "lr_vectors", "warmup", "latent_clip", "reset_every",
-               "method_hash")
+               "average_last", "method_hash")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     latent_clip: float = 0.0       # clamp latent matrices to ±c·mean|W₀| after each step (0 disables)
     reset_every: int = 0           # reset the latents (student.reset_latents) every k steps (0 disables)
+    average_last: float = 0.0      # average the trainable parameters over this last fraction of the steps (0: off)
     warmup: int = 10               # linear warmup steps, then cosine to min_lr_ratio · lr
     min_lr_ratio: float = 0.0
     clip: float = 1.0              # global grad-norm clip (0 disables)
@@ -86,6 +88,8 @@ class TrainConfig:
             raise OneBitError(f"--reset-every must be >= 0 (0 disables), got {self.reset_every}")
         if self.latent_clip < 0:
             raise OneBitError(f"--latent-clip must be >= 0 (0 disables), got {self.latent_clip}")
+        if not 0 <= self.average_last <= 1:
+            raise OneBitError(f"--average-last must be in [0, 1] (0 disables), got {self.average_last}")
 
 
 def latent_bounds(opt: torch.optim.Optimizer, c: float) -> list[tuple[torch.Tensor, float]]:
@@ -170,6 +174,10 @@ class Trainer:
             raise OneBitError("--reset-every is not supported with --strategy fsdp (use ddp)")
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.history: list[dict] = []
+        self.average_from = start_step(c.steps, c.average_last)
+        self.average = ParamAverage(trainable_params(dist.unwrap(self.model), self.trainable)) \
+            if c.average_last else None
+        self.replaced: ParamAverage | None = None  # after finish(): holds the last step's parameters
         self.bf16 = c.bf16 if c.bf16 is not None else info.device.type == "cuda"
         # torch.compile fuses the elementwise work (STE, g/h scaling, RoPE, the log-softmaxes over the
         # vocabulary) that dominates a small model's step: 1.6x faster per step for stories3M on the CPU
@@ -211,6 +219,7 @@ class Trainer:
             "config": json.dumps(dataclasses.asdict(self.cfg), sort_keys=True),
             "history": json.dumps(self.history),
             "bounds": json.dumps([b for _, b in self.bounds]),
+            "average": self.average.state_dict() if self.average is not None else {},
         }
         atomic_write(self.state_file, lambda tmp: torch.save(state, tmp))
 
@@ -229,8 +238,9 @@ class Trainer:
             raise CheckpointError(f"cannot resume: '{f}' is not a readable training checkpoint "
                                   f"({type(e).__name__})")
         mine = self._fixed()
+        defaults = dataclasses.asdict(TrainConfig())
         for k in mine:
-            if fixed.get(k) != mine[k]:
+            if fixed.get(k, defaults.get(k)) != mine[k]:  # a key added since the checkpoint: its default
                 raise CheckpointError(f"cannot resume from '{f}': it was written with {k} = {fixed.get(k)}, "
                                       f"this run has {mine[k]}")
         own = dict(dist.unwrap(self.model).named_parameters())
@@ -249,6 +259,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step, self.elapsed, self.tokens = int(state["step"]), float(state["elapsed"]), int(state["tokens"])
         self.history = json.loads(state["history"])
+        if self.average is not None:
+            self.average.load_state_dict(state.get("average", {}))
         bounds = json.loads(state.get("bounds", "[]"))
         if len(bounds) == len(self.bounds):  # the bounds of the run that wrote it (from its initial latents)
             self.bounds = [(p, b) for (p, _), b in zip(self.bounds, bounds)]
@@ -292,10 +304,26 @@ class Trainer:
         clamp_latents(self.bounds)
         self.sched.step()
         self.step += 1
+        if self.average is not None and self.step > self.average_from:
+            self.average.update()
         if self.reset_modules and self.step % self.cfg.reset_every == 0 and self.step < self.cfg.steps:
             reset_latents(dist.unwrap(self.model), self.reset_modules)
         self.tokens += self.cfg.batch_size * self.data.shape[1]
         return {k: float(dist.mean(self.info, v)) for k, v in parts.items()}
+
+    def finish(self) -> None:
+        """The last step's evaluation (called by :meth:`train` at ``cfg.steps``; call it yourself when a
+        time budget ends training early).  With ``average_last``, the average then replaces the
+        parameters, once (the state saved after it holds the averaged student and no further mean), and
+        is scored too; ``self.replaced.swap()`` brings the last step's parameters back (and again the mean)."""
+        if self.average is None or not self.average.count:
+            self._record_eval()
+            return
+        self._record_eval(averaged=False)
+        self.average.swap()
+        log.info("parameters replaced by their mean over the last %d steps", self.average.count)
+        self.replaced, self.average = self.average, None
+        self._record_eval(averaged=True)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
@@ -306,7 +334,7 @@ class Trainer:
         r = perplexity(m, self.eval_ids, self.eval_seqlen, self.cfg.eval_windows, progress=False)
         return r.ppl
 
-    def _record_eval(self) -> None:
+    def _record_eval(self, **extra) -> None:
         if self.eval_ids is None:
             return
         if not (self.info.main or dist.sharded(self.info, self.strategy)):
@@ -314,7 +342,7 @@ class Trainer:
         ppl = self.evaluate()  # under FSDP every rank runs the forward passes (parameters are all-gathered)
         if not self.info.main:
             return
-        rec = {"step": self.step, "tokens": self.tokens, "wall": round(self.elapsed, 2), "ppl": ppl}
+        rec = {"step": self.step, "tokens": self.tokens, "wall": round(self.elapsed, 2), "ppl": ppl, **extra}
         self.history.append(rec)
         if self.on_eval:
             self.on_eval(rec)
@@ -353,7 +381,7 @@ class Trainer:
                 break
         bar.close()
         if self.step == c.steps:
-            self._record_eval()
+            self.finish()
         self.save_state()
         dist.barrier(self.info)
         return self.history
