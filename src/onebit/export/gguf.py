@@ -141,6 +141,7 @@ class _Exporter:
         self.qc = dict(getattr(self.cfg, "quantization_config", None) or {})
         self.method = self.qc.get("method", "none")   # "none": an unquantized model, linears in F16
         self.weight_type, self.embed_type, self.approximate = weight_type, embed_type, approximate
+        self._effective: dict[str, torch.Tensor] = {}
         if self.method in APPROX_METHODS and not approximate:
             raise OneBitError(
                 f"method '{self.method}' has no exact llama.cpp form ({APPROX_METHODS[self.method]} fit no "
@@ -249,13 +250,19 @@ class _Exporter:
         self.types_used[typ] = self.types_used.get(typ, 0) + 1
         self.tensors.append((gname, raw, codes.shape, typ, n))
 
-    def codes(self, name: str, h=None) -> W.Codes | None:
+    def codes(self, name: str, rowf: torch.Tensor | None = None, col: torch.Tensor | None = None) -> W.Codes | None:
+        """The codes of layer ``name`` (``None``: a plain Linear, written dense).  ``rowf``: the
+        reader's input scale folded into this layer's output rows (OneBit: ``h · rowf``); ``col``: the
+        folded input profile a rank-k / MoS layer's effective weight is divided by (OneBit's own
+        ``g`` folds exactly and is not divided out here)."""
         m = self.module(name)
+        if isinstance(m, RICH):
+            return self.rich_codes(name, col, rowf)
         if isinstance(m, OneBitLinear):
             if m.layernorm:
                 raise OneBitError("OneBit with --layernorm does not export (the LayerNorm on each "
                                   "layer's output has no place in llama.cpp's graph)")
-            return W.onebit_codes(m, h)
+            return W.onebit_codes(m, None if rowf is None else m.h.detach().float() * rowf)
         if isinstance(m, BlockSignLinear):
             return W.block_sign_codes(m)
         if isinstance(m, (BinaryLinear, TernaryLinear)):
@@ -271,15 +278,21 @@ class _Exporter:
     def _g(self, name: str):
         m = self.module(name)
         if isinstance(m, RICH):       # the input-channel profile of the effective weight (mean 1)
-            col = effective_weight(m).pow(2).mean(0).sqrt()
+            col = self.effective(name).pow(2).mean(0).sqrt()
             col = col / col.mean().clamp_min(1e-30)
             return col.clamp_min(1e-6)
         return m.g.detach().float() if hasattr(m, "g") and hasattr(m, "weight_packed") else None
 
+    def effective(self, name: str) -> torch.Tensor:
+        """A rank-k / MoS layer's effective weight, computed once per export."""
+        if name not in self._effective:
+            self._effective[name] = effective_weight(self.module(name))
+        return self._effective[name]
+
     def rich_codes(self, name: str, col: torch.Tensor | None, rowf: torch.Tensor | None) -> W.Codes:
         """A rank-k / MoS layer: its effective weight over the folded input profile ``col`` (times
         the reader's factor ``rowf`` on its rows) as signs with block scales."""
-        w = effective_weight(self.module(name))
+        w = self.effective(name)
         if col is not None:
             w = w / col[None, :]
         if rowf is not None:
@@ -322,6 +335,7 @@ class _Exporter:
     def layer(self, i: int, prefix: str) -> None:
         cfg = self.cfg
         p = f"{prefix}.{i}"
+        self._effective.clear()  # one layer's effective weights at a time
         heads = cfg.num_attention_heads
         kv = getattr(cfg, "num_key_value_heads", None) or heads
         g_attn = self.shared_g([f"{p}.self_attn.{x}_proj" for x in "qkv"])
@@ -341,13 +355,7 @@ class _Exporter:
         for hf, gg in LINEARS.items():
             name = f"{p}.{hf}"
             mod = self.module(name)
-            h = None
-            if isinstance(mod, RICH):
-                c = self.rich_codes(name, cols[name], scale_h.get(name))
-            else:
-                if scale_h.get(name) is not None:
-                    h = mod.h.detach().float() * scale_h[name]   # the reader's g, folded in
-                c = self.codes(name, h)
+            c = self.codes(name, scale_h.get(name), cols[name])  # the reader's g folded into the rows
             perm = None
             if self.arch == "llama" and hf in ("self_attn.q_proj", "self_attn.k_proj"):
                 perm = qk_permutation(mod.out_features, heads if "q_proj" in hf else kv)
@@ -373,7 +381,7 @@ class _Exporter:
         head = self.model.get_submodule("lm_head")
         tied = head.weight is base.embed_tokens.weight or getattr(self.cfg, "tie_word_embeddings", False)
         if not tied:
-            c = self.rich_codes("lm_head", None, None) if isinstance(head, RICH) else self.codes("lm_head")
+            c = self.codes("lm_head")
             if c is None:
                 self.add_dense("output.weight", head.weight, self.embed_type)
             else:

@@ -194,8 +194,8 @@ void check_args(const at::Tensor& x, const at::Tensor& packed, int64_t K, int64_
 // thread, blocks of 64 weight rows x 8 x rows, so that a weight block stays in L1/L2 while every
 // x row uses it (without this, each x row streams the whole weight matrix again).
 template <typename F>
-void blocked(int64_t M, int64_t N, const F& f) {
-  at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+void blocked(int64_t M, int64_t N, int64_t KB, const F& f) {
+  at::parallel_for(0, (N + 15) / 16, par_grain(16 * KB * M, 4), [&](int64_t b, int64_t e) {
     for (int64_t c0 = b; c0 < e; c0 += 4) {
       const int64_t r0 = 16 * c0, r1 = std::min(N, 16 * std::min(e, c0 + 4));
       for (int64_t m0 = 0; m0 < M; m0 += 8) f(m0, std::min<int64_t>(8, M - m0), r0, r1);
@@ -329,12 +329,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
           }
       });
       auto fn = np == 1 ? bin_bf16dp<1> : np == 2 ? bin_bf16dp<2> : bin_bf16dp<3>;
-      blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+      blocked(M, N, KB, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         fn(pp + m0 * ldp, M * ldp, mb, ldp, W, KB, r0, r1, ap + m0 * N, N);
       });
     } else if (!ternary && algo == ALGO_I8) {
       const QuantX qx = quantize_x(xp, M, ldx, K, use != ISA_SCALAR);
-      blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+      blocked(M, N, KB, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         if (use == ISA_SCALAR)
           bin_i8_scalar(qx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
         else
@@ -360,11 +360,11 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
         cs[m] = c;
         ss[m] = float(s2);
       }
-      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, (N + 15) / 16, par_grain(16 * KB * M, 4), [&](int64_t b, int64_t e) {
         bin_avx512_psum(xcp, cs.data(), ss.data(), M, ldx, W, KB, K, 16 * b, std::min(N, 16 * e), ap, N);
       });
     } else if (!ternary && algo == 2 && use == ISA_AVX512) {
-      at::parallel_for(0, (N + 15) / 16, 4, [&](int64_t b, int64_t e) {
+      at::parallel_for(0, (N + 15) / 16, par_grain(16 * KB * M, 4), [&](int64_t b, int64_t e) {
         bin_avx512(xp, M, ldx, W, KB, 16 * b, std::min(N, 16 * e), ap, N);
       });
     } else if (!ternary && algo == 1) {
@@ -383,7 +383,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
                                                                                    : bin_avx2;
       RowKernel fn = ternary ? (use == ISA_AVX512 ? ter_avx512 : use == ISA_AVX2 ? ter_avx2 : ter_scalar)
                              : (use == ISA_AVX512 ? bin_avx512_shift : use == ISA_AVX2 ? avx2 : bin_scalar);
-      blocked(M, N, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+      blocked(M, N, KB, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         fn(xp + m0 * ldx, mb, ldx, W, KB, r0, r1, ap + m0 * N, N);
       });
     }

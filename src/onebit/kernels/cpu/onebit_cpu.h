@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -49,6 +50,19 @@ inline void prefetch_ahead(const uint8_t* const* w, int64_t KB, int64_t off) {
   for (int r = 0; r < 4; ++r)
     __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(w[r]) +
                                                      uintptr_t(PREFETCH_ROWS * KB + off)), 0, 3);
+}
+
+// Grain of a parallel loop over items of `work_bytes` each (packed weight bytes x x rows): at
+// least `min_grain` items, and enough that one chunk holds ONEBIT_CPU_PAR_BYTES of work (default
+// 64 KiB), so that a small layer (a 256x2048 k/v projection at batch 1: 64 KiB) runs on the calling
+// thread instead of waking the others for a few µs of work each (a wake-up costs more than that when
+// the OpenMP spin is short: onebit.threads).  The variable is read once per process.
+inline int64_t par_grain(int64_t work_bytes, int64_t min_grain) {
+  static const int64_t par = [] {
+    const char* e = std::getenv("ONEBIT_CPU_PAR_BYTES");
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(64) * 1024;
+  }();
+  return std::max<int64_t>(min_grain, (par + std::max<int64_t>(1, work_bytes) - 1) / std::max<int64_t>(1, work_bytes));
 }
 
 inline float hsum_scalar(const float* v, int n) {

@@ -159,7 +159,7 @@ void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* ac
   // over (row block, tile), row-block-major: a thread's share is whole row blocks where there
   // are several (prefill), a share of the tiles where there is one (decode)
   const int64_t MB = std::max<int64_t>(1, (512 * 1024) / (ng * 32)), nmb = (M + MB - 1) / MB;
-  at::parallel_for(0, nmb * tiles, 4, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, nmb * tiles, par_grain(KBp * TILE * std::min(M, MB), 4), [&](int64_t b, int64_t e) {
     alignas(32) float out[TILE];
     for (int64_t i = b; i < e; ++i) {
       const int64_t mb0 = (i / tiles) * MB, t = i % tiles, rows = std::min(TILE, N - t * TILE);
