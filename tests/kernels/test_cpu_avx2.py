@@ -214,3 +214,17 @@ def test_i8_table_kernel_batches_and_cache(mod):
     r, _, _ = binary_layer(45, 1031, seed=11)
     assert_i8_close(mod.binary_linear(x, r, g, h, 1031, ISAS["avx2"], NEVER, ALGO["i8"]),
                     i8_reference(x, r, g, h, 1031))
+
+
+def test_i8_table_kernel_takes_inference_tensors(mod):
+    """A model loaded under torch.inference_mode has inference tensors, which have no version counter
+    (the table kernel's cache key): it used to raise 'Inference tensors do not track version counter'."""
+    p, g, h = binary_layer(40, 300)
+    x = make_x(2, 300, torch.float32)
+    want = mod.binary_linear(x, p, g, h, 300, ISAS["avx2"], NEVER, ALGO["i8"])
+    with torch.inference_mode():
+        pi, gi, hi, xi = p.clone(), g.clone(), h.clone(), x.clone()
+        assert pi.is_inference()
+        y = mod.binary_linear(xi, pi, gi, hi, 300, ISAS["avx2"], NEVER, ALGO["i8"])
+        assert torch.equal(y, want)
+        assert torch.equal(mod.binary_linear(xi, pi, gi, hi, 300, ISAS["avx2"], NEVER, ALGO["i8"]), want)  # cached

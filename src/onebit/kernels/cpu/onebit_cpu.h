@@ -54,13 +54,15 @@ inline void prefetch_ahead(const uint8_t* const* w, int64_t KB, int64_t off) {
 
 // Grain of a parallel loop over items of `work_bytes` each (packed weight bytes x x rows): at
 // least `min_grain` items, and enough that one chunk holds ONEBIT_CPU_PAR_BYTES of work (default
-// 64 KiB), so that a small layer (a 256x2048 k/v projection at batch 1: 64 KiB) runs on the calling
-// thread instead of waking the others for a few µs of work each (a wake-up costs more than that when
-// the OpenMP spin is short: onebit.threads).  The variable is read once per process.
+// 16 KiB), so that a tiny layer (SmolLM2's 192x576 k/v projections at batch 1: 14 KiB) runs on the
+// calling thread instead of waking the others for a µs of work each.  Swept on the idle 2-core Xeon
+// at 2 threads (docs/kernels.md): 64 KiB made the exact 256x2048 GEMV slower (13-15 -> 17-24 µs);
+// 16 KiB is the split-everything timing within noise, and the i8 192x576 GEMV 6.4 -> 4.0 µs.  The
+// variable is read once per process.
 inline int64_t par_grain(int64_t work_bytes, int64_t min_grain) {
   static const int64_t par = [] {
     const char* e = std::getenv("ONEBIT_CPU_PAR_BYTES");
-    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(64) * 1024;
+    return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(16) * 1024;
   }();
   return std::max<int64_t>(min_grain, (par + std::max<int64_t>(1, work_bytes) - 1) / std::max<int64_t>(1, work_bytes));
 }

@@ -16,7 +16,7 @@
 //
 // The transposed copy is made on the first call for a weight and cached, keyed by its storage
 // (held weakly: an entry dies with its tensor), data pointer, shape and version counter (an in-place
-// change of the weight makes a new copy).  It costs as much memory as the packed bits.
+// change of the weight makes a new copy; inference tensors have none: see transposed()).  It costs as much memory as the packed bits.
 #include <ATen/ATen.h>
 #include <c10/core/Storage.h>
 #include <c10/util/intrusive_ptr.h>
@@ -60,7 +60,9 @@ at::Tensor transposed(const at::Tensor& packed, int64_t KBp) {
   static std::mutex mu;
   static std::unordered_map<const c10::StorageImpl*, std::vector<Entry>> cache;
   const int64_t N = packed.size(0), KB = packed.size(1);
-  const int64_t version = packed.unsafeGetTensorImpl()->version_counter().current_version();
+  // an inference tensor (made under torch.inference_mode) has no version counter: its copy is kept
+  // as long as its storage lives, and an in-place change of it is not seen (packed weights are frozen)
+  const int64_t version = packed.is_inference() ? -1 : packed.unsafeGetTensorImpl()->version_counter().current_version();
   const c10::StorageImpl* impl = packed.storage().unsafeGetStorageImpl();
   std::lock_guard<std::mutex> lock(mu);
   auto& bucket = cache[impl];
