@@ -56,9 +56,9 @@ inline void prefetch_ahead(const uint8_t* const* w, int64_t KB, int64_t off) {
 // least `min_grain` items, and enough that one chunk holds ONEBIT_CPU_PAR_BYTES of work (default
 // 16 KiB), so that a tiny layer (SmolLM2's 192x576 k/v projections at batch 1: 14 KiB) runs on the
 // calling thread instead of waking the others for a µs of work each.  Swept on the idle 2-core Xeon
-// at 2 threads (docs/kernels.md): 64 KiB made the exact 256x2048 GEMV slower (13-15 -> 17-24 µs);
-// 16 KiB is the split-everything timing within noise, and the i8 192x576 GEMV 6.4 -> 4.0 µs.  The
-// variable is read once per process.
+// at 2 threads (bench/small_layers.py, docs/kernels.md): 64 KiB made the exact 256x2048 GEMV slower
+// (AVX2 15.6 -> 22.7 µs); 16 KiB is the split-everything timing within noise, and the AVX2 i8 192x576
+// GEMV 5.3-5.6 -> 3.6-3.7 µs.  The variable is read once per process.
 inline int64_t par_grain(int64_t work_bytes, int64_t min_grain) {
   static const int64_t par = [] {
     const char* e = std::getenv("ONEBIT_CPU_PAR_BYTES");
