@@ -22,6 +22,7 @@ for m in ${METHODS:-rank rtn bitnet}; do
     rtn) run rtn-w2-g64 --method rtn --bits 2 --group-size 64 ;;
     bitnet) run bitnet --method bitnet ;;
     q1_0) run q1_0 --method q1_0 ;;
+    q1_0rot) run q1_0-rot --method q1_0 --rotate ;;   # the residual stream rotated (folded, exportable)
     free) run onebit-free --method onebit ;;
     mos) run mos --method onebit-mos ;;
   esac
