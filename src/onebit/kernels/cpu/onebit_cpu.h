@@ -64,7 +64,8 @@ inline int64_t par_grain(int64_t work_bytes, int64_t min_grain) {
     const char* e = std::getenv("ONEBIT_CPU_PAR_BYTES");
     return e ? std::max<int64_t>(1, std::atoll(e)) : int64_t(16) * 1024;
   }();
-  return std::max<int64_t>(min_grain, (par + std::max<int64_t>(1, work_bytes) - 1) / std::max<int64_t>(1, work_bytes));
+  const int64_t w = std::max<int64_t>(1, work_bytes);
+  return std::max<int64_t>(min_grain, (par + w - 1) / w);
 }
 
 inline float hsum_scalar(const float* v, int n) {
