@@ -123,6 +123,22 @@ def test_blockwise_stage_via_cli(stories260k, tmp_path, cache, capsys):
     assert json.loads(capsys.readouterr().out)["quantized_modules"] == 35
 
 
+def test_concat_sequences_via_cli(stories260k, tmp_path, cache, capsys):
+    small = ["--samples", "8", "--seqlen", "32", "-q", "--data-cache", cache, "--blockwise-steps", "1",
+             "--block-batch-size", "2", "--steps", "0"]
+    state = ["--state-dir", str(tmp_path / "cat.state")]
+    assert main(["distill", stories260k, str(tmp_path / "cat"), "--concat-sequences", "2", *state, *small]) == 0
+    assert "block-wise: 5 blocks" in capsys.readouterr().out
+    # the rows are part of what a resume must share: 8 x 31 tokens are not the 4 x 62 of the state
+    assert main(["distill", stories260k, str(tmp_path / "cat2"), "--resume", *state, *small]) == 2
+    assert "another method, data or setting" in _err(capsys)
+    assert main(["distill", stories260k, str(tmp_path / "cat3"), "--concat-sequences", "3", *small]) == 2
+    assert "--concat-sequences" in _err(capsys)
+    assert main(["distill", stories260k, str(tmp_path / "cat4"), "--concat-sequences", "2",
+                 "--block-samples", "5", *small]) == 2
+    assert "number of rows (4" in _err(capsys)
+
+
 def test_blockwise_bad_inputs(stories260k, tmp_path, cache, capsys):
     base = [stories260k, str(tmp_path / "o"), "--data-cache", cache, *SMALL]
     assert main(["distill", *base, "--steps", "0"]) == 2

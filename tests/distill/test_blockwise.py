@@ -128,6 +128,20 @@ def test_token_norm_weighs_every_token_alike():
         _cfg(loss_norm="tokens").validate()
 
 
+def test_concat_sequences_puts_k_sequences_back_to_back():
+    from onebit.distill.data import concat_sequences
+
+    ids = torch.arange(48).reshape(8, 6)
+    out = concat_sequences(ids, 4)
+    assert out.shape == (2, 24)
+    assert torch.equal(out[1], torch.cat([ids[4], ids[5], ids[6], ids[7]]))
+    assert concat_sequences(ids, 1) is ids
+    with pytest.raises(OneBitError, match="divisible by 3"):
+        concat_sequences(ids, 3)
+    with pytest.raises(OneBitError, match="at least 1"):
+        concat_sequences(ids, 0)
+
+
 def test_mixed_starts_drops_the_start_token_of_a_fraction():
     from onebit.distill.data import mixed_starts
 

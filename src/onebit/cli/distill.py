@@ -131,8 +131,13 @@ def register(sub) -> None:
                    help="teacher data: this fraction of the sequences lose their start token (and the others "
                    "their last token), so the student also sees text that does not follow one, as perplexity "
                    "windows do (default: 0.5 with --blockwise-steps, else 0)")
+    d.add_argument("--concat-sequences", type=int, default=1, metavar="K",
+                   help="train on rows of K sequences back to back (K x --seqlen tokens), so the student sees "
+                   "positions past --seqlen without generating longer text; --samples must be a multiple of K "
+                   "(default: %(default)s)")
     b.add_argument("--block-samples", type=int, default=None, metavar="N",
-                   help="calibration sequences for the blocks (default: all --samples)")
+                   help="calibration rows for the blocks (default: all --samples; rows of K sequences with "
+                   "--concat-sequences K)")
     add_streaming_arg(b)
     e = p.add_argument_group("evaluation and checkpoints")
     e.add_argument("--eval-data", default=None,
@@ -171,8 +176,10 @@ def _block_config(args):
         return None
     if args.student:
         raise OneBitError("--blockwise-steps converts the teacher block by block; it cannot start from --student")
-    if args.block_samples is not None and not 1 <= args.block_samples <= args.samples:
-        raise OneBitError(f"--block-samples must be between 1 and --samples ({args.samples})")
+    rows = args.samples // max(1, args.concat_sequences)
+    if args.block_samples is not None and not 1 <= args.block_samples <= rows:
+        raise OneBitError(f"--block-samples must be between 1 and the number of rows ({rows}: --samples "
+                          f"{args.samples} / --concat-sequences {args.concat_sequences})")
     cfg = BlockConfig(steps=args.blockwise_steps, batch_size=args.block_batch_size, lr=args.block_lr,
                       lr_vectors=args.block_lr_vectors, inputs=args.block_inputs, alpha=args.block_alpha,
                       loss_norm=args.block_loss,
@@ -222,6 +229,9 @@ def _check(args):
         raise OneBitError("--samples must be >= 1")
     if args.no_start_frac is not None and not 0.0 <= args.no_start_frac <= 1.0:
         raise OneBitError(f"--no-start-frac must be in [0, 1], got {args.no_start_frac}")
+    if args.concat_sequences < 1 or args.samples % args.concat_sequences:
+        raise OneBitError(f"--concat-sequences must be at least 1 and divide --samples ({args.samples}), "
+                          f"got {args.concat_sequences}")
     bcfg = _block_config(args)
     tcfg = TrainConfig(steps=max(1, args.steps), batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                        lr_vectors=args.lr_vectors, weight_decay=args.weight_decay, warmup=args.warmup,
@@ -266,7 +276,7 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
     """The training sequences (token ids): teacher-generated (cached; the main process generates,
     the others read the cache) or from --data FILE."""
     from ..distill import dist
-    from ..distill.data import file_data, mixed_starts, teacher_data
+    from ..distill.data import concat_sequences, file_data, mixed_starts, teacher_data
     from ..errors import OneBitError
     from ..models import context_length
 
@@ -289,6 +299,7 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
         data = mixed_starts(data, frac)
     else:
         data = file_data(tok, args.data, args.samples, seqlen, seed=args.data_seed)
+    data = concat_sequences(data, args.concat_sequences)
     if int(data.max()) >= teacher.config.vocab_size:
         raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
                           f"({teacher.config.vocab_size})")

@@ -60,14 +60,15 @@ def _data(args, src, dtype):
 
     from transformers import AutoConfig
 
-    from ..distill.data import file_data, mixed_starts, teacher_data
+    from ..distill.data import concat_sequences, file_data, mixed_starts, teacher_data
     from ..distill.streaming import streamed_fingerprint
     from ..errors import OneBitError
     from ..models import context_length, load_tokenizer
 
     seqlen = args.seqlen or context_length(SimpleNamespace(config=AutoConfig.from_pretrained(str(src))))
     if args.data != "teacher":
-        return file_data(load_tokenizer(str(src)), args.data, args.samples, seqlen, seed=args.data_seed)
+        data = file_data(load_tokenizer(str(src)), args.data, args.samples, seqlen, seed=args.data_seed)
+        return concat_sequences(data, args.concat_sequences)
     try:
         data = teacher_data(None, args.samples, seqlen, seed=args.data_seed, greedy_tokens=args.greedy_tokens,
                             temperature=args.gen_temperature, cache_dir=args.data_cache, generate=False,
@@ -78,7 +79,7 @@ def _data(args, src, dtype):
                           f"the whole model: pass --data FILE (a training text), or run `onebit distill` once "
                           f"in memory with the same --samples/--seqlen/--data-seed to fill the cache ({e})")
     frac = args.no_start_frac if args.no_start_frac is not None else 0.5
-    return mixed_starts(data, frac)
+    return concat_sequences(mixed_starts(data, frac), args.concat_sequences)
 
 
 def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> tuple:

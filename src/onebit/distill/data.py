@@ -7,6 +7,8 @@
   run with the same settings reads it instead of generating again.
 * :func:`file_data` — windows of a training text/JSONL the user names;
   ``calibration.read_training_text`` refuses the known evaluation files.
+* :func:`concat_sequences` — ``k`` sequences back to back per row, so training sees
+  positions past the generated length.
 * :func:`batch_indices` — which samples make up optimiser step ``k``: a
   seeded permutation per epoch, so the data position is just the step number
   (what makes resuming exact).
@@ -118,6 +120,23 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         out.extend(perm[off: off + batch_size - len(out)].tolist())
     return torch.tensor(out, dtype=torch.long)
+
+
+def concat_sequences(ids: torch.Tensor, k: int) -> torch.Tensor:
+    """``[n / k, k · seqlen]``: every ``k`` consecutive sequences of ``ids`` back to back in one row.
+
+    Perplexity is scored on windows of 2048 tokens, while teacher text is generated 256 at a
+    time (its cost per token grows with the length).  A student trained only on 256-token rows
+    never sees a position past 256; on rows of ``k`` sequences it does, on the same tokens and the
+    same number of distinct sequences (the teacher's targets come from its own forward on the
+    concatenated row, so they stay exact).  ``n`` must be a multiple of ``k``.
+    """
+    if k < 1:
+        raise OneBitError(f"--concat-sequences must be at least 1, got {k}")
+    n = ids.shape[0]
+    if n % k:
+        raise OneBitError(f"--concat-sequences {k} needs a number of sequences divisible by {k}, got {n}")
+    return ids if k == 1 else ids.reshape(n // k, k * ids.shape[1])
 
 
 def mixed_starts(ids: torch.Tensor, frac: float) -> torch.Tensor:
