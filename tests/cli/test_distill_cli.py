@@ -137,6 +137,11 @@ def test_concat_sequences_via_cli(stories260k, tmp_path, cache, capsys):
     assert main(["distill", stories260k, str(tmp_path / "cat4"), "--concat-sequences", "2",
                  "--block-samples", "5", *small]) == 2
     assert "number of rows (4" in _err(capsys)
+    # stories260K's context is 512 tokens: rows of 4 x 255 are refused before any training
+    assert main(["distill", stories260k, str(tmp_path / "cat5"), "--concat-sequences", "4", *small[:2],
+                 "--seqlen", "256", *small[4:]]) == 2
+    assert "exceed the teacher's context of 512" in _err(capsys)
+    assert not (tmp_path / "cat5").exists()
 
 
 def test_blockwise_bad_inputs(stories260k, tmp_path, cache, capsys):

@@ -140,6 +140,9 @@ def test_concat_sequences_puts_k_sequences_back_to_back():
         concat_sequences(ids, 3)
     with pytest.raises(OneBitError, match="at least 1"):
         concat_sequences(ids, 0)
+    assert concat_sequences(ids, 2, context=12).shape == (4, 12)
+    with pytest.raises(OneBitError, match="exceed the teacher's context of 12"):
+        concat_sequences(ids, 4, context=12)
 
 
 def test_mixed_starts_drops_the_start_token_of_a_fraction():

@@ -299,7 +299,7 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
         data = mixed_starts(data, frac)
     else:
         data = file_data(tok, args.data, args.samples, seqlen, seed=args.data_seed)
-    data = concat_sequences(data, args.concat_sequences)
+    data = concat_sequences(data, args.concat_sequences, getattr(teacher.config, "max_position_embeddings", None))
     if int(data.max()) >= teacher.config.vocab_size:
         raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
                           f"({teacher.config.vocab_size})")

@@ -65,10 +65,12 @@ def _data(args, src, dtype):
     from ..errors import OneBitError
     from ..models import context_length, load_tokenizer
 
-    seqlen = args.seqlen or context_length(SimpleNamespace(config=AutoConfig.from_pretrained(str(src))))
+    config = AutoConfig.from_pretrained(str(src))
+    seqlen = args.seqlen or context_length(SimpleNamespace(config=config))
+    context = getattr(config, "max_position_embeddings", None)
     if args.data != "teacher":
         data = file_data(load_tokenizer(str(src)), args.data, args.samples, seqlen, seed=args.data_seed)
-        return concat_sequences(data, args.concat_sequences)
+        return concat_sequences(data, args.concat_sequences, context)
     try:
         data = teacher_data(None, args.samples, seqlen, seed=args.data_seed, greedy_tokens=args.greedy_tokens,
                             temperature=args.gen_temperature, cache_dir=args.data_cache, generate=False,
@@ -79,7 +81,7 @@ def _data(args, src, dtype):
                           f"the whole model: pass --data FILE (a training text), or run `onebit distill` once "
                           f"in memory with the same --samples/--seqlen/--data-seed to fill the cache ({e})")
     frac = args.no_start_frac if args.no_start_frac is not None else 0.5
-    return concat_sequences(mixed_starts(data, frac), args.concat_sequences)
+    return concat_sequences(mixed_starts(data, frac), args.concat_sequences, context)
 
 
 def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> tuple:

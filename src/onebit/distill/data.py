@@ -122,20 +122,24 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     return torch.tensor(out, dtype=torch.long)
 
 
-def concat_sequences(ids: torch.Tensor, k: int) -> torch.Tensor:
+def concat_sequences(ids: torch.Tensor, k: int, context: int | None = None) -> torch.Tensor:
     """``[n / k, k · seqlen]``: every ``k`` consecutive sequences of ``ids`` back to back in one row.
 
     Perplexity is scored on windows of 2048 tokens, while teacher text is generated 256 at a
     time (its cost per token grows with the length).  A student trained only on 256-token rows
     never sees a position past 256; on rows of ``k`` sequences it does, on the same tokens and the
     same number of distinct sequences (the teacher's targets come from its own forward on the
-    concatenated row, so they stay exact).  ``n`` must be a multiple of ``k``.
+    concatenated row, so they stay exact).  ``n`` must be a multiple of ``k``, and a row must fit
+    the model's ``context`` (its position embeddings) when given.
     """
     if k < 1:
         raise OneBitError(f"--concat-sequences must be at least 1, got {k}")
     n = ids.shape[0]
     if n % k:
         raise OneBitError(f"--concat-sequences {k} needs a number of sequences divisible by {k}, got {n}")
+    if context and k > 1 and k * ids.shape[1] > context:
+        raise OneBitError(f"--concat-sequences {k}: rows of {k} x {ids.shape[1]} tokens exceed the teacher's "
+                          f"context of {context} tokens")
     return ids if k == 1 else ids.reshape(n // k, k * ids.shape[1])
 
 
