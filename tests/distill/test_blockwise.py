@@ -159,3 +159,37 @@ def test_mixed_starts_drops_the_start_token_of_a_fraction():
     assert mixed_starts(ids, 0.0) is ids and mixed_starts(ids, 1.0)[:, 0].ne(1).all()
     with pytest.raises(OneBitError, match="fraction"):
         mixed_starts(ids, 1.5)
+
+
+def test_bf16_block_training_lowers_errors_and_is_part_of_the_state(fp_260k, data, tmp_path):
+    """``bf16=True`` trains each block under bf16 autocast: the errors still fall, the result differs
+    from fp32 training (the flag does something), and a resume must share it."""
+    fp32 = copy.deepcopy(fp_260k)
+    reconstruct(fp32, OneBitConfig(), data, _cfg(), progress=False)
+    bf = copy.deepcopy(fp_260k)
+    _, hist = reconstruct(bf, OneBitConfig(), data, _cfg(bf16=True), tmp_path, progress=False)
+    assert all(h["err_final"] < h["err_init"] for h in hist), hist
+    a, b = _params(fp32), _params(bf)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    for k in a:  # packed weights, fp16 scales: the same model up to bf16 rounding in training
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+    with pytest.raises(CheckpointError, match="another method, data or setting"):
+        reconstruct(copy.deepcopy(fp_260k), OneBitConfig(), data, _cfg(), tmp_path, progress=False, resume=True)
+
+
+def test_compiled_block_forward_matches_eager_and_is_compiled_once(fp_260k, data, tmp_path):
+    """``compile=True`` trains through one torch.compile'd forward shared by every block: the block
+    errors equal eager training's to float tolerance, and the state resumes without --compile."""
+    from onebit.distill import blockwise
+
+    eager = copy.deepcopy(fp_260k)
+    _, he = reconstruct(eager, OneBitConfig(), data, _cfg(steps=4), progress=False)
+    comp = copy.deepcopy(fp_260k)
+    _, hc = reconstruct(comp, OneBitConfig(), data, _cfg(steps=4, compile=True), tmp_path, progress=False)
+    assert len(blockwise._COMPILED) == 1 and blockwise._forward(True) is blockwise._COMPILED[0]
+    for e, c in zip(he, hc):
+        assert c["err_final"] == pytest.approx(e["err_final"], rel=1e-2), (e, c)
+    # compile changes how, not what: the finished state resumes in an eager run
+    _, again = reconstruct(copy.deepcopy(fp_260k), OneBitConfig(), data, _cfg(steps=4), tmp_path,
+                           progress=False, resume=True)
+    assert [h["err_final"] for h in again] == [h["err_final"] for h in hc]

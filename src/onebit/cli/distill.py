@@ -82,12 +82,14 @@ def register(sub) -> None:
                    "latent, a vote over its recent signs) and save the average; with --eval-data both are "
                    "scored (0 disables; default: %(default)s)")
     t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA, off on CPU; on a CPU with AVX512-BF16 it is "
-                   "1.55x faster per step for stories3M: bench/distill_speed.py)")
+                   help="bf16 autocast of the training steps (default: on for CUDA, off on CPU; the block-wise "
+                   "stage only when given; on a CPU with AVX512-BF16 it is 1.55x faster per step for stories3M: "
+                   "bench/distill_speed.py)")
     t.add_argument("--compile", action="store_true",
-                   help="torch.compile the teacher, the student and the loss for the training steps (needs a "
-                   "C++ compiler on the CPU; the first steps wait for compilation, then stories3M trains 1.6x "
-                   "faster per step on a 2-core CPU: bench/distill_speed.py)")
+                   help="torch.compile the teacher, the student and the loss for the training steps, and the "
+                   "block-wise stage's block forward (needs a C++ compiler on the CPU; the first steps wait for "
+                   "compilation, then stories3M trains 1.6x faster per step on a 2-core CPU: "
+                   "bench/distill_speed.py)")
     t.add_argument("--warmup", type=int, default=10, help="linear warmup steps before cosine decay")
     t.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor as a fraction of the lr")
     t.add_argument("--clip", dest="grad_clip", type=float, metavar="NORM", default=1.0,
@@ -182,7 +184,7 @@ def _block_config(args):
                           f"{args.samples} / --concat-sequences {args.concat_sequences})")
     cfg = BlockConfig(steps=args.blockwise_steps, batch_size=args.block_batch_size, lr=args.block_lr,
                       lr_vectors=args.block_lr_vectors, inputs=args.block_inputs, alpha=args.block_alpha,
-                      loss_norm=args.block_loss,
+                      loss_norm=args.block_loss, bf16=bool(args.bf16), compile=args.compile,
                       train_norms=args.train_norms, seed=args.train_seed)
     cfg.validate()
     return cfg

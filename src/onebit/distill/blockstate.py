@@ -25,7 +25,8 @@ STATE_JSON = "blocks.json"
 def fingerprint(names: list[str], qc: dict, cfg, data: torch.Tensor) -> str:
     key = {"modules": names, "qc": {k: v for k, v in qc.items() if k != "modules"},
            "cfg": {k: v for k, v in dataclasses.asdict(cfg).items()
-                   if k != "eval_samples" and not (k == "loss_norm" and v == "global")},  # states before --block-loss
+                   if k not in ("eval_samples", "compile") and not (k == "loss_norm" and v == "global")  # states before --block-loss
+                  and not (k == "bf16" and not v)},  # and before --bf16 reached the block-wise stage
            "data": [list(data.shape), int(data.long().sum()), int((data.long() * 31 % 1009).sum())]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
