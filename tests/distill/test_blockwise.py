@@ -63,9 +63,15 @@ def test_blocks_are_converted_one_at_a_time(fp_260k, data):
     assert seen == list(range(fp_260k.config.num_hidden_layers))
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(fp_260k, data, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(fp_260k, data, tmp_path, bf16):
+    """Also under --bf16, where the student's inputs are advanced through the dense form of its packed
+    blocks: a resumed run rebuilds them exactly as the uninterrupted run computed them."""
+    def _cfg_(**kw):
+        return _cfg(bf16=bf16, **kw)
+
     full = copy.deepcopy(fp_260k)
-    reconstruct(full, OneBitConfig(), data, _cfg(), tmp_path / "a", progress=False)
+    reconstruct(full, OneBitConfig(), data, _cfg_(), tmp_path / "a", progress=False)
 
     class Killed(Exception):
         pass
@@ -76,10 +82,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(fp_260k, data, tmp_path
 
     part = copy.deepcopy(fp_260k)
     with pytest.raises(Killed):
-        reconstruct(part, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False, on_block=kill)
+        reconstruct(part, OneBitConfig(), data, _cfg_(), tmp_path / "b", progress=False, on_block=kill)
     assert json.loads((tmp_path / "b" / "blocks.json").read_text())["done"] == 2
     resumed = copy.deepcopy(fp_260k)
-    _, hist = reconstruct(resumed, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False, resume=True)
+    _, hist = reconstruct(resumed, OneBitConfig(), data, _cfg_(), tmp_path / "b", progress=False, resume=True)
     assert [h["block"] for h in hist] == list(range(5))
     a, b = _params(full), _params(resumed)
     assert a.keys() == b.keys()
@@ -87,7 +93,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(fp_260k, data, tmp_path
         assert torch.equal(a[k], b[k]), k
     # a finished state rebuilds the packed model without recomputing anything
     again = copy.deepcopy(fp_260k)
-    reconstruct(again, OneBitConfig(), data, _cfg(), tmp_path / "b", progress=False, resume=True)
+    reconstruct(again, OneBitConfig(), data, _cfg_(), tmp_path / "b", progress=False, resume=True)
     assert all(torch.equal(v, _params(again)[k]) for k, v in a.items())
 
 

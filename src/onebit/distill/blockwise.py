@@ -83,7 +83,7 @@ class BlockConfig:
     alpha: float = 0.0               # + alpha x the normalised hidden-state MSE of the block output
     loss_norm: str = "global"        # block_loss: relative to the energy of all tokens ("global") or each ("token")
     train_norms: bool = False
-    bf16: bool = False               # the training steps under bf16 autocast (targets and caches stay fp32)
+    bf16: bool = False               # steps and passes under bf16 autocast (caches and the loss stay fp32)
     compile: bool = False            # the training forward through torch.compile (one graph for all blocks)
     eval_samples: int = 16           # sequences on which each block's error is reported
     seed: int = 0
@@ -253,7 +253,8 @@ def _dense_form(model: nn.Module, names: list[str]):
 def _advance(model: nn.Module, block: nn.Module, names: list[str], x: torch.Tensor, kw: dict, b: int,
              bf16: bool) -> torch.Tensor:
     """The student's inputs ``x`` through its packed ``block``; with ``bf16`` through the dense form
-    under autocast (a rank-2 SmolLM2 block: 0.24 s per 2040-token row packed in fp32, ~0.06 s)."""
+    under autocast (on a CPU with AMX/AVX512-BF16 several times faster than the packed kernels on rows
+    of thousands of tokens: ``bench/distill_speed.py --blockwise``)."""
     with _dense_form(model, names) if bf16 else contextlib.nullcontext():
         return run_block(block, x, kw, b, bf16)
 
