@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         names = freeze(student, qc["modules"])
         cfg = TrainConfig(steps=1000, batch_size=a.batch_size, bf16=bf16, compile=comp)
         trainers[name] = Trainer(teacher, student, data, cfg, names)
-        for _ in range(2):  # warm-up (and compilation)
+        for _ in range(2 if comp else 1):  # warm-up (and compilation)
             trainers[name].train_step()
     _report("end-to-end", _rounds({n: t.train_step for n, t in trainers.items()}, a.rounds, a.steps))
     return 0

@@ -144,15 +144,16 @@ def test_concat_sequences_via_cli(stories260k, tmp_path, cache, capsys):
     assert not (tmp_path / "cat5").exists()
 
 
-def test_bf16_reaches_the_blockwise_stage(stories260k, tmp_path, cache, capsys):
-    """--bf16 trains the blocks under autocast too: it is part of the block state a resume must share."""
+def test_block_bf16_reaches_the_blockwise_stage(stories260k, tmp_path, cache, capsys):
+    """--block-bf16 trains the blocks under autocast: it is part of the block state a resume must share,
+    while --bf16 (the end-to-end stage's) is not."""
     small = ["--samples", "8", "--seqlen", "32", "-q", "--data-cache", cache, "--blockwise-steps", "1",
              "--block-batch-size", "2", "--steps", "0", "--state-dir", str(tmp_path / "bf.state")]
-    assert main(["distill", stories260k, str(tmp_path / "bf"), "--bf16", *small]) == 0
+    assert main(["distill", stories260k, str(tmp_path / "bf"), "--block-bf16", *small]) == 0
     capsys.readouterr()
-    assert main(["distill", stories260k, str(tmp_path / "bf2"), "--resume", *small]) == 2
+    assert main(["distill", stories260k, str(tmp_path / "bf2"), "--resume", "--bf16", *small]) == 2
     assert "another method, data or setting" in _err(capsys)
-    assert main(["distill", stories260k, str(tmp_path / "bf3"), "--resume", "--bf16", *small]) == 0
+    assert main(["distill", stories260k, str(tmp_path / "bf3"), "--resume", "--block-bf16", *small]) == 0
 
 
 def test_blockwise_bad_inputs(stories260k, tmp_path, cache, capsys):

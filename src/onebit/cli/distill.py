@@ -82,13 +82,13 @@ def register(sub) -> None:
                    "latent, a vote over its recent signs) and save the average; with --eval-data both are "
                    "scored (0 disables; default: %(default)s)")
     t.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast of the training steps (default: on for CUDA, off on CPU; the block-wise "
-                   "stage only when given; on a CPU with AVX512-BF16 it is 1.55x faster per step for stories3M: "
-                   "bench/distill_speed.py)")
+                   help="bf16 autocast of the end-to-end training steps (default: on for CUDA, off on CPU; on a "
+                   "CPU with AVX512-BF16 it is 1.55x faster per step for stories3M, 1.9x for SmolLM2: "
+                   "bench/distill_speed.py; the block-wise stage has --block-bf16)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the teacher, the student and the loss for the training steps, and the "
                    "block-wise stage's block forward (needs a C++ compiler on the CPU; the first steps wait for "
-                   "compilation, then stories3M trains 1.6x faster per step on a 2-core CPU: "
+                   "compilation, then stories3M trains 1.6x faster per step on a 2-core CPU, SmolLM2 1.9x in bf16: "
                    "bench/distill_speed.py)")
     t.add_argument("--warmup", type=int, default=10, help="linear warmup steps before cosine decay")
     t.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine floor as a fraction of the lr")
@@ -129,6 +129,10 @@ def register(sub) -> None:
     b.add_argument("--block-loss", default="global", choices=["global", "token"],
                    help="output error relative to the energy of all tokens (global, default) or of each token "
                    "(token: a token with a massive activation does not drown the others)")
+    b.add_argument("--block-bf16", action="store_true",
+                   help="bf16 autocast of each block's training steps and of the passes around them (targets, the "
+                   "student's inputs): ~1.8x faster blocks on a CPU with AMX/AVX512-BF16, but one SmolLM2 run "
+                   "scored 18%% higher perplexity than fp32 (docs/distillation.md); off by default")
     d.add_argument("--no-start-frac", type=float, default=None, metavar="F",
                    help="teacher data: this fraction of the sequences lose their start token (and the others "
                    "their last token), so the student also sees text that does not follow one, as perplexity "
@@ -184,7 +188,7 @@ def _block_config(args):
                           f"{args.samples} / --concat-sequences {args.concat_sequences})")
     cfg = BlockConfig(steps=args.blockwise_steps, batch_size=args.block_batch_size, lr=args.block_lr,
                       lr_vectors=args.block_lr_vectors, inputs=args.block_inputs, alpha=args.block_alpha,
-                      loss_norm=args.block_loss, bf16=bool(args.bf16), compile=args.compile,
+                      loss_norm=args.block_loss, bf16=args.block_bf16, compile=args.compile,
                       train_norms=args.train_norms, seed=args.train_seed)
     cfg.validate()
     return cfg
