@@ -168,3 +168,45 @@ def test_blockwise_bad_inputs(stories260k, tmp_path, cache, capsys):
     assert "--no-start-frac" in _err(capsys)
     assert main(["distill", *base, "--blockwise-steps", "-1"]) == 2
     assert ">= 0" in _err(capsys)
+
+
+def test_budget_fits_the_schedule_and_saves_the_student(stories260k, tmp_path, cache, capsys, monkeypatch):
+    """--budget without --steps: the schedule is fitted to the time left, the student saved, the
+    time used reported; a resume keeps the fitted schedule."""
+    import re
+
+    monkeypatch.setattr("onebit.cli.distill._SAVE_RESERVE_S", 0.0)  # a tiny budget: all of it trains
+    out = tmp_path / "b"
+    small = [a for a in SMALL if a not in ("--steps", "4")]
+    assert main(["distill", stories260k, str(out), "--data-cache", cache, "--budget", "0.1", "--stop-at", "5",
+                 *small]) == 0
+    so = capsys.readouterr().out
+    fitted = int(re.search(r"schedule fitted to (\d+) steps", so).group(1))
+    assert fitted >= 4
+    if fitted > 5:  # stopped by --stop-at: resumable, with the fitted schedule
+        assert f"stopped at step 5/{fitted}" in so and not out.exists()
+        assert main(["distill", stories260k, str(out), "--data-cache", cache, "--budget", "10", "--resume",
+                     *small]) == 0
+        so = capsys.readouterr().out
+        assert "fitted" not in so
+    state = torch.load(tmp_path / "b.state" / "state.pt", weights_only=True)
+    assert state["step"] == fitted and json.loads(state["fixed"])["steps"] == fitted
+    assert (out / "model.safetensors").is_file() and "--budget: the command took" in so
+
+
+def test_budget_stops_a_long_schedule_and_still_saves(stories260k, tmp_path, cache, capsys):
+    out = tmp_path / "s"
+    small = [a for a in SMALL if a not in ("--steps", "4")]
+    assert main(["distill", stories260k, str(out), "--data-cache", cache, "--budget", "0.2", "--steps", "100000",
+                 *small]) == 0
+    state = torch.load(tmp_path / "s.state" / "state.pt", weights_only=True)
+    assert 0 < state["step"] < 100000 and (out / "model.safetensors").is_file()
+    assert "--budget: the command took" in capsys.readouterr().out
+
+
+def test_budget_must_be_positive(stories260k, tmp_path, cache, capsys):
+    assert main(["distill", stories260k, str(tmp_path / "z"), "--budget", "0", *SMALL]) == 2
+    assert "--budget must be > 0" in _err(capsys)
+    assert main(["distill", stories260k, str(tmp_path / "z"), "--budget", "5", "--steps", "0",
+                 "--blockwise-steps", "2", "-q"]) == 2
+    assert "--steps 0 has none" in _err(capsys)

@@ -268,3 +268,69 @@ def test_calibrated_method_student_starts_from_its_quantization(fp_260k, data):
     assert (s - q).abs().max() > 1e-2
     names = freeze(student, qc["modules"])
     assert names and all(student.get_parameter(n).requires_grad for n in names)
+
+
+class _Clock:
+    """A fake ``time.perf_counter`` that only moves when a (fake) step or evaluation runs."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _fake_steps(monkeypatch, tr, step_s: float, first_s: float, eval_s: float = 0.0):
+    clock = _Clock()
+    monkeypatch.setattr("onebit.distill.trainer.time.perf_counter", clock)
+    lrs = []
+
+    def step():
+        clock.t += first_s if tr.step == 0 else step_s
+        lrs.append(tr.sched.get_last_lr()[0])
+        tr.opt.step()  # no gradients: only the scheduler's bookkeeping matters here
+        tr.sched.step()
+        tr.step += 1
+        return {"loss": torch.tensor(0.0), "kd": torch.tensor(0.0), "hidden": torch.tensor(0.0),
+                "lm": torch.tensor(0.0)}
+
+    def evaluate():
+        clock.t += eval_s
+        tr.eval_seconds = eval_s
+        return 1.0
+
+    monkeypatch.setattr(tr, "train_step", step)
+    monkeypatch.setattr(tr, "evaluate", evaluate)
+    return clock, lrs
+
+
+def test_fit_steps_plans_the_schedule_from_its_own_timed_steps(fp_260k, data, monkeypatch):
+    """4 probe steps (the first, compiling, 10 s; then 0.5 s each) and 98 s left: 196 more steps.
+    The probe steps are part of the run, and from then on the cosine follows the fitted total."""
+    from onebit.distill.trainer import lr_factor
+
+    tr, _ = _trainer(fp_260k, data, warmup=2, steps=6)
+    clock, lrs = _fake_steps(monkeypatch, tr, 0.5, 10.0)
+    assert tr.fit_steps(110.0, probe=4, safety=1.0) == 4 + 196 and tr.cfg.steps == 200
+    assert tr.step == 4 and clock.t == 11.5
+    tr.train(checkpoint=False)
+    assert tr.step == 200
+    assert lrs[:2] == pytest.approx([3e-3 * 0.5, 3e-3])  # warmup, as in a planned run
+    for s in (50, 120, 199):  # the cosine of a 200-step schedule
+        assert lrs[s] == pytest.approx(3e-3 * lr_factor(s, 200, 2))
+
+
+def test_fit_steps_counts_the_evaluations_and_refuses_a_started_run(fp_260k, tok_260k, data, monkeypatch):
+    tr, _ = _trainer(fp_260k, data, eval_every=10)
+    tr.eval_ids = torch.arange(200) % 100  # evaluations happen; their time is faked
+    _fake_steps(monkeypatch, tr, 0.5, 0.5, eval_s=1.0)
+    # 0.5 s/step + 1 s per 10 steps = 0.6 s/step; 100 s - step-0 evaluation (1) - 4 steps (2) - final (1) = 96
+    assert tr.fit_steps(100.0, probe=4, safety=1.0) == 4 + 160
+    with pytest.raises(OneBitError, match="at step 4"):
+        tr.fit_steps(100.0)
+
+
+def test_fit_steps_runs_its_probe_even_without_time(fp_260k, data, monkeypatch):
+    tr, _ = _trainer(fp_260k, data)
+    _fake_steps(monkeypatch, tr, 0.5, 0.5)
+    assert tr.fit_steps(0.0, probe=3) == 3 and tr.step == 3

@@ -43,9 +43,21 @@ from .student import param_groups, reset_latents, trained_modules
 log = logging.getLogger("onebit")
 
 STATE_NAME = "state.pt"
+#: the schedule length while :meth:`Trainer.fit_steps` times its first steps (the cosine stays at ~1)
+_PROVISIONAL = 2 ** 31 - 1
 #: settings a resumed run must share with the run that wrote the checkpoint
 RESUME_KEYS = ("batch_size", "seed", "steps", "lr", "lr_vectors", "warmup", "latent_clip", "reset_every",
                "average_last", "method_hash")
+
+
+def saved_steps(state_dir: str | os.PathLike) -> int | None:
+    """The schedule length (``steps``) the checkpoint in ``state_dir`` was written with; None if there is
+    none or it cannot be read (:meth:`Trainer.load_state` then says why)."""
+    f = Path(state_dir) / STATE_NAME
+    try:
+        return int(json.loads(torch.load(f, map_location="cpu", weights_only=True)["fixed"])["steps"])
+    except Exception:
+        return None
 
 
 @dataclass
@@ -174,6 +186,8 @@ class Trainer:
             raise OneBitError("--reset-every is not supported with --strategy fsdp (use ddp)")
         self.step, self.elapsed, self.tokens = 0, 0.0, 0
         self.history: list[dict] = []
+        self.step_seconds: list[float] = []  # this process's step times (not saved; fit_steps reads them)
+        self.eval_seconds = 0.0              # the last evaluation's time
         self.average_from = start_step(c.steps, c.average_last)
         self.average = ParamAverage(trainable_params(dist.unwrap(self.model), self.trainable)) \
             if c.average_last else None
@@ -331,7 +345,9 @@ class Trainer:
             return None
         m = dist.unwrap(self.model)
         m.eval()
+        t0 = time.perf_counter()
         r = perplexity(m, self.eval_ids, self.eval_seqlen, self.cfg.eval_windows, progress=False)
+        self.eval_seconds = time.perf_counter() - t0
         return r.ppl
 
     def _record_eval(self, **extra) -> None:
@@ -347,13 +363,15 @@ class Trainer:
         if self.on_eval:
             self.on_eval(rec)
 
-    def train(self, stop_at: int | None = None, time_limit: float | None = None) -> list[dict]:
-        """Train to ``cfg.steps`` (or stop after step ``stop_at`` / ``time_limit`` seconds, saving)."""
+    def train(self, stop_at: int | None = None, time_limit: float | None = None,
+              checkpoint: bool = True) -> list[dict]:
+        """Train to ``cfg.steps`` (or stop after step ``stop_at`` / ``time_limit`` seconds, saving the
+        state unless ``checkpoint`` is False)."""
         c = self.cfg
         end = min(c.steps, stop_at) if stop_at is not None else c.steps
         if self.step == 0 and c.eval_every and self.eval_ids is not None:
             self._record_eval()
-        bar = tqdm(total=c.steps, initial=self.step, desc="distill", unit="step",
+        bar = tqdm(total=end if c.steps == _PROVISIONAL else c.steps, initial=self.step, desc="distill", unit="step",
                    disable=not (self.progress and self.info.main), dynamic_ncols=True)
         t_start = time.perf_counter()
         seq_tokens = c.batch_size * self.data.shape[1]
@@ -362,6 +380,7 @@ class Trainer:
             parts = self.train_step()
             dt = time.perf_counter() - t0
             self.elapsed += dt
+            self.step_seconds.append(dt)
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}", kd=f"{parts['kd']:.4f}",
                             tok_s=f"{seq_tokens / max(dt, 1e-9):.0f}")
@@ -374,14 +393,47 @@ class Trainer:
             if c.eval_every and self.step % c.eval_every == 0 and self.step < c.steps:
                 self._record_eval()
                 dist.barrier(self.info)
-            if c.save_every and self.step % c.save_every == 0:
+            if checkpoint and c.save_every and self.step % c.save_every == 0:
                 self.save_state()
                 dist.barrier(self.info)
-            if time_limit is not None and time.perf_counter() - t_start > time_limit:
-                break
+            if time_limit is not None:
+                over = torch.tensor(float(time.perf_counter() - t_start > time_limit), device=self.info.device)
+                if dist.mean(self.info, over) > 0:  # every process stops at the same step
+                    break
         bar.close()
         if self.step == c.steps:
             self.finish()
-        self.save_state()
+        if checkpoint:
+            self.save_state()
         dist.barrier(self.info)
         return self.history
+
+    def fit_steps(self, seconds: float, probe: int = 4, safety: float = 0.95) -> int:
+        """Fit the schedule to a time budget: train the first ``probe`` steps (part of the run, not thrown
+        away), time them, and set ``cfg.steps`` so that the rest of the training, its periodic
+        evaluations and the final one end within ``seconds`` of this call (× ``safety``).
+
+        The probe steps run with the schedule's warmup and then a flat lr (their total is not known
+        yet); from the step after them on, the cosine follows the fitted total.  The first probe step
+        (compilation, warm caches) is left out of the timing.  Only a fresh run (step 0) can be fitted.
+        Returns the fitted ``cfg.steps`` (at least ``probe``)."""
+        c = self.cfg
+        if self.step:
+            raise OneBitError(f"cannot fit the schedule of a run at step {self.step} (it was fitted when it began)")
+        if probe < 2:
+            raise OneBitError(f"fit_steps needs at least 2 probe steps, got {probe}")
+        t0 = time.perf_counter()
+        c.steps = _PROVISIONAL  # provisional: warmup, then lr_factor stays at ~1 while timing
+        self.train(stop_at=probe, checkpoint=False)
+        timed = sorted(self.step_seconds[-(probe - 1):])
+        per_step = timed[len(timed) // 2]
+        if c.eval_every and self.eval_ids is not None:
+            per_step += self.eval_seconds / c.eval_every
+        left = safety * seconds - (time.perf_counter() - t0) - self.eval_seconds  # the final evaluation
+        n = torch.tensor(float(max(probe, probe + int(left / per_step))), device=self.info.device)
+        c.steps = int(dist.mean(self.info, n))  # every process plans the same schedule
+        c.validate()
+        self.average_from = start_step(c.steps, c.average_last)
+        log.info("schedule fitted to the budget: %.2f s/step (with evaluations), %.1f min left -> %d steps",
+                 per_step, max(0.0, left) / 60, c.steps)
+        return c.steps
