@@ -271,7 +271,7 @@ def test_calibrated_method_student_starts_from_its_quantization(fp_260k, data):
 
 
 class _Clock:
-    """A fake ``time.perf_counter`` that only moves when a (fake) step or evaluation runs."""
+    """A fake clock that only moves when a (fake) step or evaluation runs."""
 
     def __init__(self):
         self.t = 0.0
@@ -282,7 +282,7 @@ class _Clock:
 
 def _fake_steps(monkeypatch, tr, step_s: float, first_s: float, eval_s: float = 0.0):
     clock = _Clock()
-    monkeypatch.setattr("onebit.distill.trainer.time.perf_counter", clock)
+    monkeypatch.setattr("onebit.distill.trainer._now", clock)
     lrs = []
 
     def step():
@@ -291,8 +291,7 @@ def _fake_steps(monkeypatch, tr, step_s: float, first_s: float, eval_s: float = 
         tr.opt.step()  # no gradients: only the scheduler's bookkeeping matters here
         tr.sched.step()
         tr.step += 1
-        return {"loss": torch.tensor(0.0), "kd": torch.tensor(0.0), "hidden": torch.tensor(0.0),
-                "lm": torch.tensor(0.0)}
+        return {"loss": 0.0, "kd": 0.0, "hidden": 0.0, "lm": 0.0}
 
     def evaluate():
         clock.t += eval_s
@@ -305,13 +304,13 @@ def _fake_steps(monkeypatch, tr, step_s: float, first_s: float, eval_s: float = 
 
 
 def test_fit_steps_plans_the_schedule_from_its_own_timed_steps(fp_260k, data, monkeypatch):
-    """4 probe steps (the first, compiling, 10 s; then 0.5 s each) and 98 s left: 196 more steps.
+    """4 probe steps (the first, compiling, 10 s; then 0.5 s each), then 98 s left: 196 more steps.
     The probe steps are part of the run, and from then on the cosine follows the fitted total."""
     from onebit.distill.trainer import lr_factor
 
     tr, _ = _trainer(fp_260k, data, warmup=2, steps=6)
     clock, lrs = _fake_steps(monkeypatch, tr, 0.5, 10.0)
-    assert tr.fit_steps(110.0, probe=4, safety=1.0) == 4 + 196 and tr.cfg.steps == 200
+    assert tr.fit_steps(109.5, probe=4, safety=1.0) == 4 + 196 and tr.cfg.steps == 200
     assert tr.step == 4 and clock.t == 11.5
     tr.train(checkpoint=False)
     assert tr.step == 200
@@ -320,12 +319,12 @@ def test_fit_steps_plans_the_schedule_from_its_own_timed_steps(fp_260k, data, mo
         assert lrs[s] == pytest.approx(3e-3 * lr_factor(s, 200, 2))
 
 
-def test_fit_steps_counts_the_evaluations_and_refuses_a_started_run(fp_260k, tok_260k, data, monkeypatch):
-    tr, _ = _trainer(fp_260k, data, eval_every=10)
+def test_fit_steps_counts_the_evaluations_and_refuses_a_started_run(fp_260k, data, monkeypatch):
+    tr, _ = _trainer(fp_260k, data, eval_every=8)
     tr.eval_ids = torch.arange(200) % 100  # evaluations happen; their time is faked
-    _fake_steps(monkeypatch, tr, 0.5, 0.5, eval_s=1.0)
-    # 0.5 s/step + 1 s per 10 steps = 0.6 s/step; 100 s - step-0 evaluation (1) - 4 steps (2) - final (1) = 96
-    assert tr.fit_steps(100.0, probe=4, safety=1.0) == 4 + 160
+    _fake_steps(monkeypatch, tr, 0.5, 0.5, eval_s=4.0)
+    # 0.5 s/step + 4 s per 8 steps = 1 s/step; 100 s - step-0 evaluation (4) - 4 steps (2) - final (4) = 90
+    assert tr.fit_steps(100.0, probe=4, safety=1.0) == 4 + 90
     with pytest.raises(OneBitError, match="at step 4"):
         tr.fit_steps(100.0)
 

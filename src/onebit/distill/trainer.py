@@ -43,6 +43,8 @@ from .student import param_groups, reset_latents, trained_modules
 log = logging.getLogger("onebit")
 
 STATE_NAME = "state.pt"
+#: the clock of step times and time limits (a module global, so that tests can drive it)
+_now = time.perf_counter
 #: the schedule length while :meth:`Trainer.fit_steps` times its first steps (the cosine stays at ~1)
 _PROVISIONAL = 2 ** 31 - 1
 #: settings a resumed run must share with the run that wrote the checkpoint
@@ -345,9 +347,9 @@ class Trainer:
             return None
         m = dist.unwrap(self.model)
         m.eval()
-        t0 = time.perf_counter()
+        t0 = _now()
         r = perplexity(m, self.eval_ids, self.eval_seqlen, self.cfg.eval_windows, progress=False)
-        self.eval_seconds = time.perf_counter() - t0
+        self.eval_seconds = _now() - t0
         return r.ppl
 
     def _record_eval(self, **extra) -> None:
@@ -373,12 +375,12 @@ class Trainer:
             self._record_eval()
         bar = tqdm(total=end if c.steps == _PROVISIONAL else c.steps, initial=self.step, desc="distill", unit="step",
                    disable=not (self.progress and self.info.main), dynamic_ncols=True)
-        t_start = time.perf_counter()
+        t_start = _now()
         seq_tokens = c.batch_size * self.data.shape[1]
         while self.step < end:
-            t0 = time.perf_counter()
+            t0 = _now()
             parts = self.train_step()
-            dt = time.perf_counter() - t0
+            dt = _now() - t0
             self.elapsed += dt
             self.step_seconds.append(dt)
             bar.update(1)
@@ -397,7 +399,7 @@ class Trainer:
                 self.save_state()
                 dist.barrier(self.info)
             if time_limit is not None:
-                over = torch.tensor(float(time.perf_counter() - t_start > time_limit), device=self.info.device)
+                over = torch.tensor(float(_now() - t_start > time_limit), device=self.info.device)
                 if dist.mean(self.info, over) > 0:  # every process stops at the same step
                     break
         bar.close()
@@ -422,14 +424,14 @@ class Trainer:
             raise OneBitError(f"cannot fit the schedule of a run at step {self.step} (it was fitted when it began)")
         if probe < 2:
             raise OneBitError(f"fit_steps needs at least 2 probe steps, got {probe}")
-        t0 = time.perf_counter()
+        t0 = _now()
         c.steps = _PROVISIONAL  # provisional: warmup, then lr_factor stays at ~1 while timing
         self.train(stop_at=probe, checkpoint=False)
         timed = sorted(self.step_seconds[-(probe - 1):])
         per_step = timed[len(timed) // 2]
         if c.eval_every and self.eval_ids is not None:
             per_step += self.eval_seconds / c.eval_every
-        left = safety * seconds - (time.perf_counter() - t0) - self.eval_seconds  # the final evaluation
+        left = safety * seconds - (_now() - t0) - self.eval_seconds  # the final evaluation
         n = torch.tensor(float(max(probe, probe + int(left / per_step))), device=self.info.device)
         c.steps = int(dist.mean(self.info, n))  # every process plans the same schedule
         c.validate()
