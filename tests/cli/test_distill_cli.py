@@ -177,18 +177,17 @@ def test_budget_fits_the_schedule_and_saves_the_student(stories260k, tmp_path, c
 
     monkeypatch.setattr("onebit.cli.distill._SAVE_RESERVE_S", 0.0)  # a tiny budget: all of it trains
     out = tmp_path / "b"
-    small = [a for a in SMALL if a not in ("--steps", "4")]
+    small = SMALL[:4] + SMALL[6:]  # without --steps
     assert main(["distill", stories260k, str(out), "--data-cache", cache, "--budget", "0.1", "--stop-at", "5",
                  *small]) == 0
     so = capsys.readouterr().out
     fitted = int(re.search(r"schedule fitted to (\d+) steps", so).group(1))
-    assert fitted >= 4
-    if fitted > 5:  # stopped by --stop-at: resumable, with the fitted schedule
-        assert f"stopped at step 5/{fitted}" in so and not out.exists()
-        assert main(["distill", stories260k, str(out), "--data-cache", cache, "--budget", "10", "--resume",
-                     *small]) == 0
-        so = capsys.readouterr().out
-        assert "fitted" not in so
+    assert fitted > 5  # seconds of budget at a few ms per step
+    assert f"stopped at step 5/{fitted}" in so and not out.exists()  # --stop-at: resumable
+    assert main(["distill", stories260k, str(out), "--data-cache", cache, "--budget", "10", "--resume",
+                 *small]) == 0
+    so = capsys.readouterr().out
+    assert "fitted" not in so  # the resumed run keeps the fitted schedule
     state = torch.load(tmp_path / "b.state" / "state.pt", weights_only=True)
     assert state["step"] == fitted and json.loads(state["fixed"])["steps"] == fitted
     assert (out / "model.safetensors").is_file() and "--budget: the command took" in so
@@ -196,7 +195,7 @@ def test_budget_fits_the_schedule_and_saves_the_student(stories260k, tmp_path, c
 
 def test_budget_stops_a_long_schedule_and_still_saves(stories260k, tmp_path, cache, capsys):
     out = tmp_path / "s"
-    small = [a for a in SMALL if a not in ("--steps", "4")]
+    small = SMALL[:4] + SMALL[6:]  # without --steps
     assert main(["distill", stories260k, str(out), "--data-cache", cache, "--budget", "0.2", "--steps", "100000",
                  *small]) == 0
     state = torch.load(tmp_path / "s.state" / "state.pt", weights_only=True)
