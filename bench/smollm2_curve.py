@@ -47,6 +47,8 @@ RECIPES = [
      [("run14_rank-bw-1024-cat8.log", "out/smol/rank-bw-1024-cat8", "eval16_rank_cat8.log"),
       ("run18_rank-bw-1024-cat8-kdbf16-110.log", "out/smol/rank-bw-1024-cat8-kdbf16-110",
        "eval21_rank_cat8_kd_bf16_110.log")]),
+    ("one command, --budget 90: blocks under --block-bf16, KD steps fitted (88; Zen 4 VM)", "run19_one-command.log",
+     [("run19_one-command.log", "out/smol/one-command", "eval22_one_command.log")]),
     ("rank-2, 8 per row, blocks under --block-bf16 --compile", "run8_rank_1024.log",
      [("run17_rank-bw-1024-cat8-bf16.log", "out/smol/rank-bw-1024-cat8-bf16", "eval19_block_bf16.log")]),
     ("ternary (2 bits), block-wise", "run7_q1_0-rot.log",
