@@ -108,14 +108,19 @@ def test_avx2_gemm_small_tiles(mod, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def i8_reference(x: torch.Tensor, packed: torch.Tensor, g: torch.Tensor, h: torch.Tensor,
                  in_f: int) -> torch.Tensor:
-    """The int8-activation math in torch: xs = x*g (rounded to x.dtype, as the reference), per
-    block of 128 columns s = max|xs|/127, q = round_half_even(xs / s) (0 where s = 0),
+    """The int8-activation math in torch: xs = x*g (rounded to x.dtype, as the reference); per
+    block of 128 columns a = max|xs|/127; per row S = max a / 255; u = min(255, ceil(a / S)) (0
+    where a = 0); s = S*u; q = round_half_even(xs / s) (0 where s = 0);
     y = round(sum_b s_b * (q_b . w_b)) * h, integer dot products exact (fp64)."""
     dtype = x.dtype
     xs = (x * g.to(dtype)).float().reshape(-1, in_f)
     nb = -(-in_f // QB)
     xb = torch.nn.functional.pad(xs, (0, nb * QB - in_f)).view(-1, nb, QB)
-    s = xb.abs().amax(-1, keepdim=True) / 127
+    a = xb.abs().amax(-1, keepdim=True) / 127
+    S = a.amax(1, keepdim=True) / 255
+    u = torch.where(a > 0, torch.ceil(a / torch.where(S > 0, S, 1)).clamp(max=255), 0)
+    s = S * u
+    assert (s >= a * (1 - 1e-6)).all()
     q = torch.where(s > 0, torch.round(xb / torch.where(s > 0, s, 1)), 0).clamp(-127, 127)
     w = torch.nn.functional.pad(unpack_signs(packed, in_f, torch.float64), (0, nb * QB - in_f))
     dots = torch.einsum("mbk,nbk->mnb", q.double(), w.view(-1, nb, QB))  # exact integers
@@ -228,3 +233,21 @@ def test_i8_table_kernel_takes_inference_tensors(mod):
         y = mod.binary_linear(xi, pi, gi, hi, 300, ISAS["avx2"], NEVER, ALGO["i8"])
         assert torch.equal(y, want)
         assert torch.equal(mod.binary_linear(xi, pi, gi, hi, 300, ISAS["avx2"], NEVER, ALGO["i8"]), want)  # cached
+
+
+@pytest.mark.parametrize("isa", list(ISAS))
+def test_i8_block_scales_span_the_row(mod, isa):
+    """Blocks of very different size in one row: the integer block scales u_b run from 255 (the
+    largest block) down to 1 (blocks under 1/255 of it, whose step is then the row's S): the
+    kernel follows the same u_b (a kernel with free float block scales would differ here), and the
+    error against the exact result stays small because the small blocks add little."""
+    in_f = 9 * QB + 5
+    p, g, h = binary_layer(17, in_f, seed=8)
+    g = torch.ones_like(g)
+    x = torch.randn(3, in_f)
+    scale = torch.tensor([1e3, 1.0, 3e-3, 0.5, 20.0, 1e-6, 7.0, 2e-2, 1.0, 4.0])
+    x = x * scale.repeat_interleave(QB)[:in_f]
+    y = mod.binary_linear(x, p, g, h, in_f, ISAS[isa], NEVER, ALGO["i8"])
+    ref = i8_reference(x, p, g, h, in_f)
+    assert_i8_close(y, ref)
+    assert rel_err(y, binary_linear_ref(x, p, g, h, in_f)) < 0.02

@@ -83,17 +83,24 @@ using RowKernel = void (*)(const float*, int64_t, int64_t, const uint8_t*, int64
 
 // ---------------------------------------------------------------- binary: int8 activations
 // (algo=i8, not exact).  x (after x*g, rounded as the reference) is quantized per block of
-// QB = 128 columns: s_b = max|x_b| / 127, q = round_half_even(x / s_b) in [-127, 127] (0 where
-// s_b = 0).  With P_b = sum of q over the +1 columns of block b and S_b = sum of q over block b,
-//   y = sum_b s_b (2 P_b - S_b) = 2 sum_b s_b P_b - C,   C = sum_b s_b S_b (once per x row);
-// every P_b is an exact integer.  AVX2: table lookups of partial P_b per 4 columns
-// (onebit_cpu_i8lut.cpp); AVX512-VNNI: vpdpbusd on q masked by the bits (bin_i8_vnni).
+// QB = 128 columns, with block scales that are integer multiples of one scale per row:
+//   a_b = max|x_b| / 127,  S = max_b a_b / 255,  u_b = min(255, ceil(a_b / S)) (0 where a_b = 0),
+//   s_b = S u_b (>= a_b, so |x_b / s_b| <= 127),  q = round_half_even(x / s_b) in [-127, 127].
+// A block holds at least 7 bits unless its max is under 1/255 of the row's largest block max
+// (then its step is S: a block that small adds little to the dot product).  With P_b = sum of q
+// over the +1 columns of block b and S_b = sum of q over block b,
+//   y = sum_b s_b (2 P_b - S_b) = 2 S sum_b u_b P_b - C,   C = sum_b s_b S_b (once per x row);
+// every P_b is an exact integer.  AVX2: table lookups of partial P_b per 4 columns, times s_b
+// (onebit_cpu_i8lut.cpp); AVX512-VNNI: vpdpbusd(u_b, q masked by the bits) sums u_b P_b in int32
+// lanes with no float work per block (bin_i8_vnni).
 constexpr int64_t QB = 128;
 
 struct QuantX {
-  std::vector<int8_t> q;  // [M, ldq], zero padded
-  std::vector<float> s;   // [M, nb]
-  std::vector<float> c;   // [M]: sum_b s_b S_b
+  std::vector<int8_t> q;   // [M, ldq], zero padded
+  std::vector<float> s;    // [M, nb]: s_b = S u_b
+  std::vector<uint8_t> u;  // [M, nb]: u_b
+  std::vector<float> S;    // [M]
+  std::vector<float> c;    // [M]: sum_b s_b S_b
   int64_t ldq = 0, nb = 0;
 };
 
@@ -102,8 +109,8 @@ void bin_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_
                 int64_t n1, float* y, int64_t ldy);
 void ter_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
                 int64_t n1, float* y, int64_t ldy);
-// avx2: the blocks by quant_block_avx2 (the dispatcher's ISA choice; identical results: the same
-// IEEE operations as the scalar loop)
+// avx2: the blocks by block_amax_avx2 / quant_block_avx2 (the dispatcher's ISA choice; identical
+// results: the same IEEE operations as the scalar loops)
 QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool avx2);
 void bin_i8_scalar(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
                    int64_t n0, int64_t n1, float* y, int64_t ldy);
@@ -117,7 +124,8 @@ AVX2_TARGET void bin_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t*
 template <bool BLEND>  // instantiated for false (xor) and true (blend)
 AVX2_TARGET void bin_avx2_flip(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
                                int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
-AVX2_TARGET float quant_block_avx2(const float* x, int64_t n, int8_t* q, int64_t* sum);
+AVX2_TARGET float block_amax_avx2(const float* x, int64_t n);
+AVX2_TARGET int64_t quant_block_avx2(const float* x, int64_t n, float s, int8_t* q);
 AVX2_TARGET void expand_bin_f32_avx2(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1,
                                      float* buf, int64_t ldb);
 AVX2_TARGET void ter_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB,

@@ -138,9 +138,10 @@ template void bin_avx2_flip<false>(const float* x, int64_t M, int64_t ldx, const
 template void bin_avx2_flip<true>(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
 // ---------------------------------------------------------------- int8 activations: one block
-// quantize_x's block (onebit_cpu_portable.cpp) with the same IEEE operations 8 lanes at a time:
-// amax, s = amax / 127, q = round_half_even(x / s) clamped to ±127 (vroundps = nearbyint), S = sum q
-AVX2_TARGET float quant_block_avx2(const float* x, int64_t n, int8_t* q, int64_t* sum) {
+// quantize_x's passes (onebit_cpu_portable.cpp) with the same IEEE operations 8 lanes at a time:
+// a block's max |x|; its q = round_half_even(x / s) clamped to ±127 (vroundps = nearbyint) for a
+// given s > 0, returning S = sum q
+AVX2_TARGET float block_amax_avx2(const float* x, int64_t n) {
   const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 mx = _mm256_setzero_ps();
   int64_t k = 0;
@@ -150,12 +151,15 @@ AVX2_TARGET float quant_block_avx2(const float* x, int64_t n, int8_t* q, int64_t
   float amax = 0.f;
   for (int i = 0; i < 8; ++i) amax = std::max(amax, lanes[i]);
   for (int64_t i = k; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float s = amax / 127.0f;
-  *sum = 0;
-  if (s == 0.f) return s;
+  return amax;
+}
+
+AVX2_TARGET int64_t quant_block_avx2(const float* x, int64_t n, float s, int8_t* q) {
+  int64_t sum = 0;
   const __m256 sv = _mm256_set1_ps(s), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
   __m256i acc = _mm256_setzero_si256();
-  for (k = 0; k + 8 <= n; k += 8) {
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
     __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256i vi = _mm256_cvtps_epi32(_mm256_min_ps(hi, _mm256_max_ps(lo, v)));
     acc = _mm256_add_epi32(acc, vi);
@@ -164,14 +168,14 @@ AVX2_TARGET float quant_block_avx2(const float* x, int64_t n, int8_t* q, int64_t
   }
   alignas(32) int32_t t[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc);
-  for (int i = 0; i < 8; ++i) *sum += t[i];
+  for (int i = 0; i < 8; ++i) sum += t[i];
   for (; k < n; ++k) {
     float v = std::nearbyint(x[k] / s);
     v = std::min(127.f, std::max(-127.f, v));
     q[k] = int8_t(v);
-    *sum += int64_t(v);
+    sum += int64_t(v);
   }
-  return s;
+  return sum;
 }
 
 // ---------------------------------------------------------------- binary: expand to ±1 fp32

@@ -236,46 +236,68 @@ template void bin_bf16dp<3>(const uint16_t*, int64_t, int64_t, int64_t, const ui
                             int64_t, int64_t, float*, int64_t);
 
 // ---------------------------------------------------------------- binary: int8 activations, VNNI
-// The int8-activation math of onebit_cpu.h (algo=i8, not exact; same integers P_b as the AVX2
+// The int8-activation math of onebit_cpu.h (algo=i8, not exact; the same integers as the AVX2
 // table kernel and the scalar version) with AVX512-VNNI: per 64 columns the 64 sign bits are the
-// byte mask of a zero-masked move of q (vmovdqu8 {z}), and vpdpbusd(1, that) adds the kept bytes
-// four at a time into 16 int32 lanes: 3 instructions per 64 weights.  Per block of QB = 128
-// columns: cvt + fma by s_b.
+// byte mask of a zero-masked move of q (vmovdqu8 {z}), and vpdpbusd(u_b, that) adds u_b times the
+// kept bytes, four at a time, into 16 int32 lanes: 3 instructions per 64 weights and no float work
+// until the row ends (y = 2 S sum_b u_b P_b - C).  Two accumulators per row, 4 rows per x load.
+// Bounds: a lane adds at most 255 * 127 * 4 per 64 columns, so in_features up to 2^20 stay exact.
+inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
 VNNI_TARGET void bin_i8_vnni(const QuantX& qx, int64_t m0, int64_t M, const uint8_t* W,
                              int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  const __m512i one8 = _mm512_set1_epi8(1);
   constexpr int64_t BB = QB / 8;                 // bit bytes per block (16)
   const int64_t nb = qx.nb, full = KB / BB;      // blocks whose 16 bit bytes are all in the row
   for (int64_t m = m0; m < m0 + M; ++m) {
     const int8_t* q = qx.q.data() + m * qx.ldq;
-    const float* s = qx.s.data() + m * nb;
+    const uint8_t* u = qx.u.data() + m * nb;
+    const double S2 = 2.0 * double(qx.S[m]);
     for (int64_t n = n0; n < n1; n += 4) {
       const int rows = int(std::min<int64_t>(4, n1 - n));
       const uint8_t* w[4];
       for (int r = 0; r < 4; ++r) w[r] = W + (n + std::min(r, rows - 1)) * KB;
-      __m512 f[4];
-      for (int r = 0; r < 4; ++r) f[r] = _mm512_setzero_ps();
-      for (int64_t b = 0; b < nb; ++b) {
+      // eight named accumulators (an array of them made GCC copy each one twice per block)
+      __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00,
+              a30 = a00, a31 = a00;
+      for (int64_t b = 0; b < full; ++b) {
         const __m512i xa = _mm512_loadu_si512(q + b * QB);
         const __m512i xb = _mm512_loadu_si512(q + b * QB + 64);
-        const __m512 sv = _mm512_set1_ps(s[b]);
+        const __m512i ub = _mm512_set1_epi8(char(u[b]));
         if ((b & 3) == 0) prefetch_ahead(w, KB, b * BB);
+        const int64_t o = b * BB;
+        a00 = _mm512_dpbusd_epi32(a00, ub, _mm512_maskz_mov_epi8(load_u64(w[0] + o), xa));
+        a01 = _mm512_dpbusd_epi32(a01, ub, _mm512_maskz_mov_epi8(load_u64(w[0] + o + 8), xb));
+        a10 = _mm512_dpbusd_epi32(a10, ub, _mm512_maskz_mov_epi8(load_u64(w[1] + o), xa));
+        a11 = _mm512_dpbusd_epi32(a11, ub, _mm512_maskz_mov_epi8(load_u64(w[1] + o + 8), xb));
+        a20 = _mm512_dpbusd_epi32(a20, ub, _mm512_maskz_mov_epi8(load_u64(w[2] + o), xa));
+        a21 = _mm512_dpbusd_epi32(a21, ub, _mm512_maskz_mov_epi8(load_u64(w[2] + o + 8), xb));
+        a30 = _mm512_dpbusd_epi32(a30, ub, _mm512_maskz_mov_epi8(load_u64(w[3] + o), xa));
+        a31 = _mm512_dpbusd_epi32(a31, ub, _mm512_maskz_mov_epi8(load_u64(w[3] + o + 8), xb));
+      }
+      __m512i a[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+      if (full < nb) {  // last, partial block: q is zero past in_features, bits there do not matter
+        const int64_t b = full, left = KB - b * BB;
+        const __m512i xa = _mm512_loadu_si512(q + b * QB);
+        const __m512i xb = _mm512_loadu_si512(q + b * QB + 64);
+        const __m512i ub = _mm512_set1_epi8(char(u[b]));
         for (int r = 0; r < 4; ++r) {
           uint64_t lo = 0, hi = 0;
-          if (b < full) {
-            std::memcpy(&lo, w[r] + b * BB, 8);
-            std::memcpy(&hi, w[r] + b * BB + 8, 8);
-          } else {  // last, partial block: q is zero past in_features, bits there do not matter
-            const int64_t left = KB - b * BB;
-            std::memcpy(&lo, w[r] + b * BB, std::min<int64_t>(8, left));
-            if (left > 8) std::memcpy(&hi, w[r] + b * BB + 8, left - 8);
-          }
-          __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), one8, _mm512_maskz_mov_epi8(lo, xa));
-          a = _mm512_dpbusd_epi32(a, one8, _mm512_maskz_mov_epi8(hi, xb));
-          f[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), sv, f[r]);
+          std::memcpy(&lo, w[r] + b * BB, std::min<int64_t>(8, left));
+          if (left > 8) std::memcpy(&hi, w[r] + b * BB + 8, left - 8);
+          a[r][0] = _mm512_dpbusd_epi32(a[r][0], ub, _mm512_maskz_mov_epi8(lo, xa));
+          a[r][1] = _mm512_dpbusd_epi32(a[r][1], ub, _mm512_maskz_mov_epi8(hi, xb));
         }
       }
-      for (int r = 0; r < rows; ++r) y[(m - m0) * ldy + n + r] = 2.f * _mm512_reduce_add_ps(f[r]) - qx.c[m];
+      for (int r = 0; r < rows; ++r) {
+        const __m512i t = _mm512_add_epi32(a[r][0], a[r][1]);  // |lane| < 2^31 (see above)
+        const int64_t P = _mm512_reduce_add_epi64(_mm512_add_epi64(
+            _mm512_cvtepi32_epi64(_mm512_castsi512_si256(t)), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(t, 1))));
+        y[(m - m0) * ldy + n + r] = float(S2 * double(P) - double(qx.c[m]));
+      }
     }
   }
 }

@@ -30,37 +30,66 @@ QuantX quantize_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool avx2)
   r.ldq = r.nb * QB + 32;
   r.q.assign(M * r.ldq, 0);
   r.s.assign(M * r.nb, 0.f);
+  r.u.assign(M * r.nb, 0);
+  r.S.assign(M, 0.f);
   r.c.assign(M, 0.f);
-  std::vector<double> part(M * r.nb, 0.0);  // s_b S_b per (row, block), summed per row below
+  std::vector<int64_t> part(M * r.nb, 0);  // u_b S_b per (row, block), summed per row below
+  // pass 1: a_b = max|x_b| / 127 per (row, block), into s
   // threads over (row, block), 32 blocks at least per thread: a long decode row is split too
   at::parallel_for(0, M * r.nb, 32, [&](int64_t b0, int64_t e0) {
     for (int64_t i = b0; i < e0; ++i) {
       const int64_t m = i / r.nb, b = i % r.nb;
       const float* xr = xs + m * ldx;
       const int64_t k0 = b * QB, k1 = std::min(K, k0 + QB);
-      int64_t sum = 0;
-      float s;
+      float amax = 0.f;
       if (avx2) {
-        s = quant_block_avx2(xr + k0, k1 - k0, r.q.data() + m * r.ldq + k0, &sum);
+        amax = block_amax_avx2(xr + k0, k1 - k0);
       } else {
-        float amax = 0.f;
         for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
-        s = amax / 127.0f;
-        for (int64_t k = k0; k < k1 && s != 0.f; ++k) {
+      }
+      r.s[i] = amax / 127.0f;
+    }
+  });
+  // the row scale S and the integer block scales u_b
+  for (int64_t m = 0; m < M; ++m) {
+    float amax = 0.f;
+    for (int64_t b = 0; b < r.nb; ++b) amax = std::max(amax, r.s[m * r.nb + b]);
+    const float S = amax / 255.0f;
+    r.S[m] = S;
+    for (int64_t b = 0; b < r.nb && S > 0.f; ++b) {
+      const float a = r.s[m * r.nb + b];
+      const float u = a > 0.f ? std::min(255.f, std::ceil(a / S)) : 0.f;
+      r.u[m * r.nb + b] = uint8_t(u);
+      r.s[m * r.nb + b] = S * u;
+    }
+  }
+  // pass 2: q = round_half_even(x / s_b)
+  at::parallel_for(0, M * r.nb, 32, [&](int64_t b0, int64_t e0) {
+    for (int64_t i = b0; i < e0; ++i) {
+      const int64_t m = i / r.nb, b = i % r.nb;
+      const float s = r.s[i];
+      if (s == 0.f) continue;
+      const float* xr = xs + m * ldx;
+      int8_t* q = r.q.data() + m * r.ldq;
+      const int64_t k0 = b * QB, k1 = std::min(K, k0 + QB);
+      int64_t sum = 0;
+      if (avx2) {
+        sum = quant_block_avx2(xr + k0, k1 - k0, s, q + k0);
+      } else {
+        for (int64_t k = k0; k < k1; ++k) {
           float v = std::nearbyint(xr[k] / s);
           v = std::min(127.f, std::max(-127.f, v));
-          r.q[m * r.ldq + k] = int8_t(v);
+          q[k] = int8_t(v);
           sum += int64_t(v);
         }
       }
-      r.s[i] = s;
-      part[i] = double(s) * double(sum);
+      part[i] = int64_t(r.u[i]) * sum;
     }
   });
   for (int64_t m = 0; m < M; ++m) {
-    double c = 0;
+    int64_t c = 0;
     for (int64_t b = 0; b < r.nb; ++b) c += part[m * r.nb + b];
-    r.c[m] = float(c);
+    r.c[m] = float(double(r.S[m]) * double(c));
   }
   return r;
 }
