@@ -131,7 +131,7 @@ def test_empty_batch(ops):
     assert ops.block_sign_linear(torch.randn(0, 64), p, s, 32, 64, -1, NEVER).shape == (0, 8)
 
 
-@pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_HEADER", "PORTABLE_SOURCE",
+@pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_VNNI_SOURCE", "QUANT_HEADER", "PORTABLE_SOURCE",
                                   "AVX2_SOURCE", "AVX512_SOURCE", "I8LUT_SOURCE", "HEADER"])
 def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
     copy = tmp_path / getattr(loader, attr).name
@@ -142,4 +142,4 @@ def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
     assert loader.build_key() != key
     assert [s.name for s in loader.sources()] == ["onebit_cpu.cpp", "onebit_cpu_portable.cpp", "onebit_cpu_avx2.cpp",
                                                   "onebit_cpu_avx512.cpp", "onebit_cpu_i8lut.cpp", "quant_cpu.cpp",
-                                                  "quant_cpu_simd.cpp"]
+                                                  "quant_cpu_simd.cpp", "quant_cpu_vnni.cpp"]

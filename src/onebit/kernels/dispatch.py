@@ -135,8 +135,9 @@ def quant_linear_cpu(x, packed, scale, zero, bits, group_size, in_features):
     ops = _quant_ops()
     if ops is None or not _cpu_ok(x) or bits not in _QUANT_BITS:
         return quant_linear_ref(x, packed, scale, zero, bits, group_size, in_features)
-    return ops.quant_linear(x, packed, scale, zero, bits, group_size, in_features, cpu_params()[0],
-                            quant_mm_threshold())
+    isa, _, algo = cpu_params()
+    return ops.quant_linear(x, packed, scale, zero, bits, group_size, in_features, isa,
+                            quant_mm_threshold(), algo)
 
 
 def block_sign_linear_cpu(x, packed, scales, group_size, in_features):

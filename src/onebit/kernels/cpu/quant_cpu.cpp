@@ -27,6 +27,8 @@
 //     The SIMD paths need groups of a multiple of 32 columns (or one group per row); other group
 //     sizes take the scalar path.
 //   * large batch (M >= mm_threshold): dequantize blocks of rows to T and call at::mm (BLAS).
+//   * ONEBIT_CPU_ALGO=i8 (opt-in, not exact), small batch, AVX512-VNNI, symmetric 4/8-bit codes
+//     with fp16 scales: int8 activations and integer dot products (quant_cpu_vnni.cpp).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -120,7 +122,7 @@ at::Tensor as_param(const at::Tensor& t) {  // contiguous, in a dtype ld() reads
 
 at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tensor& scale_in,
                const std::optional<at::Tensor>& zero_in, int64_t bits, int64_t group_size, int64_t K,
-               int64_t isa, int64_t mm_threshold, const char* op) {
+               int64_t isa, int64_t mm_threshold, int64_t algo, const char* op) {
   TORCH_CHECK(x.device().is_cpu() && packed_in.device().is_cpu(), op, ": CPU tensors expected");
   TORCH_CHECK(packed_in.scalar_type() == at::kByte && packed_in.dim() == 2, op, ": packed must be a 2-D uint8 tensor");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, op, ": x.shape[-1] must equal in_features");
@@ -167,6 +169,13 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
 
   int64_t use = isa < 0 || isa > q_best_isa() ? q_best_isa() : isa;
   if (ng > 1 && group_size % 32 != 0) use = QISA_SCALAR;  // SIMD chunks must not cross groups
+  // int8 activations (opt-in, not exact): the VNNI GEMV of quant_cpu_vnni.cpp
+  if (algo == QALGO_I8 && M < mm_threshold && use == QISA_AVX512 && i8_vnni_available() && i8_fits(p)) {
+    const at::Tensor xf = x2.to(at::kFloat).contiguous();
+    at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+    gemv_i8_vnni(p, xf.data_ptr<float>(), M, K, y.data_ptr<float>());
+    return y.to(dt).view(oshape);
+  }
   const bool perm = use == QISA_AVX512 && (bits == 2 || bits == 4);
   // x in fp32, zero padded to Kp columns; permuted for AVX-512 2/4-bit (perm_col)
   const at::Tensor xf = x2.to(at::kFloat);
@@ -267,14 +276,14 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
 
 at::Tensor quant_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale,
                         const std::optional<at::Tensor>& zero, int64_t bits, int64_t group_size,
-                        int64_t in_features, int64_t isa, int64_t mm_threshold) {
+                        int64_t in_features, int64_t isa, int64_t mm_threshold, int64_t algo) {
   TORCH_CHECK(bits == 2 || bits == 4 || bits == 8, "quant_linear: bits must be 2, 4 or 8");
-  return run(x, packed, scale, zero, bits, group_size, in_features, isa, mm_threshold, "quant_linear");
+  return run(x, packed, scale, zero, bits, group_size, in_features, isa, mm_threshold, algo, "quant_linear");
 }
 
 at::Tensor block_sign_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                              int64_t group_size, int64_t in_features, int64_t isa, int64_t mm_threshold) {
-  return run(x, packed, scales, std::nullopt, 1, group_size, in_features, isa, mm_threshold,
+  return run(x, packed, scales, std::nullopt, 1, group_size, in_features, isa, mm_threshold, 0,
              "block_sign_linear");
 }
 
@@ -287,8 +296,9 @@ using onebit_quant::quant_linear;
 
 TORCH_LIBRARY_FRAGMENT(onebit_cpu_quant, m) {
   m.def("best_isa() -> int", &q_best_isa);
+  m.def("has_vnni() -> bool", &onebit_quant::i8_vnni_available);
   m.def("quant_linear(Tensor x, Tensor packed, Tensor scale, Tensor? zero, int bits, int group_size, "
-        "int in_features, int isa, int mm_threshold) -> Tensor",
+        "int in_features, int isa, int mm_threshold, int algo=0) -> Tensor",
         &quant_linear);
   m.def("block_sign_linear(Tensor x, Tensor packed, Tensor scales, int group_size, int in_features, "
         "int isa, int mm_threshold) -> Tensor",

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace onebit_quant {
 
@@ -90,5 +91,23 @@ using RowsFn = void (*)(const QP&, int64_t, int64_t, const float*, int64_t, floa
 RowsFn pick_rows(int64_t isa, int rt, int bits, int mb);
 // ... and AVX-512's dequantizing variant (rows stored in the permuted column order, as T)
 RowsFn pick_dequant512(int rt, int bits);
+
+// ---------------------------------------------------------------- quant_cpu_vnni.cpp
+// int8 activations (ONEBIT_CPU_ALGO=i8): x quantized per block of QB8 columns (design at the top
+// of quant_cpu_vnni.cpp)
+constexpr int64_t QB8 = 128;
+constexpr int64_t QALGO_I8 = 6;  // dispatch._ALGO["i8"]
+
+struct XQ8 {
+  std::vector<int8_t> q;       // [M, ldq]; 4-bit: each chunk's even columns, then its odd ones
+  std::vector<float> s;        // [M, nc]: s_c = max|x_c| / 127
+  std::vector<int32_t> ncorr;  // [M, nc, 32]: -z * (sum of the q of each int32 lane)
+  int64_t nc = 0, ldq = 0;
+};
+
+bool i8_vnni_available();
+bool i8_fits(const QP& p);  // symmetric 4/8-bit codes, fp16 scales, groups the kernel handles
+XQ8 quantize_x8(const float* x, int64_t M, int64_t ldx, int64_t K, int bits);
+void gemv_i8_vnni(const QP& p, const float* x, int64_t M, int64_t ldx, float* y);  // y [M, N] fp32
 
 }  // namespace onebit_quant
