@@ -54,7 +54,8 @@ def test_ops_use_the_kernel_on_every_isa(monkeypatch, spy, isa):
         assert_close(torch.ops.onebit.block_sign_linear(x, sp, ss, 32, 172),
                      block_sign_linear_ref(x, sp, ss, 32, 172))
     assert len(spy) == 6
-    assert all(a[-2] == dispatch._ISA[isa] for _, a in spy)  # the ISA the kernels are asked for
+    # the ISA the kernels are asked for: (.., in_features, isa, mm_threshold[, algo])
+    assert all(a[7 if name == "quant_linear" else 5] == dispatch._ISA[isa] for name, a in spy)
 
 
 def test_gemm_threshold_env(monkeypatch, spy):
@@ -62,7 +63,7 @@ def test_gemm_threshold_env(monkeypatch, spy):
     p, s, z, gs = quant_layer(9, 64, 8, 32, "channel", "sym")
     x = make_x(3, 64, torch.float32)
     assert_close(torch.ops.onebit.quant_linear(x, p, s, z, 8, gs, 64), quant_linear_ref(x, p, s, z, 8, gs, 64))
-    assert spy[-1][1][-1] == 2
+    assert spy[-1][1][8] == 2  # (.., isa, mm_threshold, algo)
 
 
 def test_fallbacks_to_reference(monkeypatch, spy):
