@@ -24,7 +24,9 @@ bfloat16: the AVX512-BF16 GEMV, and for prefill the AMX bf16 GEMM on ±1 rows), 
 other exact AVX-512 GEMV, ``ONEBIT_CPU_ALGO=shift``: the default on non-Intel CPUs; the default on
 Intel is the masked-sum one) and ``int8 act``
 (``ONEBIT_CPU_ALGO=i8``: activations quantized to int8 per block of 128 on the fly, the VNNI GEMV;
-not exact, ~0.7 % error per layer, as llama.cpp's TQ2_0 / Q1_0 do with their q8 activations).
+not exact, ~0.7 % error per layer, as llama.cpp's TQ2_0 / Q1_0 do with their q8 activations; with
+AVX512-VNNI the int4 / int8 head's GEMV then runs on int8 activations too), and ``head int4-g32,
+int8 act`` (the same setting with the int4 head).
 
 Memory: the fp model is built and quantized in fp16 (not fp32), the llama.cpp files and the onebit
 checkpoints are opened one at a time (each round loads, runs and closes them), and the process's peak RSS (ru_maxrss) is
@@ -250,6 +252,8 @@ def onebit_runtimes(ckpt: Path, compile: bool) -> dict[str, OneBitRuntime]:
             out["onebit runtime static, head int8, bf16"] = OneBitRuntime(path, dtype=torch.bfloat16)
             out["onebit runtime static, head int8, shift"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "shift"})
             out["onebit runtime static, head int8, int8 act"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "i8"})
+        else:  # int8 activations with the int4 head (its VNNI GEMV reads half the int8 head's bytes)
+            out["onebit runtime static, head int4-g32, int8 act"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "i8"})
     return out
 
 

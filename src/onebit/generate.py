@@ -85,6 +85,16 @@ class LlamaRuntime:
         rot = x.unflatten(-1, (2, self.hd // 2)).flip(-2).flatten(-2)
         return torch.addcmul(x * cos, rot, sin)
 
+    def _attend1(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One query position (a decode step): the heads grouped by their KV head (head h uses KV
+        head h // (heads / kv_heads), as SDPA's enable_gqa), two batched matmuls and a softmax in
+        float32: ~16 µs a call where SDPA's CPU kernel took ~35 µs (TinyLlama-1.1B shape, 40 cached
+        positions, 1 thread, on a Zen 4)."""
+        qg = q.reshape(self.nkv, self.nh // self.nkv, self.hd)                 # [kv, group, hd]
+        s = torch.bmm(qg, k.transpose(1, 2)).mul_(self.scaling)                  # [kv, group, pos]
+        p = s.softmax(-1) if s.dtype == torch.float32 else s.float().softmax(-1).to(s.dtype)
+        return torch.bmm(p, v)                                                 # [kv, group, hd]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Run ``ids`` ``[1, n]`` at the next ``n`` positions; the last position's logits."""
         n, p0 = ids.shape[1], self.pos
@@ -101,10 +111,13 @@ class LlamaRuntime:
             k = self._rope(a.k_proj(x).view(1, n, self.nkv, self.hd).transpose(1, 2), cos, sin)
             self.k[i][:, :, p0:end] = k
             self.v[i][:, :, p0:end] = a.v_proj(x).view(1, n, self.nkv, self.hd).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, self.k[i][:, :, :end], self.v[i][:, :, :end], attn_mask=mask,
-                                               is_causal=n > 1 and mask is None, scale=self.scaling,
-                                               enable_gqa=self.nh != self.nkv)
-            h = h + a.o_proj(o.transpose(1, 2).reshape(1, n, self.nh * self.hd))
+            if n == 1:
+                o = self._attend1(q, self.k[i][0, :, :end], self.v[i][0, :, :end])
+            else:
+                o = F.scaled_dot_product_attention(q, self.k[i][:, :, :end], self.v[i][:, :, :end], attn_mask=mask,
+                                                   is_causal=mask is None, scale=self.scaling,
+                                                   enable_gqa=self.nh != self.nkv).transpose(1, 2)
+            h = h + a.o_proj(o.reshape(1, n, self.nh * self.hd))
             x = self._rms(layer.post_attention_layernorm, h)
             h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
         self.pos = end
