@@ -12,6 +12,11 @@ zeros) / C++ time.  Weights are cold (copies > 2x LLC, cycled) unless ``--warm``
     python bench/quant_kernels.py --quick                          # ~30 s: SmolLM2 shapes, batch 1, warm weights
     python bench/quant_kernels.py --crossover --threads 1          # GEMV vs GEMM path by batch: the threshold
     ONEBIT_CPU_ISA=avx2 python bench/quant_kernels.py --quick      # another ISA path
+    python bench/quant_kernels.py --threads 1 --batch 1 --models TinyLlama --formats "int4 g32 sym" "int8 g32 sym" --i8
+
+``--i8``: one more column, the same calls with ``ONEBIT_CPU_ALGO=i8`` (int8 activations; with
+AVX512-VNNI the symmetric 4/8-bit formats then take quant_cpu_vnni.cpp's GEMV), and its ratio to
+the default C++ time measured in the same round.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from onebit.formats.packing import pack, pack_signs  # noqa: E402
 SHAPES = [("SmolLM2", 1536, 576), ("SmolLM2", 576, 1536), ("SmolLM2", 49152, 576),
           ("TinyLlama", 5632, 2048), ("TinyLlama", 2048, 5632), ("TinyLlama", 32000, 2048)]
 #: name -> (bits, group (0: per channel), symmetric); bits 1 = q1_0 (block_sign_linear)
-FORMATS = {"q1_0 g128": (1, 128, True), "int4 g32 sym": (4, 32, True), "int8 per-channel": (8, 0, True),
+FORMATS = {"q1_0 g128": (1, 128, True), "int4 g32 sym": (4, 32, True), "int8 g32 sym": (8, 32, True),
+           "int8 per-channel": (8, 0, True),
            "int8 g128": (8, 128, True), "int2 g64": (2, 64, True), "int4 g128 asym": (4, 128, False)}
 from kernel_speed import env  # noqa: E402  (bench/kernel_speed.py: set dispatcher variables, restore after)
 
@@ -71,7 +77,7 @@ def copies(nbytes: int, cold: bool) -> int:
     return max(1, math.ceil(2 * llc_bytes() / nbytes)) if cold else 1
 
 
-def bench_case(out_f, in_f, fmt, batches, dtype, repeats, cold, with_dense):
+def bench_case(out_f, in_f, fmt, batches, dtype, repeats, cold, with_dense, i8=False):
     bits, group, sym = FORMATS[fmt]
     gen = torch.Generator().manual_seed(0)
     layer = make_layer(out_f, in_f, bits, group, sym, gen)
@@ -96,6 +102,9 @@ def bench_case(out_f, in_f, fmt, batches, dtype, repeats, cold, with_dense):
 
         reps = repeats if b * out_f * in_f < 2e9 else max(2, repeats // 4)
         r = {"cpp": timeit(f_packed, reps, min_time=0.05)}
+        if i8:
+            with env(ONEBIT_CPU_ALGO="i8"):
+                r["i8"] = timeit(f_packed, reps, min_time=0.05)
         with env(ONEBIT_KERNEL="reference"):
             r["ref"] = timeit(f_packed, max(2, reps // 2), warmup=1)
         if dense is not None:
@@ -141,6 +150,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="~30 s: SmolLM2 shapes, batch 1, one round, few repeats, warm weights")
     ap.add_argument("--crossover", action="store_true", help="only the GEMV vs GEMM table")
+    ap.add_argument("--i8", action="store_true", help="also the C++ time with ONEBIT_CPU_ALGO=i8 (int8 activations)")
     args = ap.parse_args()
     if args.quick:
         args.models, args.batch, args.rounds, args.repeats, args.warm = ["SmolLM2"], [1], 1, 5, True
@@ -165,14 +175,16 @@ def main() -> None:
     for r in range(args.rounds):
         for model, o, i in shapes:
             for fmt in args.formats:
-                res, nb = bench_case(o, i, fmt, args.batch, dtype, args.repeats, not args.warm, not args.no_dense)
+                res, nb = bench_case(o, i, fmt, args.batch, dtype, args.repeats, not args.warm, not args.no_dense,
+                                     args.i8)
                 nbytes[(o, i, fmt)] = nb
                 for b, v in res.items():
                     runs.setdefault((model, o, i, fmt, b), []).append(v)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     print(f"{'model':>9} {'out x in':>12} {'format':>17} {'batch':>5} {'ref ms':>9} {'C++ ms':>9} "
-          f"{'dense ms':>9} {'ref/C++':>8} {'dense/C++':>9} {'GB/s':>6} {'%copy':>6}")
+          f"{'dense ms':>9} {'ref/C++':>8} {'dense/C++':>9} {'GB/s':>6} {'%copy':>6}" +
+          (f" {'i8 ms':>9} {'C++/i8':>7} {'i8 GB/s':>7}" if args.i8 else ""))
     for (model, o, i, fmt, b), rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         ratio = {k: statistics.median(r[k] / r["cpp"] for r in rs) for k in rs[0]}
@@ -180,7 +192,9 @@ def main() -> None:
         dense = f"{med['dense'] * 1e3:9.3f}" if "dense" in med else f"{'-':>9}"
         dr = f"{ratio['dense']:8.2f}x" if "dense" in med else f"{'-':>9}"
         print(f"{model:>9} {o:>6}x{i:<5} {fmt:>17} {b:>5} {med['ref'] * 1e3:9.3f} {med['cpp'] * 1e3:9.3f} "
-              f"{dense} {ratio['ref']:7.1f}x {dr} {gbs:6.1f} {100 * gbs / cbw:5.0f}%")
+              f"{dense} {ratio['ref']:7.1f}x {dr} {gbs:6.1f} {100 * gbs / cbw:5.0f}%" +
+              (f" {med['i8'] * 1e3:9.3f} {1 / ratio['i8']:6.2f}x {nbytes[(o, i, fmt)] / med['i8'] / 1e9:7.1f}"
+               if "i8" in med else ""))
     try:
         print("load average at end: " + " ".join(open("/proc/loadavg").read().split()[:3]))
     except OSError:

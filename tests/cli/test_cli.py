@@ -56,6 +56,17 @@ def test_generate(packed, capsys):
     assert capsys.readouterr().out.startswith("Once upon")
 
 
+def test_generate_int8_activations(packed, capsys, monkeypatch):
+    """--int8-activations selects the int8 kernels for this process (ONEBIT_CPU_ALGO=i8)."""
+    monkeypatch.setenv("ONEBIT_CPU_ALGO", "simd")   # restored after the test
+    assert main(["generate", str(packed), "--prompt", "Once upon", "--max-new-tokens", "8",
+                 "--temperature", "0", "--int8-activations"]) == 0
+    assert capsys.readouterr().out.startswith("Once upon")
+    import os
+
+    assert os.environ["ONEBIT_CPU_ALGO"] == "i8"
+
+
 def test_quantize_refuses_existing_out(packed, stories260k):
     before = sorted(p.name for p in packed.iterdir())
     rc, so, se = run_cli("quantize", stories260k, packed)

@@ -19,6 +19,10 @@ def register(sub) -> None:
                    "(always used with --kv-cache int8/int4) (default: %(default)s)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the static loop's decode step (pays only on long generations)")
+    p.add_argument("--int8-activations", action="store_true",
+                   help="faster, not exact: the packed linears (and an int4/int8 head) multiply int8 "
+                   "activations, quantized per block of 128 columns on the fly, as llama.cpp's "
+                   "TQ2_0/Q1_0 do (the same as ONEBIT_CPU_ALGO=i8; CPU only; docs/kernels.md)")
     from .kvflags import add_kv_args
 
     add_kv_args(p)
@@ -27,11 +31,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import os
+
     from ..generate import generate_text
     from ..models import load_model, load_tokenizer
     from .kvflags import kv_config
 
     kv = kv_config(args)
+    if args.int8_activations:   # read by the CPU kernels' dispatcher on every call
+        os.environ["ONEBIT_CPU_ALGO"] = "i8"
     model = load_model(args.model)
     tok = load_tokenizer(args.model)
     print(generate_text(model, tok, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
