@@ -25,6 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from . import kernels  # noqa: F401  (defines torch.ops.onebit.*, decode_attention among them)
 from .calibration import cache_kw
 from .errors import OneBitError
 from .models import context_length
@@ -40,8 +41,9 @@ class LlamaRuntime:
     It calls the model's own modules (so packed linears, quantized embeddings and heads run as
     everywhere) and computes what transformers' Llama computes, in the same order: RMSNorm in
     float32, rotary embedding ``x·cos + rotate_half(x)·sin`` (cos/sin for every position computed
-    once by the model's rotary module), SDPA over the cached positions, residual adds; logits of the
-    last position only."""
+    once by the model's rotary module), attention over the cached positions (SDPA for a prompt,
+    ``torch.ops.onebit.decode_attention`` for a decode step), residual adds; logits of the last
+    position only."""
 
     @staticmethod
     def supports(model) -> bool:
@@ -68,7 +70,10 @@ class LlamaRuntime:
         self.cos = cos[0].contiguous()                                        # [max_len, head_dim]
         self.sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1)   # sign of rotate_half folded in
         shape = (1, self.nkv, max_len, self.hd)
-        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        # keys stored transposed, [1, kv_heads, head_dim, max_len]: a decode step's scores are then
+        # plain vertical FMAs over positions (torch.ops.onebit.decode_attention)
+        self.kt = [torch.zeros(1, self.nkv, self.hd, max_len, dtype=self.dtype, device=self.device)
+                   for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.max_len, self.pos = max_len, 0
 
@@ -85,16 +90,6 @@ class LlamaRuntime:
         rot = x.unflatten(-1, (2, self.hd // 2)).flip(-2).flatten(-2)
         return torch.addcmul(x * cos, rot, sin)
 
-    def _attend1(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """One query position (a decode step): the heads grouped by their KV head (head h uses KV
-        head h // (heads / kv_heads), as SDPA's enable_gqa), two batched matmuls and a softmax in
-        float32: ~16 µs a call where SDPA's CPU kernel took ~35 µs (TinyLlama-1.1B shape, 40 cached
-        positions, 1 thread, on a Zen 4)."""
-        qg = q.reshape(self.nkv, self.nh // self.nkv, self.hd)                 # [kv, group, hd]
-        s = torch.bmm(qg, k.transpose(1, 2)).mul_(self.scaling)                  # [kv, group, pos]
-        p = s.softmax(-1) if s.dtype == torch.float32 else s.float().softmax(-1).to(s.dtype)
-        return torch.bmm(p, v)                                                 # [kv, group, hd]
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Run ``ids`` ``[1, n]`` at the next ``n`` positions; the last position's logits."""
         n, p0 = ids.shape[1], self.pos
@@ -109,12 +104,14 @@ class LlamaRuntime:
             x = self._rms(layer.input_layernorm, h)
             q = self._rope(a.q_proj(x).view(1, n, self.nh, self.hd).transpose(1, 2), cos, sin)
             k = self._rope(a.k_proj(x).view(1, n, self.nkv, self.hd).transpose(1, 2), cos, sin)
-            self.k[i][:, :, p0:end] = k
+            self.kt[i][:, :, :, p0:end] = k.transpose(-1, -2)
             self.v[i][:, :, p0:end] = a.v_proj(x).view(1, n, self.nkv, self.hd).transpose(1, 2)
-            if n == 1:
-                o = self._attend1(q, self.k[i][0, :, :end], self.v[i][0, :, :end])
+            if n == 1:   # a decode step: onebit's kernel for one query position (grouped heads)
+                o = torch.ops.onebit.decode_attention(q.reshape(self.nh, self.hd), self.kt[i][0, :, :, :end],
+                                                      self.v[i][0, :, :end], self.scaling)
             else:
-                o = F.scaled_dot_product_attention(q, self.k[i][:, :, :end], self.v[i][:, :, :end], attn_mask=mask,
+                o = F.scaled_dot_product_attention(q, self.kt[i][..., :end].transpose(-1, -2), self.v[i][:, :, :end],
+                                                   attn_mask=mask,
                                                    is_causal=mask is None, scale=self.scaling,
                                                    enable_gqa=self.nh != self.nkv).transpose(1, 2)
             h = h + a.o_proj(o.reshape(1, n, self.nh * self.hd))

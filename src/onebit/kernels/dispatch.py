@@ -41,7 +41,8 @@ import os
 import torch
 
 from .cpu import ISA_NAMES, loader
-from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
+from .reference import (binary_linear_ref, block_sign_linear_ref, decode_attention_ref, quant_linear_ref,
+                        ternary_linear_ref)
 
 log = logging.getLogger("onebit.kernels")
 
@@ -115,6 +116,21 @@ def ternary_linear_cpu(x, packed, scale, in_features):
     return mod.ternary_linear(x, packed, scale, in_features, isa, thr)
 
 
+def decode_attention_cpu(q, kt, v, scale):
+    """The AVX-512 kernel (attention_cpu.cpp) for float32 and head_dim a multiple of 16; else the
+    reference."""
+    mod = _cpu_module()
+    ok = (mod is not None and q.dtype == kt.dtype == v.dtype == torch.float32 and q.shape[-1] % 16 == 0
+          and kt.dim() == 3 and kt.shape[-1] > 0 and kt.stride(-1) == 1 and v.stride(-1) == 1)
+    if ok:
+        isa = cpu_params()[0]
+        best = mod.best_isa()
+        ok = (best if isa < 0 or isa > best else isa) == 2
+    if not ok:
+        return decode_attention_ref(q, kt, v, scale)
+    return mod.decode_attention(q, kt, v, scale)
+
+
 #: batch rows from which the quant ops take their GEMM path (dequantized row blocks + BLAS)
 #: instead of the GEMV; ``python bench/quant_kernels.py`` measures the crossover
 QUANT_MM_THRESHOLD = 32
@@ -166,7 +182,7 @@ def backend(device: str | torch.device = "cpu") -> str:
 
 
 #: the packed ops a backend may register kernels for
-OPS = ("binary_linear", "ternary_linear", "quant_linear", "block_sign_linear")
+OPS = ("binary_linear", "ternary_linear", "quant_linear", "block_sign_linear", "decode_attention")
 _kernels: dict[tuple[str, str], str] = {}  # (device, op) -> backend name
 
 
@@ -195,5 +211,6 @@ def register_backends() -> dict[str, str]:
     """Register the C++ CPU kernels (idempotent); returns {device: backend} of every backend
     registered so far (``cuda`` too once the Triton backend has registered itself)."""
     register_backend("cpu", "cpu", binary_linear_cpu, ternary_linear_cpu,
-                     quant_linear=quant_linear_cpu, block_sign_linear=block_sign_linear_cpu)
+                     quant_linear=quant_linear_cpu, block_sign_linear=block_sign_linear_cpu,
+                     decode_attention=decode_attention_cpu)
     return dict(_registered)

@@ -10,7 +10,9 @@ reference; fast backends register device-specific kernels with
 ``torch.ops.onebit.quant_linear(x, packed, scale, zero, bits, group_size, in_features)``: n-bit
 codes with per-tensor / channel / group scales (RTN, GPTQ, AWQ, the int8/4/2 LM head);
 ``torch.ops.onebit.block_sign_linear(x, packed, scales, group_size, in_features)``: sign bits with
-one scale per block of a row (q1_0 linears, the q1 LM head).
+one scale per block of a row (q1_0 linears, the q1 LM head);
+``torch.ops.onebit.decode_attention(q, kt, v, scale)``: the attention of one query position over
+a KV cache whose keys are stored transposed (onebit.generate's decode step).
 A fake (meta) implementation makes each op traceable by ``torch.compile``.
 
 The ops are defined with the low-level ``torch.library.Library`` (schema + a
@@ -26,7 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from .reference import binary_linear_ref, block_sign_linear_ref, quant_linear_ref, ternary_linear_ref
+from .reference import (binary_linear_ref, block_sign_linear_ref, decode_attention_ref, quant_linear_ref,
+                        ternary_linear_ref)
 
 _LIB = torch.library.Library("onebit", "DEF")  # noqa: TOR901 (kept alive for the process)
 _BELOW_AUTOGRAD = torch._C._after_autograd_keyset
@@ -93,3 +96,10 @@ _define("quant_linear", "(Tensor x, Tensor packed, Tensor scale, Tensor? zero, i
 # sign bits with one scale per block of group_size weights of a row: y = x · (sign ⊙ scale)ᵀ
 _define("block_sign_linear", "(Tensor x, Tensor packed, Tensor scales, int group_size, "
         "int in_features) -> Tensor", block_sign_linear_ref, 8)
+# attention of one query position (a decode step) over a KV cache with transposed keys:
+# q [nh, D], kt [nkv, D, L], v [nkv, L, D] -> [nh, D]
+_LIB.define("decode_attention(Tensor q, Tensor kt, Tensor v, float scale) -> Tensor")
+_LIB.impl("decode_attention", decode_attention_ref, "CompositeExplicitAutograd")
+_LIB.impl("decode_attention", _autograd_kernel("decode_attention"), "Autograd", with_keyset=True)
+torch.library.register_fake("onebit::decode_attention", lambda q, kt, v, scale: q.new_empty(q.shape), lib=_LIB)
+

@@ -95,3 +95,18 @@ def block_sign_linear_ref(x: torch.Tensor, packed: torch.Tensor, scales: torch.T
         s = s.repeat_interleave(group_size, dim=1)[:, :in_features] if nb > 1 else s
         parts.append(torch.nn.functional.linear(x, w * s))
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+def decode_attention_ref(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of one query position over a KV cache with its keys stored transposed.
+
+    q: ``[nh, D]``; kt: ``[nkv, D, L]`` (keys, transposed); v: ``[nkv, L, D]``; head ``h`` uses KV
+    head ``h // (nh / nkv)`` (grouped-query attention, as SDPA's ``enable_gqa``).  Returns
+    ``softmax(q·k·scale)·v`` per head, ``[nh, D]``, with the softmax in float32.
+    """
+    nkv = kt.shape[0]
+    qg = q.reshape(nkv, q.shape[0] // nkv, q.shape[1])
+    s = torch.bmm(qg, kt).mul_(scale)
+    p = s.softmax(-1) if s.dtype == torch.float32 else s.float().softmax(-1).to(s.dtype)
+    return torch.bmm(p, v).reshape(q.shape)
+

@@ -412,4 +412,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_isa", &best_isa, "best ISA this CPU runs: 0 scalar, 1 avx2, 2 avx512");
   m.def("binary_linear", &binary_linear, "packed 1-bit linear (x, packed, g, h, in, isa, mm_threshold, algo)");
   m.def("ternary_linear", &ternary_linear, "packed ternary linear (x, packed, scale, in, isa, mm_threshold)");
+  m.def("decode_attention", &onebit_packed::decode_attention,
+        "attention of one query position: (q [nh, D], kt [nkv, D, L], v [nkv, L, D], scale), fp32, AVX-512");
 }

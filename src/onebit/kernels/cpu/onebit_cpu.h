@@ -157,4 +157,8 @@ VNNI_TARGET void bin_i8_vnni(const QuantX& qx, int64_t m0, int64_t M, const uint
 AVX512_TARGET void ter_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,
                               int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
+// ---------------------------------------------------------------- attention_cpu.cpp
+// onebit::decode_attention (one query position, keys stored transposed), fp32, AVX-512
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, double scale);
+
 }  // namespace onebit_packed
