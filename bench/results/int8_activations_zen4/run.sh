@@ -7,22 +7,24 @@
 #   bash bench/results/int8_activations_zen4/run.sh [STUDENT] > bench/results/int8_activations_zen4/ppl.log 2>&1
 set -euo pipefail
 M=${1:-out/smol/one-command}
-H="${M%/}-embed-int4"
 EVAL=(onebit eval ppl --data wikitext2 --seqlen 2048 --max-windows 8 --threads 1)
 export ONEBIT_CPU_MM_THRESHOLD=1000000000 ONEBIT_CPU_QMM_THRESHOLD=1000000000
 lscpu | grep -E "Model name|^CPU family|^Model:" || true
 echo "== $M, fp32 head (tied embedding)"
 for algo in simd i8; do echo "ONEBIT_CPU_ALGO=$algo"; ONEBIT_CPU_ALGO=$algo "${EVAL[@]}" "$M"; done
-if [ ! -d "$H" ]; then   # the embedding / tied head quantized to int4 g32, as --embed-quant int4
-  python - "$M" "$H" <<'PY'
+for kind in int8 int4; do   # the embedding / tied head quantized to int8 / int4 g32, as --embed-quant
+  H="${M%/}-embed-$kind"
+  if [ ! -d "$H" ]; then
+    python - "$M" "$H" "$kind" <<'PY'
 import sys
 import onebit
 from onebit.embeddings import EmbedQuantConfig
 from onebit.pipelines.embeddings import quantize_embeddings
 m = onebit.load(sys.argv[1])
-quantize_embeddings(m, EmbedQuantConfig("int4", group_size=32, head=True))
+quantize_embeddings(m, EmbedQuantConfig(sys.argv[3], group_size=32, head=True))
 onebit.save(m, sys.argv[2], source=sys.argv[1])
 PY
-fi
-echo "== $H, int4 g32 embedding and head"
-for algo in simd i8; do echo "ONEBIT_CPU_ALGO=$algo"; ONEBIT_CPU_ALGO=$algo "${EVAL[@]}" "$H"; done
+  fi
+  echo "== $H, $kind g32 embedding and head"
+  for algo in simd i8; do echo "ONEBIT_CPU_ALGO=$algo"; ONEBIT_CPU_ALGO=$algo "${EVAL[@]}" "$H"; done
+done
