@@ -110,8 +110,10 @@ class LlamaRuntime:
                 o = torch.ops.onebit.decode_attention(q.reshape(self.nh, self.hd), self.kt[i][0, :, :, :end],
                                                       self.v[i][0, :, :end], self.scaling)
             else:
-                o = F.scaled_dot_product_attention(q, self.kt[i][..., :end].transpose(-1, -2), self.v[i][:, :, :end],
-                                                   attn_mask=mask,
+                # the keys back in [.., positions, head_dim] order, contiguous: SDPA took ~10% longer
+                # over a 512-token prompt with the transposed view
+                kc = self.kt[i][..., :end].transpose(-1, -2).contiguous()
+                o = F.scaled_dot_product_attention(q, kc, self.v[i][:, :, :end], attn_mask=mask,
                                                    is_causal=mask is None, scale=self.scaling,
                                                    enable_gqa=self.nh != self.nkv).transpose(1, 2)
             h = h + a.o_proj(o.reshape(1, n, self.nh * self.hd))
