@@ -8,23 +8,14 @@ import torch
 
 from onebit.formats.packing import unpack
 from onebit.kernels import dispatch
-from onebit.kernels.cpu import loader
 from onebit.kernels.reference import quant_linear_ref
 
 from ._cases import assert_close, make_x, rel_err
-from .test_quant_cpu import quant_layer
+from .test_quant_cpu import ops, quant_layer  # noqa: F401  (ops: the module's fixture)
 
 I8 = dispatch._ALGO["i8"]
 NEVER = 1 << 40
 QB = 128  # the block of activations
-
-
-@pytest.fixture(scope="module")
-def ops():
-    q = loader.quant_ops()
-    if q is None:
-        pytest.fail(f"the C++ CPU kernels did not build: {loader.build_error()}")
-    return q
 
 
 def vnni(ops) -> bool:
