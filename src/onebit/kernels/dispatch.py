@@ -116,17 +116,24 @@ def ternary_linear_cpu(x, packed, scale, in_features):
     return mod.ternary_linear(x, packed, scale, in_features, isa, thr)
 
 
+_best_isa: list[int] = []  # the CPU's best ISA, asked of the module once
+
+
+def _used_isa(mod, isa: int) -> int:
+    """The ISA the C++ kernels run for a requested ``isa`` (-1 auto): the CPU's best, capped."""
+    if not _best_isa:
+        _best_isa.append(mod.best_isa())
+    best = _best_isa[0]
+    return best if isa < 0 or isa > best else isa
+
+
 def decode_attention_cpu(q, kt, v, scale):
     """The AVX-512 kernel (attention_cpu.cpp) for float32 and head_dim a multiple of 16; else the
     reference."""
     mod = _cpu_module()
     ok = (mod is not None and q.dtype == kt.dtype == v.dtype == torch.float32 and q.shape[-1] % 16 == 0
           and kt.dim() == 3 and kt.shape[-1] > 0 and kt.stride(-1) == 1 and v.stride(-1) == 1)
-    if ok:
-        isa = cpu_params()[0]
-        best = mod.best_isa()
-        ok = (best if isa < 0 or isa > best else isa) == 2
-    if not ok:
+    if not ok or _used_isa(mod, cpu_params()[0]) != _ISA["avx512"]:
         return decode_attention_ref(q, kt, v, scale)
     return mod.decode_attention(q, kt, v, scale)
 
@@ -174,8 +181,7 @@ def backend(device: str | torch.device = "cpu") -> str:
         if mod is None:
             return "reference"
         isa, _, algo = cpu_params()
-        best = mod.best_isa()
-        use = best if isa < 0 or isa > best else isa
+        use = _used_isa(mod, isa)
         name = {v: k for k, v in _ALGO.items()}[algo]
         return f"cpu-{ISA_NAMES[use]}" + ("" if algo == 0 else f"-{name}")
     return _registered[dev]
