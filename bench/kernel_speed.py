@@ -58,6 +58,7 @@ VARIANTS = {  # name -> environment for the dispatcher (CPU), on top of --isa / 
     "kmask": {"ONEBIT_CPU_ALGO": "kmask"},
     "psum": {"ONEBIT_CPU_ALGO": "psum"},
     "shift": {"ONEBIT_CPU_ALGO": "shift"},
+    "fx": {"ONEBIT_CPU_ALGO": "fx"},
     "bf16dp": {"ONEBIT_CPU_ALGO": "bf16dp"},
     "reference": {"ONEBIT_KERNEL": "reference"},
 }

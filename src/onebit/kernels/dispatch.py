@@ -23,9 +23,11 @@ Environment (read on every call, so benchmarks and tests can switch; parsed once
   this CPU lacks falls back to the best it has).
 * ``ONEBIT_CPU_ALGO``: ``simd`` (default) | ``lut`` (T-MAC style table GEMV) | ``kmask``
   (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x; the fp32 default on
-  Intel CPUs) | ``shift`` (AVX-512 vpsllvd + vpternlogd; the fp32 default on other CPUs, and for
+  Intel CPUs) | ``fx`` (x in 24-bit fixed point as int8 digit planes, AVX512-VNNI + VBMI; exact
+  integer sums; the default for every dtype on such CPUs other than Intel's, e.g. AMD Zen 4) |
+  ``shift`` (AVX-512 vpsllvd + vpternlogd; the fp32 default on other CPUs, and for
   every dtype without AVX512-BF16) | ``bf16dp``
-  (AVX512-BF16 dot products; the default for bf16/fp16 inputs) | ``i8`` (x quantized to int8
+  (AVX512-BF16 dot products; the default for bf16/fp16 inputs on Intel) | ``i8`` (x quantized to int8
   per block of 128 on the fly, any ISA, AVX512-VNNI where present; not exact, opt-in) | ``table`` (AVX2 ±1 table + FMA; the
   AVX2 default) | ``xor`` / ``blend`` (AVX2 exact sign flip of x by xor / by vblendvps), for
   measurements.
@@ -48,7 +50,7 @@ log = logging.getLogger("onebit.kernels")
 
 _ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
 _ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5,
-         "i8": 6, "table": 7, "xor": 8, "blend": 9}
+         "i8": 6, "table": 7, "xor": 8, "blend": 9, "fx": 10}
 _registered: dict[str, str] = {}
 
 

@@ -14,11 +14,15 @@
 //     4 output rows per x load, threads over output rows (at::parallel_for = torch's OpenMP pool).
 //       AVX512-BF16 (bf16/fp16 inputs): ±1 bf16 weights from the bits, x split into exact bf16
 //                parts, vdpbf16ps (32 multiply-adds per instruction); see bin_bf16dp.
+//       fx:      (algo=10, AVX512-VNNI + VBMI; the default on such CPUs other than Intel's, every
+//                dtype) x per row in 24-bit fixed point as three int8 digit planes, vpdpbusd against
+//                the 0/1 bytes of the bits: exact integer sums, one rounding per output
+//                (onebit_cpu_fixed.cpp).
 //       AVX-512: 32 bits broadcast to all lanes, vpsllvd moves bit i to the sign bit of lane i,
 //                t = (-x) ^ (that & signbit) in one vpternlogd, acc += t (no mask registers).
 //                algo=2: mask-register variant (kmov + masked xor); algo=3 (psum): one masked
 //                add per 16 weights on centred x (2P - S).  Default for fp32: psum on Intel
-//                (measured faster on the Xeon dev VM), shift elsewhere (faster on Zen 5).
+//                (measured faster on the Xeon dev VM), fx where it runs, else shift (faster on Zen 5).
 //       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc),
 //                two accumulators per row (the default: fastest exact AVX2 path measured here);
 //                algo=8/9: exact sign flip of x by xor / vblendvps from vpsllvd'd bits, no table.
@@ -52,6 +56,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "onebit_cpu.h"
@@ -67,7 +73,8 @@ int64_t best_isa_raw();
 struct CpuFeatures {
   bool bf16dp = false;   // AVX512-BF16 (with the AVX-512 level)
   bool vnni512 = false;  // AVX512-VNNI (with the AVX-512 level)
-  bool intel = false;    // vendor: picks the fp32 AVX-512 GEMV (psum on Intel, shift elsewhere)
+  bool fx = false;       // AVX512-VNNI + AVX512-VBMI: the fixed-point exact GEMV (algo=fx)
+  bool intel = false;    // vendor: picks the AVX-512 GEMV (psum / bf16dp on Intel, fx or shift elsewhere)
 };
 
 const CpuFeatures& cpu_features() {
@@ -78,6 +85,7 @@ const CpuFeatures& cpu_features() {
     const bool avx512 = best_isa_raw() == 2;
     r.bf16dp = avx512 && __builtin_cpu_supports("avx512bf16");
     r.vnni512 = avx512 && __builtin_cpu_supports("avx512vnni");
+    r.fx = r.vnni512 && __builtin_cpu_supports("avx512vbmi");
     r.intel = __builtin_cpu_is("intel") != 0;
 #endif
     return r;
@@ -86,6 +94,12 @@ const CpuFeatures& cpu_features() {
 }
 
 int64_t best_isa() { return best_isa_raw(); }
+
+// the probed features, for tests and benchmarks
+std::map<std::string, bool> cpu_flags() {
+  const CpuFeatures& f = cpu_features();
+  return {{"bf16dp", f.bf16dp}, {"vnni512", f.vnni512}, {"fx", f.fx}, {"intel", f.intel}};
+}
 
 int64_t best_isa_raw() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -102,7 +116,8 @@ int64_t best_isa_raw() {
 // algo codes (kernels/dispatch.py _ALGO): 0 default, 1 lut, 2 kmask, 3 psum, 4 shift, 5 bf16dp,
 // 6 i8 (int8 activations), 7 table (AVX2 ±1 table + FMA: the AVX2 default), 8 xor / 9 blend
 // (AVX2 sign flip by xor / by vblendvps)
-constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9;
+// 10 fx (exact: x in fixed point as int8 digit planes, AVX512-VNNI; onebit_cpu_fixed.cpp)
+constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9, ALGO_FX = 10;
 // mm_threshold < 0 (auto): batch rows from which AVX2 expands tiles and calls a GEMM (measured,
 // docs/kernels.md); AVX-512 and ternary by dtype (below); scalar never does unless asked
 constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
@@ -302,14 +317,26 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   } else {
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
+    // default on AVX512-VNNI + VBMI CPUs other than Intel's, for every dtype: the fixed-point
+    // exact GEMV (Zen 4, 5632x2048, 1 thread: fp32 0.44 -> 0.27 ms against shift, fp16 0.44 ->
+    // 0.34 and bf16 0.32 -> 0.28 against bf16dp; bench/kernel_speed.py, docs/kernels.md).  Intel
+    // keeps psum / bf16dp: fx is not measured there.
+    if (algo == 0 && !ternary && use == ISA_AVX512 && cpu_features().fx && !cpu_features().intel) algo = ALGO_FX;
+    FixedX fx;  // fixed-point x for algo=fx (rows with inf / nan: the fp32 kernels below)
+    const bool use_fx = !ternary && algo == ALGO_FX && use == ISA_AVX512 && cpu_features().fx &&
+                        (fx = fixed_x(xp, M, ldx, K)).finite;
     // fp32 default on AVX-512: the masked-sum kernel on Intel (measured faster there, with
     // prefetch: 1.18x llama.cpp TQ2_0 decode against 1.01x for shift, docs/kernels.md), the shift
     // kernel elsewhere (measured faster on Zen 5, before prefetch)
     if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && cpu_features().intel) algo = 3;
     // bf16 dot products: default for bf16/fp16 inputs (1-2 parts); for fp32 (3 parts) the
     // shift kernel measured faster here, so only on request (algo=5)
-    if (!ternary && ((algo == 0 && dt != at::kFloat) || algo == 5) && use == ISA_AVX512 &&
-        cpu_features().bf16dp) {
+    if (use_fx) {
+      blocked(M, N, KB, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
+        bin_fx_vnni(fx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
+      });
+    } else if (!ternary && ((algo == 0 && dt != at::kFloat) || algo == 5) && use == ISA_AVX512 &&
+               cpu_features().bf16dp) {
       // exact split of x (fp32 values already rounded as the reference) into bf16 parts
       const int np = dt == at::kBFloat16 ? 1 : dt == at::kHalf ? 2 : 3;
       const int64_t ldp = ((per * KB + 63) / 64) * 64 + 64;
@@ -410,6 +437,7 @@ at::Tensor ternary_linear(const at::Tensor& x, const at::Tensor& packed, const a
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_isa", &best_isa, "best ISA this CPU runs: 0 scalar, 1 avx2, 2 avx512");
+  m.def("cpu_flags", &cpu_flags, "what the dispatch probed: bf16dp, vnni512, fx (VNNI + VBMI), intel");
   m.def("binary_linear", &binary_linear, "packed 1-bit linear (x, packed, g, h, in, isa, mm_threshold, algo)");
   m.def("ternary_linear", &ternary_linear, "packed ternary linear (x, packed, scale, in, isa, mm_threshold)");
   m.def("decode_attention", &onebit_packed::decode_attention,

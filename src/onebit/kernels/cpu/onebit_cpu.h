@@ -19,6 +19,7 @@
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2,fma")))
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,bmi2,fma")))
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,bmi2,fma")))
+#define FX_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx512vbmi,bmi2,fma")))
 
 namespace onebit_packed {
 
@@ -103,6 +104,23 @@ struct QuantX {
   std::vector<float> c;    // [M]: sum_b s_b S_b
   int64_t ldq = 0, nb = 0;
 };
+
+// ---------------------------------------------------------------- binary: fixed-point x (exact)
+// (algo=fx, onebit_cpu_fixed.cpp) x per row in 24-bit fixed point, X = round(x / 2^e) with
+// |X| <= FX_LIMIT = 127 (2^16 + 2^8 + 1), as three balanced int8 digit planes.
+constexpr int FX_PLANES = 3;
+constexpr int32_t FX_LIMIT = 127 * (65536 + 256 + 1);
+
+struct FixedX {
+  std::vector<int8_t> d;      // [M, FX_PLANES, ldq] digits, low plane first, zero padded
+  std::vector<int64_t> T;     // [M]: sum of X over the row
+  std::vector<double> scale;  // [M]: 2^e (0 for an all-zero row)
+  int64_t ldq = 0, nb = 0;
+  bool finite = true;         // false: some row holds inf / nan (use an fp32 kernel)
+};
+FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K);
+FX_TARGET void bin_fx_vnni(const FixedX& fx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
+                             int64_t n0, int64_t n1, float* y, int64_t ldy);
 
 // ---------------------------------------------------------------- onebit_cpu_portable.cpp
 void bin_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
