@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile")
+FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512vbmi", "avx_vnni", "avx512_bf16", "amx_tile")
 
 
 def cpu_model() -> str:

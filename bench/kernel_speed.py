@@ -59,6 +59,7 @@ VARIANTS = {  # name -> environment for the dispatcher (CPU), on top of --isa / 
     "psum": {"ONEBIT_CPU_ALGO": "psum"},
     "shift": {"ONEBIT_CPU_ALGO": "shift"},
     "fx": {"ONEBIT_CPU_ALGO": "fx"},
+    "fxlut": {"ONEBIT_CPU_ALGO": "fxlut"},
     "bf16dp": {"ONEBIT_CPU_ALGO": "bf16dp"},
     "reference": {"ONEBIT_KERNEL": "reference"},
 }

@@ -50,7 +50,7 @@ log = logging.getLogger("onebit.kernels")
 
 _ISA = {"auto": -1, "avx512": 2, "avx2": 1, "scalar": 0}
 _ALGO = {"simd": 0, "lut": 1, "kmask": 2, "psum": 3, "shift": 4, "bf16dp": 5,
-         "i8": 6, "table": 7, "xor": 8, "blend": 9, "fx": 10}
+         "i8": 6, "table": 7, "xor": 8, "blend": 9, "fx": 10, "fxlut": 11}
 _registered: dict[str, str] = {}
 
 

@@ -117,7 +117,9 @@ int64_t best_isa_raw() {
 // 6 i8 (int8 activations), 7 table (AVX2 ±1 table + FMA: the AVX2 default), 8 xor / 9 blend
 // (AVX2 sign flip by xor / by vblendvps)
 // 10 fx (exact: x in fixed point as int8 digit planes, AVX512-VNNI; onebit_cpu_fixed.cpp)
-constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9, ALGO_FX = 10;
+// 11 fxlut (exact: the same fixed-point x, int32 tables per 4 columns looked up by vpermd over the
+// transposed bits, AVX-512; onebit_cpu_fixed.cpp)
+constexpr int64_t ALGO_I8 = 6, ALGO_XOR = 8, ALGO_BLEND = 9, ALGO_FX = 10, ALGO_FXLUT = 11;
 // mm_threshold < 0 (auto): batch rows from which AVX2 expands tiles and calls a GEMM (measured,
 // docs/kernels.md); AVX-512 and ternary by dtype (below); scalar never does unless asked
 constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
@@ -317,21 +319,20 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   } else {
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
-    // default on AVX512-VNNI + VBMI CPUs other than Intel's, for every dtype: the fixed-point
-    // exact GEMV (Zen 4, 5632x2048, 1 thread: fp32 0.44 -> 0.27 ms against shift, fp16 0.44 ->
-    // 0.34 and bf16 0.32 -> 0.28 against bf16dp; bench/kernel_speed.py, docs/kernels.md).  Intel
-    // keeps psum / bf16dp: fx is not measured there.
-    if (algo == 0 && !ternary && use == ISA_AVX512 && cpu_features().fx && !cpu_features().intel) algo = ALGO_FX;
-    FixedX fx;  // fixed-point x for algo=fx (rows with inf / nan: the fp32 kernels below)
-    const bool use_fx = !ternary && algo == ALGO_FX && use == ISA_AVX512 && cpu_features().fx &&
-                        (fx = fixed_x(xp, M, ldx, K)).finite;
-    // fp32 default on AVX-512: the masked-sum kernel on Intel (measured faster there, with
-    // prefetch: 1.18x llama.cpp TQ2_0 decode against 1.01x for shift, docs/kernels.md), the shift
-    // kernel elsewhere (measured faster on Zen 5, before prefetch)
-    if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && cpu_features().intel) algo = 3;
-    // bf16 dot products: default for bf16/fp16 inputs (1-2 parts); for fp32 (3 parts) the
-    // shift kernel measured faster here, so only on request (algo=5)
-    if (use_fx) {
+    // default on AVX-512 CPUs other than Intel's, for every dtype: the fixed-point exact GEMV by
+    // integer tables (Zen 4, 5632x2048, 1 thread, cold: fp32 0.44 ms with shift, 0.27 with fx,
+    // see docs/kernels.md for fxlut; bench/kernel_speed.py).  Intel keeps psum / bf16dp: neither
+    // fixed-point kernel is measured there.
+    if (algo == 0 && !ternary && use == ISA_AVX512 && !cpu_features().intel) algo = ALGO_FXLUT;
+    // fixed-point x for fx / fxlut (rows with inf / nan: the fp32 kernels below)
+    const bool want_fx = !ternary && algo == ALGO_FX && use == ISA_AVX512 && cpu_features().fx;
+    const bool want_lut = !ternary && algo == ALGO_FXLUT && use == ISA_AVX512;
+    FixedX fx;
+    if (want_fx || want_lut) fx = fixed_x(xp, M, ldx, K, want_fx, want_lut);
+    const bool use_fx = want_fx && fx.finite, use_fxlut = want_lut && fx.finite;
+    if (use_fxlut) {
+      bin_fx_lut(fx, M, packed, ap);
+    } else if (use_fx) {
       blocked(M, N, KB, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         bin_fx_vnni(fx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);
       });

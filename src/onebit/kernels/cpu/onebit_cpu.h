@@ -106,19 +106,24 @@ struct QuantX {
 };
 
 // ---------------------------------------------------------------- binary: fixed-point x (exact)
-// (algo=fx, onebit_cpu_fixed.cpp) x per row in 24-bit fixed point, X = round(x / 2^e) with
-// |X| <= FX_LIMIT = 127 (2^16 + 2^8 + 1), as three balanced int8 digit planes.
+// (algo=fx / fxlut, onebit_cpu_fixed.cpp) x per row in 24-bit fixed point, X = round(x / 2^e)
+// with |X| <= FX_LIMIT = 127 (2^16 + 2^8 + 1): as int32 (fxlut's tables) or as three balanced int8
+// digit planes (fx).
 constexpr int FX_PLANES = 3;
 constexpr int32_t FX_LIMIT = 127 * (65536 + 256 + 1);
 
 struct FixedX {
-  std::vector<int8_t> d;      // [M, FX_PLANES, ldq] digits, low plane first, zero padded
+  std::vector<int32_t> X;     // [M, ldq] (tables = true)
+  std::vector<int8_t> d;      // [M, FX_PLANES, ldq] digits, low plane first, zero padded (planes = true)
   std::vector<int64_t> T;     // [M]: sum of X over the row
   std::vector<double> scale;  // [M]: 2^e (0 for an all-zero row)
   int64_t ldq = 0, nb = 0;
   bool finite = true;         // false: some row holds inf / nan (use an fp32 kernel)
 };
-FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K);
+FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, bool tables);
+// algo=fxlut (AVX-512): acc[m, n] for every x row m < M by lookups in 16-entry int32 tables of X
+// (one per 4 columns) over the transposed bits (transposed_bits)
+void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* acc);
 FX_TARGET void bin_fx_vnni(const FixedX& fx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
                              int64_t n0, int64_t n1, float* y, int64_t ldy);
 
@@ -153,6 +158,11 @@ AVX2_TARGET void ter_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t*
 // algo=i8 on AVX2 (and AVX-512 without VNNI): acc[m, n] (before the h epilogue) for every x row
 // m < M and output n, by table lookups over a cached 32-row transposed copy of `packed`
 void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* acc);
+// the packed bits transposed in tiles of BITS_TILE rows, R[tile][j][r] = W[BITS_TILE tile + r][j]
+// (rows past N and bytes past KB zero; KBp >= KB bytes per row), made on the first call for a
+// weight and cached (keyed by storage, shape and version counter)
+constexpr int64_t BITS_TILE = 32;
+at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp);
 
 // ---------------------------------------------------------------- onebit_cpu_avx512.cpp
 AVX512_TARGET void bin_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,

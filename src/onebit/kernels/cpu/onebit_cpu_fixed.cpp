@@ -16,7 +16,7 @@
 // ulp(partial sum), which is at least as large for any row whose partial sums reach amax.  Rows
 // with non-finite values are left to the fp32 kernels (fixed_x reports them).
 //
-// Cost per 128 weights and row: 2 zero-masked moves + 6 vpdpbusd (the masked moves shared by
+// Two kernels use it.  fx (below, AVX512-VNNI + VBMI) needs no extra memory.  Cost per 128 weights and row: 2 zero-masked moves + 6 vpdpbusd (the masked moves shared by
 // the 3 planes), against 12 shifts / ternary-logic ops / fp32 adds for the `shift` kernel.
 // Lane bounds: a lane adds at most 4 * 128 per instruction, so in_features < 2^21 stay exact.
 #include "onebit_cpu.h"
@@ -25,11 +25,12 @@
 
 namespace onebit_packed {
 
-FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K) {
+FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, bool tables) {
   FixedX r;
   r.nb = (K + QB - 1) / QB;
   r.ldq = r.nb * QB;
-  r.d.assign(M * FX_PLANES * r.ldq, 0);
+  if (planes) r.d.assign(M * FX_PLANES * r.ldq, 0);
+  if (tables) r.X.assign(M * r.ldq, 0);
   r.T.assign(M, 0);
   r.scale.assign(M, 0.0);
   bool finite = true;
@@ -49,19 +50,26 @@ FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K) {
     while (double(amax) / step > double(FX_LIMIT)) step *= 2.0;  // at most twice
     const double inv = 1.0 / step;  // a power of two: x * inv is exact in double
     r.scale[m] = step;
-    int8_t* d0 = r.d.data() + m * FX_PLANES * r.ldq;
-    int8_t* d1 = d0 + r.ldq;
-    int8_t* d2 = d1 + r.ldq;
     int64_t T = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const int32_t X = int32_t(std::nearbyint(double(xr[k]) * inv));
-      T += X;
-      const int32_t a = int32_t(int8_t(uint8_t(X & 0xFF)));  // low digit, balanced
-      const int32_t X1 = (X - a) >> 8;
-      const int32_t b = int32_t(int8_t(uint8_t(X1 & 0xFF)));
-      d0[k] = int8_t(a);
-      d1[k] = int8_t(b);
-      d2[k] = int8_t((X1 - b) >> 8);  // |X| <= FX_LIMIT keeps it in [-128, 127]
+    if (tables) {
+      int32_t* Xr = r.X.data() + m * r.ldq;
+      for (int64_t k = 0; k < K; ++k) T += (Xr[k] = int32_t(std::nearbyint(double(xr[k]) * inv)));
+    }
+    if (planes) {
+      int8_t* d0 = r.d.data() + m * FX_PLANES * r.ldq;
+      int8_t* d1 = d0 + r.ldq;
+      int8_t* d2 = d1 + r.ldq;
+      T = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t X = int32_t(std::nearbyint(double(xr[k]) * inv));
+        T += X;
+        const int32_t a = int32_t(int8_t(uint8_t(X & 0xFF)));  // low digit, balanced
+        const int32_t X1 = (X - a) >> 8;
+        const int32_t b = int32_t(int8_t(uint8_t(X1 & 0xFF)));
+        d0[k] = int8_t(a);
+        d1[k] = int8_t(b);
+        d2[k] = int8_t((X1 - b) >> 8);  // |X| <= FX_LIMIT keeps it in [-128, 127]
+      }
     }
     r.T[m] = T;
   }
@@ -141,6 +149,99 @@ FX_TARGET void bin_fx_vnni(const FixedX& fx, int64_t m0, int64_t M, const uint8_
       }
     }
   }
+}
+
+// ---------------------------------------------------------------- fxlut: integer tables
+// Per x row and group of 4 columns g a table T_g[n] = sum_{i<4} bit_i(n) X_{4g+i} (16 int32: one
+// zmm; built with 4 zero-masked broadcasts and 3 adds).  Over the transposed bits (16 bytes = byte
+// j of 16 rows), vpmovzxbd makes 16 int32 lanes; vpermd looks up the low nibbles in T_{2j} (it
+// reads only the low 4 bits of each index) and, after a shift by 4, the high nibbles in
+// T_{2j+1}: per 8 columns x 16 rows 1 widening load, 1 shift, 2 vpermd, 2 adds.  |T| <= 4
+// FX_LIMIT < 2^25, so an int32 lane takes 16 bytes (32 lookups, < 2^30) before it is widened into
+// two int64 halves.  64 rows (4 x 16) share each table load.
+
+AVX512_TARGET void build_fx_tables(const int32_t* X, int64_t groups, int32_t* tab) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const int32_t* x = X + 4 * g;
+    __m512i t = _mm512_maskz_set1_epi32(0xAAAA, x[0]);
+    t = _mm512_add_epi32(t, _mm512_maskz_set1_epi32(0xCCCC, x[1]));
+    t = _mm512_add_epi32(t, _mm512_maskz_set1_epi32(0xF0F0, x[2]));
+    t = _mm512_add_epi32(t, _mm512_maskz_set1_epi32(0xFF00, x[3]));
+    _mm512_storeu_si512(tab + 16 * g, t);
+  }
+}
+
+AVX512_TARGET inline void widen(__m512i& a, __m512i& lo, __m512i& hi) {
+  lo = _mm512_add_epi64(lo, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)));
+  hi = _mm512_add_epi64(hi, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)));
+  a = _mm512_setzero_si512();
+}
+
+// 64 rows (four 16-row halves of tiles, at s[0..3]; a repeated pointer past the last tile) against
+// one x row's tables: P of each row into P[0..63].  `next`: the bytes the next call reads (prefetched;
+// a prefetch never faults, so past the end of the copy is harmless)
+AVX512_TARGET void fx_lut_rows(const uint8_t* const* s, const uint8_t* next, const int32_t* tab, int64_t KBp,
+                               int64_t* P) {
+  __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+  __m512i l0 = a0, h0 = a0, l1 = a0, h1 = a0, l2 = a0, h2 = a0, l3 = a0, h3 = a0;
+  constexpr int64_t T32 = BITS_TILE;
+  for (int64_t j0 = 0; j0 < KBp; j0 += 16) {
+    for (int64_t j = j0; j < std::min(KBp, j0 + 16); ++j) {
+      // the next unit (two tiles, 64 KBp bytes) swept one line per byte j: in cache when it starts
+      _mm_prefetch(reinterpret_cast<const char*>(next + 64 * j), _MM_HINT_T0);
+      const __m512i ta = _mm512_loadu_si512(tab + 32 * j), tb = _mm512_loadu_si512(tab + 32 * j + 16);
+#define FX_LUT_STEP(r, a)                                                                              \
+  {                                                                                                    \
+    const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[r] + T32 * j))); \
+    a = _mm512_add_epi32(a, _mm512_permutexvar_epi32(i, ta));                                          \
+    a = _mm512_add_epi32(a, _mm512_permutexvar_epi32(_mm512_srli_epi32(i, 4), tb));                    \
+  }
+      FX_LUT_STEP(0, a0)
+      FX_LUT_STEP(1, a1)
+      FX_LUT_STEP(2, a2)
+      FX_LUT_STEP(3, a3)
+#undef FX_LUT_STEP
+    }
+    widen(a0, l0, h0);
+    widen(a1, l1, h1);
+    widen(a2, l2, h2);
+    widen(a3, l3, h3);
+  }
+  _mm512_storeu_si512(P, l0), _mm512_storeu_si512(P + 8, h0);
+  _mm512_storeu_si512(P + 16, l1), _mm512_storeu_si512(P + 24, h1);
+  _mm512_storeu_si512(P + 32, l2), _mm512_storeu_si512(P + 40, h2);
+  _mm512_storeu_si512(P + 48, l3), _mm512_storeu_si512(P + 56, h3);
+}
+
+void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* acc) {
+  constexpr int64_t T32 = BITS_TILE, UNIT = 64;  // rows per transposed tile / per pass
+  const int64_t N = packed.size(0), KBp = fx.nb * (QB / 8), tiles = (N + T32 - 1) / T32;
+  const at::Tensor R = transposed_bits(packed, KBp);
+  const uint8_t* rp = R.data_ptr<uint8_t>();
+  const int64_t groups = 2 * KBp;  // of 4 columns; X is zero past in_features (ldq = 8 KBp)
+  std::vector<int32_t> tabs(size_t(M) * groups * 16);
+  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
+    for (int64_t m = b; m < e; ++m) build_fx_tables(fx.X.data() + m * fx.ldq, groups, tabs.data() + m * groups * 16);
+  });
+  const int64_t units = (N + UNIT - 1) / UNIT, halves = 2 * tiles;
+  at::parallel_for(0, units, par_grain(UNIT * KBp * M, 1), [&](int64_t b, int64_t e) {
+    alignas(64) int64_t P[UNIT];
+    for (int64_t u = b; u < e; ++u) {
+      const uint8_t* s[4];
+      for (int r = 0; r < 4; ++r) {
+        const int64_t h = std::min(halves - 1, 4 * u + r);  // 16-row half of a tile
+        s[r] = rp + (h / 2) * KBp * T32 + (h % 2) * 16;
+      }
+      const int64_t rows = std::min(UNIT, N - u * UNIT);
+      for (int64_t m = 0; m < M; ++m) {
+        // next: this unit again for the next x row, else the next unit
+        const uint8_t* next = m + 1 < M ? s[0] : s[0] + 2 * KBp * T32;
+        fx_lut_rows(s, next, tabs.data() + m * groups * 16, KBp, P);
+        for (int64_t r = 0; r < rows; ++r)
+          acc[m * N + u * UNIT + r] = float(fx.scale[m] * double(2 * P[r] - fx.T[m]));
+      }
+    }
+  });
 }
 
 }  // namespace onebit_packed

@@ -16,7 +16,7 @@
 //
 // The transposed copy is made on the first call for a weight and cached, keyed by its storage
 // (held weakly: an entry dies with its tensor), data pointer, shape and version counter (an in-place
-// change of the weight makes a new copy; inference tensors have none: see transposed()).  It costs as much memory as the packed bits.
+// change of the weight makes a new copy; inference tensors have none: see transposed_bits()).  It costs as much memory as the packed bits.
 #include <ATen/ATen.h>
 #include <c10/core/Storage.h>
 #include <c10/util/intrusive_ptr.h>
@@ -30,7 +30,7 @@
 namespace onebit_packed {
 namespace {
 
-constexpr int64_t TILE = 32, JB = QB / 8;  // rows per tile, packed bytes per QB block
+constexpr int64_t TILE = BITS_TILE, JB = QB / 8;  // rows per tile, packed bytes per QB block
 
 struct Entry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
@@ -54,9 +54,11 @@ at::Tensor transpose_tiles(const uint8_t* W, int64_t N, int64_t KB, int64_t KBp)
   return R;
 }
 
+}  // namespace
+
 // the cached transposed copy of `packed` (a contiguous [N, KB] uint8 tensor): a hash map by
-// storage; dead entries are dropped when a new one is added
-at::Tensor transposed(const at::Tensor& packed, int64_t KBp) {
+// storage; dead entries are dropped when a new one is added (also used by bin_fx_lut)
+at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp) {
   static std::mutex mu;
   static std::unordered_map<const c10::StorageImpl*, std::vector<Entry>> cache;
   const int64_t N = packed.size(0), KB = packed.size(1);
@@ -84,6 +86,8 @@ at::Tensor transposed(const at::Tensor& packed, int64_t KBp) {
                     transpose_tiles(packed.data_ptr<uint8_t>(), N, KB, KBp)});
   return bucket.back().R;
 }
+
+namespace {
 
 // tables of one x row: per group of 4 columns g (= nibble g%2 of packed byte g/2) 32 bytes, the
 // low bytes of T[0..15] then its high bytes (the kernel broadcasts each half to both lanes).
@@ -143,7 +147,7 @@ AVX2_TARGET void tile_rows(const uint8_t* R, const int8_t* tab, const float* s, 
 
 void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* acc) {
   const int64_t N = packed.size(0), KBp = qx.nb * JB, tiles = (N + TILE - 1) / TILE;
-  const at::Tensor R = transposed(packed, KBp);
+  const at::Tensor R = transposed_bits(packed, KBp);
   std::vector<int8_t> tabs(size_t(M) * KBp * 64);
   const int64_t ng = 2 * KBp;  // groups of 4 columns per row
   // a decode row is split only where it is long: each parallel region costs a wake-up of the
