@@ -21,9 +21,8 @@ int8`` / ``head int4-g32`` (the embedding and the untied head quantized by
 ``--compile`` adds the static loop with a ``torch.compile``'d step (its compile time printed).
 Three more variants run the int8-head checkpoint with other settings: ``bf16`` (activations in
 bfloat16: the AVX512-BF16 GEMV, and for prefill the AMX bf16 GEMM on ±1 rows), ``shift`` (the
-other exact AVX-512 GEMV, ``ONEBIT_CPU_ALGO=shift``: the default on non-Intel CPUs without
-AVX512-VNNI + VBMI; with them (e.g. AMD Zen 4) the default is the fixed-point ``fx`` GEMV, on Intel
-the masked-sum one) and ``int8 act``
+other exact AVX-512 GEMV, ``ONEBIT_CPU_ALGO=shift``: on other AVX-512 CPUs (e.g. AMD Zen 4)
+the default is now the fixed-point ``fxlut`` GEMV, on Intel the masked-sum one) and ``int8 act``
 (``ONEBIT_CPU_ALGO=i8``: activations quantized to int8 per block of 128 on the fly, the VNNI GEMV;
 not exact, ~0.7 % error per layer, as llama.cpp's TQ2_0 / Q1_0 do with their q8 activations; with
 AVX512-VNNI the int4 / int8 head's GEMV then runs on int8 activations too), and ``head int4-g32,

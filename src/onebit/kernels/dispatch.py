@@ -23,8 +23,10 @@ Environment (read on every call, so benchmarks and tests can switch; parsed once
   this CPU lacks falls back to the best it has).
 * ``ONEBIT_CPU_ALGO``: ``simd`` (default) | ``lut`` (T-MAC style table GEMV) | ``kmask``
   (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x; the fp32 default on
-  Intel CPUs) | ``fx`` (x in 24-bit fixed point as int8 digit planes, AVX512-VNNI + VBMI; exact
-  integer sums; the default for every dtype on such CPUs other than Intel's, e.g. AMD Zen 4) |
+  Intel CPUs) | ``fxlut`` (x in 24-bit fixed point, int32 tables per 4 columns looked up by
+  vpermd over a cached transposed copy of the bits, AVX-512; exact integer sums; the default for
+  every dtype on AVX-512 CPUs other than Intel's, e.g. AMD Zen 4) | ``fx`` (the same fixed point
+  as int8 digit planes, AVX512-VNNI + VBMI; no extra memory) |
   ``shift`` (AVX-512 vpsllvd + vpternlogd; the fp32 default on other CPUs, and for
   every dtype without AVX512-BF16) | ``bf16dp``
   (AVX512-BF16 dot products; the default for bf16/fp16 inputs on Intel) | ``i8`` (x quantized to int8

@@ -14,15 +14,16 @@
 //     4 output rows per x load, threads over output rows (at::parallel_for = torch's OpenMP pool).
 //       AVX512-BF16 (bf16/fp16 inputs): ±1 bf16 weights from the bits, x split into exact bf16
 //                parts, vdpbf16ps (32 multiply-adds per instruction); see bin_bf16dp.
-//       fx:      (algo=10, AVX512-VNNI + VBMI; the default on such CPUs other than Intel's, every
-//                dtype) x per row in 24-bit fixed point as three int8 digit planes, vpdpbusd against
-//                the 0/1 bytes of the bits: exact integer sums, one rounding per output
-//                (onebit_cpu_fixed.cpp).
+//       fxlut:   (algo=11, AVX-512; the default on CPUs other than Intel's, every dtype) x per
+//                row in 24-bit fixed point, int32 tables per 4 columns looked up by vpermd over a
+//                cached transposed copy of the bits: exact integer sums, one rounding per output.
+//       fx:      (algo=10, AVX512-VNNI + VBMI) the same x as three int8 digit planes, vpdpbusd
+//                against the 0/1 bytes of the bits (no extra memory) (onebit_cpu_fixed.cpp).
 //       AVX-512: 32 bits broadcast to all lanes, vpsllvd moves bit i to the sign bit of lane i,
 //                t = (-x) ^ (that & signbit) in one vpternlogd, acc += t (no mask registers).
 //                algo=2: mask-register variant (kmov + masked xor); algo=3 (psum): one masked
 //                add per 16 weights on centred x (2P - S).  Default for fp32: psum on Intel
-//                (measured faster on the Xeon dev VM), fx where it runs, else shift (faster on Zen 5).
+//                (measured faster on the Xeon dev VM); elsewhere fxlut (shift: for measurements).
 //       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc),
 //                two accumulators per row (the default: fastest exact AVX2 path measured here);
 //                algo=8/9: exact sign flip of x by xor / vblendvps from vpsllvd'd bits, no table.

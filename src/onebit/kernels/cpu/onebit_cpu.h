@@ -158,11 +158,13 @@ AVX2_TARGET void ter_avx2(const float* x, int64_t M, int64_t ldx, const uint8_t*
 // algo=i8 on AVX2 (and AVX-512 without VNNI): acc[m, n] (before the h epilogue) for every x row
 // m < M and output n, by table lookups over a cached 32-row transposed copy of `packed`
 void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* acc);
-// the packed bits transposed in tiles of BITS_TILE rows, R[tile][j][r] = W[BITS_TILE tile + r][j]
-// (rows past N and bytes past KB zero; KBp >= KB bytes per row), made on the first call for a
-// weight and cached (keyed by storage, shape and version counter)
-constexpr int64_t BITS_TILE = 32;
-at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp);
+// the packed bits transposed in tiles, made on the first call for a weight and cached (keyed by
+// storage, shape, layout and version counter); rows past N and bytes past KB zero, KBp >= KB a
+// multiple of 4 bytes per row.  BITS_BYTES (the AVX2 int8 kernel): tiles of BITS_TILE rows,
+// R[tile][j][r] = W[BITS_TILE tile + r][j].  BITS_DWORDS (fxlut): tiles of 16 rows, 4 bytes of a
+// row together, R[tile][q][r][i] = W[16 tile + r][4q + i]
+constexpr int64_t BITS_TILE = 32, BITS_BYTES = 0, BITS_DWORDS = 1;
+at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp, int64_t layout);
 
 // ---------------------------------------------------------------- onebit_cpu_avx512.cpp
 AVX512_TARGET void bin_avx512(const float* x, int64_t M, int64_t ldx, const uint8_t* W,

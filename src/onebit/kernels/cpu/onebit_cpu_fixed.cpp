@@ -1,24 +1,25 @@
-// Exact binary GEMV on integer hardware: x in 24-bit fixed point, split into three int8 digit
-// planes, summed by AVX512-VNNI (algo=fx; the fp32 default where the CPU has VNNI).
+// Exact binary GEMVs on integer hardware: x in 24-bit fixed point, the +-1 sums as exact integers.
 //
 // Per x row, with amax = max|x| (x after x*g, rounded as the reference) and 2^e the smallest
 // power of two with amax / 2^e <= FX_LIMIT:
 //   X_k = round_half_even(x_k / 2^e)   (an integer, |X_k| <= FX_LIMIT < 2^23)
-//   X_k = d2_k 2^16 + d1_k 2^8 + d0_k  with every digit d in [-128, 127] (balanced base 256)
-// Then sum_k s_k x_k (s = ±1 from the bits) = 2^e (2 P - T) exactly, with T = sum_k X_k and
-// P = sum of X over the +1 columns = sum_d 256^d P_d, and every P_d an exact integer: per 64
-// columns the bits become a 0/1 byte vector (one zero-masked move) and vpdpbusd(that, plane d)
-// adds 64 products into 16 int32 lanes, one instruction per plane.  The result is rounded once,
-// to fp32, at the end of the row.
+// Then sum_k s_k x_k (s = +-1 from the bits) = 2^e (2 P - T) exactly, with T = sum_k X_k and
+// P = sum of X over the +1 columns, an exact integer; the result is rounded once, to fp32, at the
+// end of the row.  The only error is the rounding of x to X: at most 2^(e-1) <= amax 2^-23 per
+// column, i.e. about fp32's own rounding of the largest |x| of the row; the fp32 reference's
+// running sum rounds at ulp(partial sum), which is as large for any row whose partial sums reach
+// amax.  Rows with non-finite values are left to the fp32 kernels (fixed_x reports them).
 //
-// The only error is the rounding of x to X: at most 2^(e-1) <= amax 2^-23 per column, i.e. below
-// fp32's own rounding of the largest |x| of the row; the fp32 reference's running sum rounds at
-// ulp(partial sum), which is at least as large for any row whose partial sums reach amax.  Rows
-// with non-finite values are left to the fp32 kernels (fixed_x reports them).
-//
-// Two kernels use it.  fx (below, AVX512-VNNI + VBMI) needs no extra memory.  Cost per 128 weights and row: 2 zero-masked moves + 6 vpdpbusd (the masked moves shared by
-// the 3 planes), against 12 shifts / ternary-logic ops / fp32 adds for the `shift` kernel.
-// Lane bounds: a lane adds at most 4 * 128 per instruction, so in_features < 2^21 stay exact.
+// Two kernels compute P:
+// * fxlut (algo=11, AVX-512, the default off Intel; below): lookups in int32 tables of X, one
+//   per 4 columns, over a transposed copy of the bits (cached: as much memory again as the
+//   packed bits).
+// * fx (algo=10, AVX512-VNNI + VBMI; no extra memory): X as three balanced int8 digit planes,
+//   X = d2 2^16 + d1 2^8 + d0 with every d in [-128, 127], P = sum_d 256^d P_d; per 64 columns
+//   the bits become a 0/1 byte vector and vpdpbusd(that, plane d) adds 64 products into 16 int32
+//   lanes, one instruction per plane.  Cost per 128 weights and row: 2 bit expansions + 6
+//   vpdpbusd, against 12 shifts / ternary-logic ops / fp32 adds for the `shift` kernel.  Lane
+//   bounds: a lane adds at most 4 * 128 per instruction, so in_features < 2^21 stay exact.
 #include "onebit_cpu.h"
 
 #include <immintrin.h>
@@ -153,12 +154,13 @@ FX_TARGET void bin_fx_vnni(const FixedX& fx, int64_t m0, int64_t M, const uint8_
 
 // ---------------------------------------------------------------- fxlut: integer tables
 // Per x row and group of 4 columns g a table T_g[n] = sum_{i<4} bit_i(n) X_{4g+i} (16 int32: one
-// zmm; built with 4 zero-masked broadcasts and 3 adds).  Over the transposed bits (16 bytes = byte
-// j of 16 rows), vpmovzxbd makes 16 int32 lanes; vpermd looks up the low nibbles in T_{2j} (it
-// reads only the low 4 bits of each index) and, after a shift by 4, the high nibbles in
-// T_{2j+1}: per 8 columns x 16 rows 1 widening load, 1 shift, 2 vpermd, 2 adds.  |T| <= 4
-// FX_LIMIT < 2^25, so an int32 lane takes 16 bytes (32 lookups, < 2^30) before it is widened into
-// two int64 halves.  64 rows (4 x 16) share each table load.
+// zmm; built with 4 zero-masked broadcasts and 3 adds).  The bits are read from a transposed copy
+// in tiles of 16 rows with 4 bytes of a row together (BITS_DWORDS): one 64-byte load holds 32
+// columns of 16 rows, one row per int32 lane, and nibble h of a lane (columns 4h .. 4h+3) is the
+// index of T_{8q+h}.  vpermd reads only the low 4 bits of each index, so a shift by 4h is all it
+// takes: per 32 columns x 16 rows 1 load, 7 shifts, 8 vpermd, 8 adds, and no shuffle besides the
+// lookups.  |T| <= 4 FX_LIMIT < 2^25, so an int32 lane takes 4 loads (32 lookups, < 2^30) before
+// it is widened into two int64 halves.  64 rows (4 tiles) share each table load.
 
 AVX512_TARGET void build_fx_tables(const int32_t* X, int64_t groups, int32_t* tab) {
   for (int64_t g = 0; g < groups; ++g) {
@@ -177,30 +179,36 @@ AVX512_TARGET inline void widen(__m512i& a, __m512i& lo, __m512i& hi) {
   a = _mm512_setzero_si512();
 }
 
-// 64 rows (four 16-row halves of tiles, at s[0..3]; a repeated pointer past the last tile) against
-// one x row's tables: P of each row into P[0..63].  `next`: the bytes the next call reads (prefetched;
-// a prefetch never faults, so past the end of the copy is harmless)
+// the 8 lookups of one 64-byte load (32 columns of 16 rows), summed as a tree
+AVX512_TARGET inline __m512i lookups(__m512i v, const __m512i (&t)[8]) {
+  const __m512i p01 = _mm512_add_epi32(_mm512_permutexvar_epi32(v, t[0]),
+                                       _mm512_permutexvar_epi32(_mm512_srli_epi32(v, 4), t[1]));
+  const __m512i p23 = _mm512_add_epi32(_mm512_permutexvar_epi32(_mm512_srli_epi32(v, 8), t[2]),
+                                       _mm512_permutexvar_epi32(_mm512_srli_epi32(v, 12), t[3]));
+  const __m512i p45 = _mm512_add_epi32(_mm512_permutexvar_epi32(_mm512_srli_epi32(v, 16), t[4]),
+                                       _mm512_permutexvar_epi32(_mm512_srli_epi32(v, 20), t[5]));
+  const __m512i p67 = _mm512_add_epi32(_mm512_permutexvar_epi32(_mm512_srli_epi32(v, 24), t[6]),
+                                       _mm512_permutexvar_epi32(_mm512_srli_epi32(v, 28), t[7]));
+  return _mm512_add_epi32(_mm512_add_epi32(p01, p23), _mm512_add_epi32(p45, p67));
+}
+
+// 64 rows (4 tiles of 16, at s[0..3]; a repeated pointer past the last tile) against one x row's
+// tables: P of each row into P[0..63].  `next`: the 64 KBp bytes the next call reads (prefetched,
+// one line per 16 columns; a prefetch never faults, so past the end of the copy is harmless)
 AVX512_TARGET void fx_lut_rows(const uint8_t* const* s, const uint8_t* next, const int32_t* tab, int64_t KBp,
                                int64_t* P) {
   __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
   __m512i l0 = a0, h0 = a0, l1 = a0, h1 = a0, l2 = a0, h2 = a0, l3 = a0, h3 = a0;
-  constexpr int64_t T32 = BITS_TILE;
-  for (int64_t j0 = 0; j0 < KBp; j0 += 16) {
-    for (int64_t j = j0; j < std::min(KBp, j0 + 16); ++j) {
-      // the next unit (two tiles, 64 KBp bytes) swept one line per byte j: in cache when it starts
-      _mm_prefetch(reinterpret_cast<const char*>(next + 64 * j), _MM_HINT_T0);
-      const __m512i ta = _mm512_loadu_si512(tab + 32 * j), tb = _mm512_loadu_si512(tab + 32 * j + 16);
-#define FX_LUT_STEP(r, a)                                                                              \
-  {                                                                                                    \
-    const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s[r] + T32 * j))); \
-    a = _mm512_add_epi32(a, _mm512_permutexvar_epi32(i, ta));                                          \
-    a = _mm512_add_epi32(a, _mm512_permutexvar_epi32(_mm512_srli_epi32(i, 4), tb));                    \
-  }
-      FX_LUT_STEP(0, a0)
-      FX_LUT_STEP(1, a1)
-      FX_LUT_STEP(2, a2)
-      FX_LUT_STEP(3, a3)
-#undef FX_LUT_STEP
+  const int64_t nq = KBp / 4;  // 64-byte loads per tile
+  for (int64_t q0 = 0; q0 < nq; q0 += 4) {
+    for (int64_t q = q0; q < std::min(nq, q0 + 4); ++q) {
+      for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(next + 256 * q + 64 * i), _MM_HINT_T1);
+      __m512i t[8];
+      for (int h = 0; h < 8; ++h) t[h] = _mm512_loadu_si512(tab + 128 * q + 16 * h);
+      a0 = _mm512_add_epi32(a0, lookups(_mm512_loadu_si512(s[0] + 64 * q), t));
+      a1 = _mm512_add_epi32(a1, lookups(_mm512_loadu_si512(s[1] + 64 * q), t));
+      a2 = _mm512_add_epi32(a2, lookups(_mm512_loadu_si512(s[2] + 64 * q), t));
+      a3 = _mm512_add_epi32(a3, lookups(_mm512_loadu_si512(s[3] + 64 * q), t));
     }
     widen(a0, l0, h0);
     widen(a1, l1, h1);
@@ -214,28 +222,25 @@ AVX512_TARGET void fx_lut_rows(const uint8_t* const* s, const uint8_t* next, con
 }
 
 void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* acc) {
-  constexpr int64_t T32 = BITS_TILE, UNIT = 64;  // rows per transposed tile / per pass
-  const int64_t N = packed.size(0), KBp = fx.nb * (QB / 8), tiles = (N + T32 - 1) / T32;
-  const at::Tensor R = transposed_bits(packed, KBp);
+  constexpr int64_t T16 = 16, UNIT = 64;  // rows per transposed tile / per pass
+  const int64_t N = packed.size(0), KBp = fx.nb * (QB / 8), tiles = (N + T16 - 1) / T16;
+  const at::Tensor R = transposed_bits(packed, KBp, BITS_DWORDS);
   const uint8_t* rp = R.data_ptr<uint8_t>();
   const int64_t groups = 2 * KBp;  // of 4 columns; X is zero past in_features (ldq = 8 KBp)
   std::vector<int32_t> tabs(size_t(M) * groups * 16);
   at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
     for (int64_t m = b; m < e; ++m) build_fx_tables(fx.X.data() + m * fx.ldq, groups, tabs.data() + m * groups * 16);
   });
-  const int64_t units = (N + UNIT - 1) / UNIT, halves = 2 * tiles;
+  const int64_t units = (N + UNIT - 1) / UNIT;
   at::parallel_for(0, units, par_grain(UNIT * KBp * M, 1), [&](int64_t b, int64_t e) {
     alignas(64) int64_t P[UNIT];
     for (int64_t u = b; u < e; ++u) {
       const uint8_t* s[4];
-      for (int r = 0; r < 4; ++r) {
-        const int64_t h = std::min(halves - 1, 4 * u + r);  // 16-row half of a tile
-        s[r] = rp + (h / 2) * KBp * T32 + (h % 2) * 16;
-      }
+      for (int r = 0; r < 4; ++r) s[r] = rp + std::min(tiles - 1, 4 * u + r) * KBp * T16;
       const int64_t rows = std::min(UNIT, N - u * UNIT);
       for (int64_t m = 0; m < M; ++m) {
         // next: this unit again for the next x row, else the next unit
-        const uint8_t* next = m + 1 < M ? s[0] : s[0] + 2 * KBp * T32;
+        const uint8_t* next = m + 1 < M ? s[0] : s[0] + 4 * KBp * T16;
         fx_lut_rows(s, next, tabs.data() + m * groups * 16, KBp, P);
         for (int64_t r = 0; r < rows; ++r)
           acc[m * N + u * UNIT + r] = float(fx.scale[m] * double(2 * P[r] - fx.T[m]));

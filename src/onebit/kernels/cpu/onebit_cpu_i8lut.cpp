@@ -35,20 +35,22 @@ constexpr int64_t TILE = BITS_TILE, JB = QB / 8;  // rows per tile, packed bytes
 struct Entry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   const void* data;
-  int64_t N, KB, version;
+  int64_t N, KB, version, layout;
   at::Tensor R;
 };
 
-at::Tensor transpose_tiles(const uint8_t* W, int64_t N, int64_t KB, int64_t KBp) {
-  const int64_t tiles = (N + TILE - 1) / TILE;
-  at::Tensor R = at::zeros({tiles, KBp, TILE}, at::kByte);
+// BITS_BYTES: R[tile][j][r] = W[32 tile + r][j]; BITS_DWORDS: R[tile][q][r][i] = W[16 tile + r][4q + i]
+at::Tensor transpose_tiles(const uint8_t* W, int64_t N, int64_t KB, int64_t KBp, int64_t layout) {
+  const int64_t rows = layout == BITS_BYTES ? TILE : 16, run = layout == BITS_BYTES ? 1 : 4;
+  const int64_t tiles = (N + rows - 1) / rows;
+  at::Tensor R = at::zeros({tiles, KBp * rows}, at::kByte);
   uint8_t* rp = R.data_ptr<uint8_t>();
   at::parallel_for(0, tiles, 8, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t)
-      for (int64_t r = 0; r < TILE && t * TILE + r < N; ++r) {
-        const uint8_t* w = W + (t * TILE + r) * KB;
-        uint8_t* o = rp + t * KBp * TILE + r;
-        for (int64_t j = 0; j < KB; ++j) o[j * TILE] = w[j];
+      for (int64_t r = 0; r < rows && t * rows + r < N; ++r) {
+        const uint8_t* w = W + (t * rows + r) * KB;
+        uint8_t* o = rp + t * KBp * rows + r * run;
+        for (int64_t j = 0; j < KB; ++j) o[(j / run) * rows * run + j % run] = w[j];
       }
   });
   return R;
@@ -58,7 +60,7 @@ at::Tensor transpose_tiles(const uint8_t* W, int64_t N, int64_t KB, int64_t KBp)
 
 // the cached transposed copy of `packed` (a contiguous [N, KB] uint8 tensor): a hash map by
 // storage; dead entries are dropped when a new one is added (also used by bin_fx_lut)
-at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp) {
+at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp, int64_t layout) {
   static std::mutex mu;
   static std::unordered_map<const c10::StorageImpl*, std::vector<Entry>> cache;
   const int64_t N = packed.size(0), KB = packed.size(1);
@@ -69,9 +71,9 @@ at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp) {
   std::lock_guard<std::mutex> lock(mu);
   auto& bucket = cache[impl];
   for (auto& e : bucket) {
-    if (!e.storage.expired() && e.data == packed.data_ptr() && e.N == N && e.KB == KB) {
+    if (!e.storage.expired() && e.data == packed.data_ptr() && e.N == N && e.KB == KB && e.layout == layout) {
       if (e.version != version) {
-        e.R = transpose_tiles(packed.data_ptr<uint8_t>(), N, KB, KBp);
+        e.R = transpose_tiles(packed.data_ptr<uint8_t>(), N, KB, KBp, layout);
         e.version = version;
       }
       return e.R;
@@ -82,8 +84,8 @@ at::Tensor transposed_bits(const at::Tensor& packed, int64_t KBp) {
     v.erase(std::remove_if(v.begin(), v.end(), [](const Entry& e) { return e.storage.expired(); }), v.end());
     it = v.empty() && it->first != impl ? cache.erase(it) : std::next(it);
   }
-  bucket.push_back({packed.storage().getWeakStorageImpl(), packed.data_ptr(), N, KB, version,
-                    transpose_tiles(packed.data_ptr<uint8_t>(), N, KB, KBp)});
+  bucket.push_back({packed.storage().getWeakStorageImpl(), packed.data_ptr(), N, KB, version, layout,
+                    transpose_tiles(packed.data_ptr<uint8_t>(), N, KB, KBp, layout)});
   return bucket.back().R;
 }
 
@@ -147,7 +149,7 @@ AVX2_TARGET void tile_rows(const uint8_t* R, const int8_t* tab, const float* s, 
 
 void bin_i8_lut(const QuantX& qx, int64_t M, const at::Tensor& packed, float* acc) {
   const int64_t N = packed.size(0), KBp = qx.nb * JB, tiles = (N + TILE - 1) / TILE;
-  const at::Tensor R = transposed_bits(packed, KBp);
+  const at::Tensor R = transposed_bits(packed, KBp, BITS_BYTES);
   std::vector<int8_t> tabs(size_t(M) * KBp * 64);
   const int64_t ng = 2 * KBp;  // groups of 4 columns per row
   // a decode row is split only where it is long: each parallel region costs a wake-up of the
