@@ -12,7 +12,6 @@ import torch
 
 from onebit.formats.packing import unpack_signs
 from onebit.kernels import dispatch
-from onebit.kernels.cpu import loader
 from onebit.kernels.reference import binary_linear_ref, ternary_linear_ref
 
 from ._cases import assert_close, binary_layer, make_x, rel_err, ternary_layer
@@ -26,14 +25,6 @@ ALGO = dispatch._ALGO
 SHAPES = [(37, 172), (13, 9), (65, 1031), (7, 300), (6, 512)]
 BATCHES = (1, 3, 70)
 QB = 128  # the i8 path's block of activations
-
-
-@pytest.fixture(scope="module")
-def mod():
-    m = loader.load()
-    if m is None:
-        pytest.fail(f"the C++ CPU kernels did not build: {loader.build_error()}")
-    return m
 
 
 @pytest.mark.parametrize("algo", ["simd", "table", "xor", "blend"])

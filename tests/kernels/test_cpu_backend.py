@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onebit.kernels.cpu import loader
 from onebit.kernels.reference import binary_linear_ref, ternary_linear_ref
 
 from ._cases import assert_close, binary_layer, make_x, ternary_layer
@@ -14,14 +13,6 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
 # (out, in): in not a multiple of 8 / 32 / 16, tiny, and one realistic width
 SHAPES = [(37, 172), (13, 9), (21, 100), (64, 1024)]
-
-
-@pytest.fixture(scope="module")
-def mod():
-    m = loader.load()
-    if m is None:
-        pytest.fail(f"the C++ CPU kernels did not build: {loader.build_error()}")
-    return m
 
 
 def test_isa_detected(mod):

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from onebit.formats.packing import unpack_signs
-from onebit.kernels.cpu import loader
 from onebit.kernels.reference import binary_linear_ref
 
 from ._cases import assert_close, binary_layer, make_x, rel_err
@@ -18,14 +17,6 @@ NEVER = 1 << 40
 FX, FXLUT, SHIFT, PSUM = 10, 11, 4, 3
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FX_LIMIT = 127 * (65536 + 256 + 1)  # largest |X| of the digit planes (onebit_cpu.h)
-
-
-@pytest.fixture(scope="module")
-def mod():
-    m = loader.load()
-    if m is None:
-        pytest.fail(f"the C++ CPU kernels did not build: {loader.build_error()}")
-    return m
 
 
 @pytest.fixture(scope="module")

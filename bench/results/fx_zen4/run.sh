@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The fixed-point exact GEMV (ONEBIT_CPU_ALGO=fx, the default on AVX512-VNNI + VBMI CPUs other than
-# Intel's) against the fp32 `shift` GEMV on a real 1-bit model: the SmolLM2 student of run19
+# The fixed-point exact GEMVs (ONEBIT_CPU_ALGO=fxlut, the default on AVX-512 CPUs other than Intel's,
+# and fx, its digit-plane twin) against the fp32 `shift` GEMV on a real 1-bit model: the SmolLM2 student of run19
 # (bench/results/blockwise_smollm2/run19_one_command.sh -> out/smol/one-command), fp32 tied head.
 # Every packed matmul is forced onto the GEMV kernels (the path decode takes; batched input takes
 # the exact GEMM path whatever ONEBIT_CPU_ALGO says).  WikiText-2, 8 windows x 2048 tokens, 1 thread.
@@ -11,4 +11,4 @@ EVAL=(onebit eval ppl --data wikitext2 --seqlen 2048 --max-windows 8 --threads 1
 export ONEBIT_CPU_MM_THRESHOLD=1000000000
 lscpu | grep -E "Model name|^CPU family|^Model:" || true
 echo "== $M"
-for algo in shift fx; do echo "ONEBIT_CPU_ALGO=$algo"; ONEBIT_CPU_ALGO=$algo "${EVAL[@]}" "$M"; done
+for algo in shift fx fxlut; do echo "ONEBIT_CPU_ALGO=$algo"; ONEBIT_CPU_ALGO=$algo "${EVAL[@]}" "$M"; done

@@ -50,7 +50,9 @@ at::Tensor transpose_tiles(const uint8_t* W, int64_t N, int64_t KB, int64_t KBp,
       for (int64_t r = 0; r < rows && t * rows + r < N; ++r) {
         const uint8_t* w = W + (t * rows + r) * KB;
         uint8_t* o = rp + t * KBp * rows + r * run;
-        for (int64_t j = 0; j < KB; ++j) o[(j / run) * rows * run + j % run] = w[j];
+        int64_t j = 0;
+        for (; run == 4 && j + 4 <= KB; j += 4) std::memcpy(o + j * rows, w + j, 4);  // a row's dword
+        for (; j < KB; ++j) o[(j / run) * rows * run + j % run] = w[j];
       }
   });
   return R;
