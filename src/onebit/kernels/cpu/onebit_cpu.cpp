@@ -75,7 +75,7 @@ struct CpuFeatures {
   bool bf16dp = false;   // AVX512-BF16 (with the AVX-512 level)
   bool vnni512 = false;  // AVX512-VNNI (with the AVX-512 level)
   bool fx = false;       // AVX512-VNNI + AVX512-VBMI: the fixed-point exact GEMV (algo=fx)
-  bool intel = false;    // vendor: picks the AVX-512 GEMV (psum / bf16dp on Intel, fx or shift elsewhere)
+  bool intel = false;    // vendor: picks the AVX-512 GEMV (psum / bf16dp on Intel, fxlut elsewhere)
 };
 
 const CpuFeatures& cpu_features() {
@@ -321,10 +321,14 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
     // default on AVX-512 CPUs other than Intel's, for every dtype: the fixed-point exact GEMV by
-    // integer tables (Zen 4, 5632x2048, 1 thread, cold: fp32 0.44 ms with shift, 0.27 with fx,
-    // see docs/kernels.md for fxlut; bench/kernel_speed.py).  Intel keeps psum / bf16dp: neither
-    // fixed-point kernel is measured there.
+    // integer tables (Zen 4, 5632x2048, 1 thread, cold: fp32 0.44 ms with shift, 0.28 with fx,
+    // 0.13 with fxlut; bench/kernel_speed.py, docs/kernels.md).  Intel keeps psum / bf16dp
+    // (neither fixed-point kernel is measured there).
     if (algo == 0 && !ternary && use == ISA_AVX512 && !cpu_features().intel) algo = ALGO_FXLUT;
+    // fp32 default on Intel: the masked-sum kernel (measured faster there than shift, with
+    // prefetch: 1.18x llama.cpp TQ2_0 decode against 1.01x, docs/kernels.md); bf16 / fp16: the
+    // bf16 dot products below (for fp32, 3 parts, only on request: algo=5)
+    if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && cpu_features().intel) algo = 3;
     // fixed-point x for fx / fxlut (rows with inf / nan: the fp32 kernels below)
     const bool want_fx = !ternary && algo == ALGO_FX && use == ISA_AVX512 && cpu_features().fx;
     const bool want_lut = !ternary && algo == ALGO_FXLUT && use == ISA_AVX512;
