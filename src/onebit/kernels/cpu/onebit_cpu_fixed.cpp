@@ -24,6 +24,8 @@
 
 #include <immintrin.h>
 
+#include <memory>
+
 namespace onebit_packed {
 
 FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, bool tables) {
@@ -51,25 +53,20 @@ FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, 
     while (double(amax) / step > double(FX_LIMIT)) step *= 2.0;  // at most twice
     const double inv = 1.0 / step;  // a power of two: x * inv is exact in double
     r.scale[m] = step;
+    int32_t* Xr = tables ? r.X.data() + m * r.ldq : nullptr;
+    int8_t* d0 = planes ? r.d.data() + m * FX_PLANES * r.ldq : nullptr;
     int64_t T = 0;
-    if (tables) {
-      int32_t* Xr = r.X.data() + m * r.ldq;
-      for (int64_t k = 0; k < K; ++k) T += (Xr[k] = int32_t(std::nearbyint(double(xr[k]) * inv)));
-    }
-    if (planes) {
-      int8_t* d0 = r.d.data() + m * FX_PLANES * r.ldq;
-      int8_t* d1 = d0 + r.ldq;
-      int8_t* d2 = d1 + r.ldq;
-      T = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t X = int32_t(std::nearbyint(double(xr[k]) * inv));
-        T += X;
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t X = int32_t(std::nearbyint(double(xr[k]) * inv));
+      T += X;
+      if (Xr) Xr[k] = X;
+      if (d0) {
         const int32_t a = int32_t(int8_t(uint8_t(X & 0xFF)));  // low digit, balanced
         const int32_t X1 = (X - a) >> 8;
         const int32_t b = int32_t(int8_t(uint8_t(X1 & 0xFF)));
         d0[k] = int8_t(a);
-        d1[k] = int8_t(b);
-        d2[k] = int8_t((X1 - b) >> 8);  // |X| <= FX_LIMIT keeps it in [-128, 127]
+        d0[r.ldq + k] = int8_t(b);
+        d0[2 * r.ldq + k] = int8_t((X1 - b) >> 8);  // |X| <= FX_LIMIT keeps it in [-128, 127]
       }
     }
     r.T[m] = T;
@@ -227,9 +224,10 @@ void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* ac
   const at::Tensor R = transposed_bits(packed, KBp, BITS_DWORDS);
   const uint8_t* rp = R.data_ptr<uint8_t>();
   const int64_t groups = 2 * KBp;  // of 4 columns; X is zero past in_features (ldq = 8 KBp)
-  std::vector<int32_t> tabs(size_t(M) * groups * 16);
+  // every entry is written by build_fx_tables: no zero fill
+  std::unique_ptr<int32_t[]> tabs(new int32_t[size_t(M) * groups * 16]);
   at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
-    for (int64_t m = b; m < e; ++m) build_fx_tables(fx.X.data() + m * fx.ldq, groups, tabs.data() + m * groups * 16);
+    for (int64_t m = b; m < e; ++m) build_fx_tables(fx.X.data() + m * fx.ldq, groups, tabs.get() + m * groups * 16);
   });
   const int64_t units = (N + UNIT - 1) / UNIT;
   // a unit's packed bytes counted at a quarter: this kernel does ~4x less work per byte than the
@@ -243,7 +241,7 @@ void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* ac
       for (int64_t m = 0; m < M; ++m) {
         // next: this unit again for the next x row, else the next unit
         const uint8_t* next = m + 1 < M ? s[0] : s[0] + 4 * KBp * T16;
-        fx_lut_rows(s, next, tabs.data() + m * groups * 16, KBp, P);
+        fx_lut_rows(s, next, tabs.get() + m * groups * 16, KBp, P);
         for (int64_t r = 0; r < rows; ++r)
           acc[m * N + u * UNIT + r] = float(fx.scale[m] * double(2 * P[r] - fx.T[m]));
       }
