@@ -148,3 +148,87 @@ def test_default_per_vendor(lut_mod):
             assert torch.equal(y0, lut_mod.binary_linear(x, p, g, h, 333, -1, NEVER, FXLUT))
         elif dtype == torch.float32:
             assert torch.equal(y0, lut_mod.binary_linear(x, p, g, h, 333, -1, NEVER, PSUM))
+
+
+# ------------------------------------------------------------------ fxlut on AVX2 (isa = 1)
+AVX2 = 1
+
+
+@pytest.fixture(scope="module")
+def avx2_mod(mod):
+    if mod.best_isa() < AVX2:
+        pytest.skip("this CPU lacks AVX2")
+    return mod
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(37, 172), (13, 9), (5, 1), (8, 127), (9, 128), (33, 96), (21, 1001),
+                                   (64, 2051), (70, 300)], ids=str)
+def test_avx2_matches_reference_on_odd_shapes(avx2_mod, dtype, shape):
+    """Rows past a 32-row unit and a 16-row tile, widths past a 32-column dword and a 128-column
+    block, batches on both sides of the row blocks (default threshold: the kernel at every batch)."""
+    out_f, in_f = shape
+    p, g, h = binary_layer(out_f, in_f)
+    for batch in (1, 3, 40):
+        for layout in ("contiguous", "strided"):
+            x = make_x(batch, in_f, dtype, layout)
+            assert_close(avx2_mod.binary_linear(x, p, g, h, in_f, AVX2, -1, FXLUT), binary_linear_ref(x, p, g, h, in_f))
+
+
+@pytest.mark.parametrize("shape", [(1, 8), (15, 100), (33, 2048), (64, 1001), (100, 5632)], ids=str)
+def test_avx2_tables_equal_avx512_tables(lut_mod, shape):
+    """The same integers through 3-column (AVX2) and 4-column (AVX-512) tables: the same bits, also
+    for a batch that spans several row blocks of the AVX2 kernel."""
+    out_f, in_f = shape
+    p, g, h = binary_layer(out_f, in_f, seed=in_f)
+    for dtype in DTYPES:
+        for batch in (1, 2, 20):
+            x = make_x(batch, in_f, dtype)
+            assert torch.equal(lut_mod.binary_linear(x, p, g, h, in_f, AVX2, -1, FXLUT),
+                               lut_mod.binary_linear(x, p, g, h, in_f, 2, NEVER, FXLUT))
+
+
+@pytest.mark.parametrize("outlier", [3e3, 1e5, -1e7])
+def test_avx2_error_bound_with_outliers(avx2_mod, outlier):
+    """As for AVX-512, plus a row so small (amax ~ 2^-110) that 1/step is no fp32 number: X is then
+    computed in double, as on the scalar path."""
+    in_f = 1001
+    p, g, _ = binary_layer(64, in_f)
+    ones = torch.ones(64, dtype=torch.float16)
+    x = torch.randn(5, in_f)
+    x[:, 17] = 3e3
+    x[1, 500] = outlier
+    x[2] = x[2] * 1e-30
+    x[3] = x[3] * 1e30
+    x[4] = x[4] * 1e-37
+    y = avx2_mod.binary_linear(x, p, g, ones, in_f, AVX2, -1, FXLUT).double()
+    t = truth(x, p, g, in_f)
+    amax = (x * g.float()).abs().amax(dim=1, keepdim=True).double()
+    bound = in_f * amax / FX_LIMIT + t.abs() * 2.0**-24
+    assert ((y - t).abs() <= bound).all()
+    assert rel_err(y, t) <= 1e-5
+
+
+def test_avx2_nonfinite_and_zero_rows(avx2_mod):
+    """inf / nan anywhere in a row (also in the SIMD body, not only the tail) -> the fp32 kernels."""
+    p, g, h = binary_layer(16, 300)
+    x = torch.randn(5, 300)
+    x[1] = 0.0
+    x[2, 7] = float("inf")
+    x[3, 9] = float("nan")
+    x[4, 299] = float("-inf")
+    y = avx2_mod.binary_linear(x, p, g, h, 300, AVX2, -1, FXLUT)
+    ref = binary_linear_ref(x, p, g, h, 300)
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
+    assert (y[1] == 0).all()
+    assert_close(y[:2], ref[:2])
+
+
+def test_avx2_tables_see_an_in_place_change_of_the_weight(avx2_mod):
+    p, g, h = binary_layer(96, 300)
+    x = make_x(2, 300, torch.float32)
+    y0 = avx2_mod.binary_linear(x, p, g, h, 300, AVX2, -1, FXLUT)
+    p[5:40].bitwise_not_()
+    y1 = avx2_mod.binary_linear(x, p, g, h, 300, AVX2, -1, FXLUT)
+    assert not torch.equal(y0, y1)
+    assert_close(y1, binary_linear_ref(x, p, g, h, 300))

@@ -251,8 +251,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
 
   const uint8_t* W = packed.data_ptr<uint8_t>();
   const int64_t use = resolve_isa(isa);
+  // the exact fixed-point table kernel on AVX2 (binary) serves every batch size: no GEMM path
+  // unless a threshold is given
+  const bool avx2_fx = !ternary && use == ISA_AVX2 && algo == ALGO_FXLUT;
   if (mm_threshold < 0)
-    mm_threshold = ternary ? (use == ISA_SCALAR ? NEVER_MM : dt == at::kFloat ? TER_MM_THRESHOLD_F32 : TER_MM_THRESHOLD_16)
+    mm_threshold = avx2_fx ? NEVER_MM
+                   : ternary ? (use == ISA_SCALAR ? NEVER_MM : dt == at::kFloat ? TER_MM_THRESHOLD_F32 : TER_MM_THRESHOLD_16)
                    : use == ISA_AVX2 ? AVX2_MM_THRESHOLD
                    : use == ISA_AVX512 ? (dt == at::kFloat ? AVX512_MM_THRESHOLD_F32 : AVX512_MM_THRESHOLD_16)
                                        : NEVER_MM;
@@ -331,12 +335,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && cpu_features().intel) algo = 3;
     // fixed-point x for fx / fxlut (rows with inf / nan: the fp32 kernels below)
     const bool want_fx = !ternary && algo == ALGO_FX && use == ISA_AVX512 && cpu_features().fx;
-    const bool want_lut = !ternary && algo == ALGO_FXLUT && use == ISA_AVX512;
+    const bool want_lut = !ternary && algo == ALGO_FXLUT && (use == ISA_AVX512 || use == ISA_AVX2);
     FixedX fx;
-    if (want_fx || want_lut) fx = fixed_x(xp, M, ldx, K, want_fx, want_lut);
+    if (want_fx || want_lut) fx = fixed_x(xp, M, ldx, K, want_fx, want_lut, use != ISA_SCALAR);
     const bool use_fx = want_fx && fx.finite, use_fxlut = want_lut && fx.finite;
     if (use_fxlut) {
-      bin_fx_lut(fx, M, packed, ap);
+      (use == ISA_AVX512 ? bin_fx_lut : bin_fx_lut_avx2)(fx, M, packed, ap);
     } else if (use_fx) {
       blocked(M, N, KB, [&](int64_t m0, int64_t mb, int64_t r0, int64_t r1) {
         bin_fx_vnni(fx, m0, mb, W, KB, r0, r1, ap + m0 * N, N);

@@ -120,10 +120,17 @@ struct FixedX {
   int64_t ldq = 0, nb = 0;
   bool finite = true;         // false: some row holds inf / nan (use an fp32 kernel)
 };
-FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, bool tables);
+// simd: the AVX2 helpers below for the largest |x| and for X (identical results)
+FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, bool tables, bool simd);
+// max |x_k| over k < n; finite = false where some x_k is inf or nan
+AVX2_TARGET float fixed_amax_avx2(const float* x, int64_t n, bool& finite);
+// X_k = round_half_even(x_k * inv) for k < n (inv: a power of two, a normal float); returns sum X
+AVX2_TARGET int64_t fixed_row_avx2(const float* x, int64_t n, float inv, int32_t* X);
 // algo=fxlut (AVX-512): acc[m, n] for every x row m < M by lookups in 16-entry int32 tables of X
 // (one per 4 columns) over the transposed bits (transposed_bits)
 void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* acc);
+// algo=fxlut on AVX2 (onebit_cpu_fixed_avx2.cpp): the same sums by 8-entry tables per 3 columns
+void bin_fx_lut_avx2(const FixedX& fx, int64_t M, const at::Tensor& packed, float* acc);
 FX_TARGET void bin_fx_vnni(const FixedX& fx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
                              int64_t n0, int64_t n1, float* y, int64_t ldy);
 

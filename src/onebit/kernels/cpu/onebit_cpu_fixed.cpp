@@ -28,7 +28,7 @@
 
 namespace onebit_packed {
 
-FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, bool tables) {
+FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, bool tables, bool simd) {
   FixedX r;
   r.nb = (K + QB - 1) / QB;
   r.ldq = r.nb * QB;
@@ -36,42 +36,58 @@ FixedX fixed_x(const float* xs, int64_t M, int64_t ldx, int64_t K, bool planes, 
   if (tables) r.X.assign(M * r.ldq, 0);
   r.T.assign(M, 0);
   r.scale.assign(M, 0.0);
-  bool finite = true;
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xr = xs + m * ldx;
-    float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
-    if (!std::isfinite(amax)) {
-      finite = false;
-      break;
-    }
-    if (amax == 0.f) continue;  // X = 0, T = 0: y = 0
-    // step = 2^e, the smallest power of two with amax / step <= FX_LIMIT
-    int e = 0;
-    std::frexp(double(amax) / double(FX_LIMIT), &e);  // amax/L = f 2^e, f in [0.5, 1)
-    double step = std::ldexp(1.0, e - 1);
-    while (double(amax) / step > double(FX_LIMIT)) step *= 2.0;  // at most twice
-    const double inv = 1.0 / step;  // a power of two: x * inv is exact in double
-    r.scale[m] = step;
-    int32_t* Xr = tables ? r.X.data() + m * r.ldq : nullptr;
-    int8_t* d0 = planes ? r.d.data() + m * FX_PLANES * r.ldq : nullptr;
-    int64_t T = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const int32_t X = int32_t(std::nearbyint(double(xr[k]) * inv));
-      T += X;
-      if (Xr) Xr[k] = X;
-      if (d0) {
-        const int32_t a = int32_t(int8_t(uint8_t(X & 0xFF)));  // low digit, balanced
-        const int32_t X1 = (X - a) >> 8;
-        const int32_t b = int32_t(int8_t(uint8_t(X1 & 0xFF)));
-        d0[k] = int8_t(a);
-        d0[r.ldq + k] = int8_t(b);
-        d0[2 * r.ldq + k] = int8_t((X1 - b) >> 8);  // |X| <= FX_LIMIT keeps it in [-128, 127]
+  std::vector<char> bad(M, 0);
+  // rows in parallel (a prefill's 512 rows were a serial ~ms per call), ~16K columns per chunk
+  at::parallel_for(0, M, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K)), [&](int64_t mb, int64_t me) {
+    for (int64_t m = mb; m < me; ++m) {
+      const float* xr = xs + m * ldx;
+      bool finite = true;
+      float amax = 0.f;
+      if (simd) {
+        amax = fixed_amax_avx2(xr, K, finite);
+      } else {
+        for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+        finite = std::isfinite(amax);
       }
+      if (!finite) {
+        bad[m] = 1;
+        continue;
+      }
+      if (amax == 0.f) continue;  // X = 0, T = 0: y = 0
+      // step = 2^e, the smallest power of two with amax / step <= FX_LIMIT
+      int e = 0;
+      std::frexp(double(amax) / double(FX_LIMIT), &e);  // amax/L = f 2^e, f in [0.5, 1)
+      double step = std::ldexp(1.0, e - 1);
+      while (double(amax) / step > double(FX_LIMIT)) step *= 2.0;  // at most twice
+      const double inv = 1.0 / step;  // a power of two: x * inv is exact in double
+      r.scale[m] = step;
+      int32_t* Xr = tables ? r.X.data() + m * r.ldq : nullptr;
+      // AVX2: x * inv in fp32, exact too while inv is a normal float (amax above ~2^-104; a
+      // product that underflows is below 1/2 and rounds to 0 either way), rounded by cvtps2dq
+      // (round half to even, as nearbyint)
+      if (simd && Xr && !planes && inv <= 0x1p127) {
+        r.T[m] = fixed_row_avx2(xr, K, float(inv), Xr);
+        continue;
+      }
+      int8_t* d0 = planes ? r.d.data() + m * FX_PLANES * r.ldq : nullptr;
+      int64_t T = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t X = int32_t(std::nearbyint(double(xr[k]) * inv));
+        T += X;
+        if (Xr) Xr[k] = X;
+        if (d0) {
+          const int32_t a = int32_t(int8_t(uint8_t(X & 0xFF)));  // low digit, balanced
+          const int32_t X1 = (X - a) >> 8;
+          const int32_t b = int32_t(int8_t(uint8_t(X1 & 0xFF)));
+          d0[k] = int8_t(a);
+          d0[r.ldq + k] = int8_t(b);
+          d0[2 * r.ldq + k] = int8_t((X1 - b) >> 8);  // |X| <= FX_LIMIT keeps it in [-128, 127]
+        }
+      }
+      r.T[m] = T;
     }
-    r.T[m] = T;
-  }
-  r.finite = finite;
+  });
+  r.finite = std::find(bad.begin(), bad.end(), 1) == bad.end();
   return r;
 }
 
