@@ -46,8 +46,9 @@ def test_exact_gemv_paths(mod, algo, isa, dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES + [(1100, 300)], ids=str)
 def test_avx2_gemm_path(mod, thr, dtype, shape):
-    """AVX2 batched path: weight tiles expanded to ±1 fp32 + a GEMM written in place (auto: from
-    the kernel's default batch size); 1100 rows spans more than one tile at small batch."""
+    """AVX2 batched path: weight tiles expanded to ±1 fp32 + a GEMM written in place (auto: the
+    default, from AVX2_MM_THRESHOLD rows on Intel; elsewhere fxlut at every batch size); 1100 rows
+    spans more than one tile at small batch."""
     out_f, in_f = shape
     p, g, h = binary_layer(out_f, in_f, seed=3)
     for batch in BATCHES + (200,):

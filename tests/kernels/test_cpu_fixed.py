@@ -14,7 +14,7 @@ from onebit.kernels.reference import binary_linear_ref
 from ._cases import assert_close, binary_layer, make_x, rel_err
 
 NEVER = 1 << 40
-FX, FXLUT, SHIFT, PSUM = 10, 11, 4, 3
+FX, FXLUT, SHIFT, PSUM, TABLE = 10, 11, 4, 3, 7
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 FX_LIMIT = 127 * (65536 + 256 + 1)  # largest |X| of the digit planes (onebit_cpu.h)
 
@@ -232,3 +232,18 @@ def test_avx2_tables_see_an_in_place_change_of_the_weight(avx2_mod):
     y1 = avx2_mod.binary_linear(x, p, g, h, 300, AVX2, -1, FXLUT)
     assert not torch.equal(y0, y1)
     assert_close(y1, binary_linear_ref(x, p, g, h, 300))
+
+
+def test_avx2_default_per_vendor(avx2_mod):
+    """On AVX2 (capped here with isa = 1) the default off Intel is fxlut at every batch size, the
+    GEMM path included (auto threshold); on Intel the ±1 table kernel (TABLE) below the threshold."""
+    intel = avx2_mod.cpu_flags()["intel"]
+    p, g, h = binary_layer(40, 333)
+    for dtype in DTYPES:
+        for batch in (2, 70):
+            x = make_x(batch, 333, dtype)
+            y0 = avx2_mod.binary_linear(x, p, g, h, 333, AVX2, -1, 0)
+            if not intel:
+                assert torch.equal(y0, avx2_mod.binary_linear(x, p, g, h, 333, AVX2, NEVER, FXLUT))
+            elif batch == 2:
+                assert torch.equal(y0, avx2_mod.binary_linear(x, p, g, h, 333, AVX2, NEVER, TABLE))

@@ -251,8 +251,12 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
 
   const uint8_t* W = packed.data_ptr<uint8_t>();
   const int64_t use = resolve_isa(isa);
-  // the exact fixed-point table kernel on AVX2 (binary) serves every batch size: no GEMM path
-  // unless a threshold is given
+  // default on AVX2 CPUs other than Intel's: the exact fixed-point table kernel (fxlut) at every
+  // batch size, no GEMM path unless a threshold is given (Zen 4 capped at AVX2, 1 thread, cold:
+  // 5632x2048 GEMV 0.45 -> 0.18 ms; 1.1-1.7x dense fp32 at 512 rows where the GEMM path was
+  // 0.9-1.0x; bench/kernel_speed.py --isa avx2, docs/kernels.md).  Intel keeps the ±1 table + FMA
+  // kernel and the GEMM path (fxlut is not measured there).
+  if (algo == 0 && !ternary && use == ISA_AVX2 && !cpu_features().intel) algo = ALGO_FXLUT;
   const bool avx2_fx = !ternary && use == ISA_AVX2 && algo == ALGO_FXLUT;
   if (mm_threshold < 0)
     mm_threshold = avx2_fx ? NEVER_MM
