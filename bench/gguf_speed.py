@@ -22,7 +22,8 @@ int8`` / ``head int4-g32`` (the embedding and the untied head quantized by
 Three more variants run the int8-head checkpoint with other settings: ``bf16`` (activations in
 bfloat16: the AVX512-BF16 GEMV, and for prefill the AMX bf16 GEMM on ±1 rows), ``shift`` (the
 other exact AVX-512 GEMV, ``ONEBIT_CPU_ALGO=shift``: on other AVX-512 CPUs (e.g. AMD Zen 4)
-the default is now the fixed-point ``fxlut`` GEMV, on Intel the masked-sum one) and ``int8 act``
+the default is now the fixed-point ``fxlut`` GEMV, on Intel the masked-sum one; with
+``ONEBIT_CPU_ISA=avx2`` it is ``table`` instead, the AVX2 default before ``fxlut``) and ``int8 act``
 (``ONEBIT_CPU_ALGO=i8``: activations quantized to int8 per block of 128 on the fly, the VNNI GEMV;
 not exact, ~0.7 % error per layer, as llama.cpp's TQ2_0 / Q1_0 do with their q8 activations; with
 AVX512-VNNI the int4 / int8 head's GEMV then runs on int8 activations too), and ``head int4-g32,
@@ -250,7 +251,10 @@ def onebit_runtimes(ckpt: Path, compile: bool) -> dict[str, OneBitRuntime]:
         out[f"onebit runtime static, {label}"] = OneBitRuntime(path)
         if kind == "int8":  # the same checkpoint, other settings
             out["onebit runtime static, head int8, bf16"] = OneBitRuntime(path, dtype=torch.bfloat16)
-            out["onebit runtime static, head int8, shift"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "shift"})
+            if os.environ.get("ONEBIT_CPU_ISA", "").strip().lower() == "avx2":  # the AVX2 default before fxlut
+                out["onebit runtime static, head int8, table"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "table"})
+            else:
+                out["onebit runtime static, head int8, shift"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "shift"})
             out["onebit runtime static, head int8, int8 act"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "i8"})
         else:  # int8 activations with the int4 head (its VNNI GEMV reads half the int8 head's bytes)
             out["onebit runtime static, head int4-g32, int8 act"] = OneBitRuntime(path, env={"ONEBIT_CPU_ALGO": "i8"})
@@ -337,6 +341,12 @@ def main() -> int:
 
     threads = [int(t) for t in args.threads.split(",")]
     print(machine())
+    try:  # which ISA the llama.cpp build uses (e.g. an AVX2-only build, docs/kernels.md)
+        import llama_cpp
+        print(f"llama.cpp {llama_cpp.__version__} ({Path(llama_cpp.__file__).parent}): "
+              f"{llama_cpp.llama_print_system_info().decode().strip()}")
+    except Exception as e:  # noqa: BLE001 (reported, then the runs fail with the real error)
+        print(f"llama.cpp: not importable ({type(e).__name__}: {e})")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gguf_speed_"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

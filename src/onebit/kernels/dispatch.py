@@ -23,19 +23,21 @@ Environment (read on every call, so benchmarks and tests can switch; parsed once
   this CPU lacks falls back to the best it has).
 * ``ONEBIT_CPU_ALGO``: ``simd`` (default) | ``lut`` (T-MAC style table GEMV) | ``kmask``
   (AVX-512 mask-register xor) | ``psum`` (AVX-512 masked sum on centred x; the fp32 default on
-  Intel CPUs) | ``fxlut`` (x in 24-bit fixed point, int32 tables per 4 columns looked up by
-  vpermd over a cached transposed copy of the bits, AVX-512; exact integer sums; the default for
-  every dtype on AVX-512 CPUs other than Intel's, e.g. AMD Zen 4) | ``fx`` (the same fixed point
+  Intel CPUs) | ``fxlut`` (x in 24-bit fixed point, int32 tables per 4 columns (AVX-512) or 3
+  columns (AVX2) looked up by vpermd over a cached transposed copy of the bits; exact integer
+  sums; the default for every dtype on AVX-512 and AVX2 CPUs other than Intel's, e.g. AMD Zen,
+  on AVX2 at every batch size) | ``fx`` (the same fixed point
   as int8 digit planes, AVX512-VNNI + VBMI; no extra memory) |
   ``shift`` (AVX-512 vpsllvd + vpternlogd; the fp32 default on other CPUs, and for
   every dtype without AVX512-BF16) | ``bf16dp``
   (AVX512-BF16 dot products; the default for bf16/fp16 inputs on Intel) | ``i8`` (x quantized to int8
   per block of 128 on the fly, any ISA, AVX512-VNNI where present; not exact, opt-in) | ``table`` (AVX2 ±1 table + FMA; the
-  AVX2 default) | ``xor`` / ``blend`` (AVX2 exact sign flip of x by xor / by vblendvps), for
+  AVX2 default on Intel) | ``xor`` / ``blend`` (AVX2 exact sign flip of x by xor / by vblendvps), for
   measurements.
 * ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands tiles of the packed
   weight and calls a BLAS GEMM instead of the direct kernel (default ``-1``: per ISA, AVX2 from a
-  measured batch size, AVX-512 from 32 fp32 / 8 bf16-fp16 rows, scalar never; docs/kernels.md).
+  measured batch size on Intel and never with ``fxlut``, AVX-512 from 32 fp32 / 8 bf16-fp16 rows,
+  scalar never; docs/kernels.md).
 """
 from __future__ import annotations
 

@@ -14,9 +14,11 @@
 //     4 output rows per x load, threads over output rows (at::parallel_for = torch's OpenMP pool).
 //       AVX512-BF16 (bf16/fp16 inputs): ±1 bf16 weights from the bits, x split into exact bf16
 //                parts, vdpbf16ps (32 multiply-adds per instruction); see bin_bf16dp.
-//       fxlut:   (algo=11, AVX-512; the default on CPUs other than Intel's, every dtype) x per
-//                row in 24-bit fixed point, int32 tables per 4 columns looked up by vpermd over a
-//                cached transposed copy of the bits: exact integer sums, one rounding per output.
+//       fxlut:   (algo=11, AVX-512 and AVX2; the default on CPUs other than Intel's, every dtype;
+//                on AVX2 at every batch size) x per row in 24-bit fixed point, int32 tables per 4
+//                columns (AVX-512) / 3 columns (AVX2, onebit_cpu_fixed_avx2.cpp) looked up by
+//                vpermd over a cached transposed copy of the bits: exact integer sums, one
+//                rounding per output.
 //       fx:      (algo=10, AVX512-VNNI + VBMI) the same x as three int8 digit planes, vpdpbusd
 //                against the 0/1 bytes of the bits (no extra memory) (onebit_cpu_fixed.cpp).
 //       AVX-512: 32 bits broadcast to all lanes, vpsllvd moves bit i to the sign bit of lane i,
@@ -25,7 +27,8 @@
 //                add per 16 weights on centred x (2P - S).  Default for fp32: psum on Intel
 //                (measured faster on the Xeon dev VM); elsewhere fxlut (shift: for measurements).
 //       AVX2:    a 256-entry table of ±1 vectors indexed by the byte, acc = fma(x, table[b], acc),
-//                two accumulators per row (the default: fastest exact AVX2 path measured here);
+//                two accumulators per row (the default on Intel: fastest exact AVX2 path measured
+//                on the Xeon, before fxlut);
 //                algo=8/9: exact sign flip of x by xor / vblendvps from vpsllvd'd bits, no table.
 //       int8:    (algo=6, any ISA, not exact) x quantized per block of 128 to int8; AVX2: vpshufb
 //                lookups of partial sums per 4 columns over a cached transposed copy (bin_i8_lut);
@@ -35,7 +38,7 @@
 //                the 256 signed sums; each packed byte is then one table lookup.
 //   * large batch (M >= mm_threshold): unpack a block of rows to ±1 in the input dtype and call
 //     at::mm (MKL/oneDNN), i.e. the packed weight is expanded once per block, not per row.
-//     AVX2 (default from AVX2_MM_THRESHOLD rows): tiles expanded to ±1 fp32 with SIMD (512 KiB,
+//     AVX2 (default from AVX2_MM_THRESHOLD rows on Intel; never with fxlut): tiles expanded to ±1 fp32 with SIMD (512 KiB,
 //     L2-sized, below 128 rows; up to 64 MiB above), one fp32 GEMM per tile written in place.
 //     AVX-512 (default from AVX512_MM_THRESHOLD_F32 / _16 rows): blocks of 1024 rows expanded to ±1
 //     in the input dtype by masked blends, one GEMM per block (fp32: MKL in place; bf16: oneDNN, AMX
@@ -46,7 +49,7 @@
 // Files: this one (pybind module, ISA detection and dispatch, prologue / epilogue, GEMM path),
 // onebit_cpu.h (shared declarations, tables), onebit_cpu_portable.cpp (scalar / LUT kernels),
 // onebit_cpu_avx2.cpp and onebit_cpu_avx512.cpp (the SIMD kernels), onebit_cpu_i8lut.cpp (the AVX2
-// int8-activation table kernel).
+// int8-activation table kernel), onebit_cpu_fixed.cpp / onebit_cpu_fixed_avx2.cpp (fixed-point x).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>

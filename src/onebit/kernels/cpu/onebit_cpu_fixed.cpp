@@ -14,6 +14,8 @@
 // * fxlut (algo=11, AVX-512, the default off Intel; below): lookups in int32 tables of X, one
 //   per 4 columns, over a transposed copy of the bits (cached: as much memory again as the
 //   packed bits).
+// * fxlut on AVX2 (onebit_cpu_fixed_avx2.cpp): 8-entry tables per 3 columns (a ymm's vpermd),
+//   the AVX2 default off Intel at every batch size.
 // * fx (algo=10, AVX512-VNNI + VBMI; no extra memory): X as three balanced int8 digit planes,
 //   X = d2 2^16 + d1 2^8 + d0 with every d in [-128, 127], P = sum_d 256^d P_d; per 64 columns
 //   the bits become a 0/1 byte vector and vpdpbusd(that, plane d) adds 64 products into 16 int32
