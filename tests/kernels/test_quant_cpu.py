@@ -133,7 +133,7 @@ def test_empty_batch(ops):
 
 @pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_VNNI_SOURCE", "QUANT_HEADER", "PORTABLE_SOURCE",
                                   "AVX2_SOURCE", "AVX512_SOURCE", "I8LUT_SOURCE", "FIXED_SOURCE", "FIXED_AVX2_SOURCE",
-                                  "ATTENTION_SOURCE",
+                                  "GEMM_SOURCE", "ATTENTION_SOURCE",
                                   "HEADER"])
 def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
     copy = tmp_path / getattr(loader, attr).name
@@ -144,6 +144,7 @@ def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
     assert loader.build_key() != key
     assert [s.name for s in loader.sources()] == ["onebit_cpu.cpp", "onebit_cpu_portable.cpp", "onebit_cpu_avx2.cpp",
                                                   "onebit_cpu_avx512.cpp", "onebit_cpu_i8lut.cpp", "onebit_cpu_fixed.cpp",
-                                                  "onebit_cpu_fixed_avx2.cpp", "attention_cpu.cpp",
+                                                  "onebit_cpu_fixed_avx2.cpp", "onebit_cpu_gemm.cpp",
+                                                  "attention_cpu.cpp",
                                                   "quant_cpu.cpp",
                                                   "quant_cpu_simd.cpp", "quant_cpu_vnni.cpp"]

@@ -1,7 +1,7 @@
 """Build and load the C++ CPU kernels (``onebit_cpu*.cpp`` + ``quant_cpu*.cpp``, one extension) on first use.
 
 ``onebit_cpu.cpp`` / ``onebit_cpu_portable.cpp`` / ``onebit_cpu_avx2.cpp`` / ``onebit_cpu_avx512.cpp`` /
-``onebit_cpu_i8lut.cpp`` / ``onebit_cpu_fixed.cpp`` / ``onebit_cpu_fixed_avx2.cpp`` / ``attention_cpu.cpp`` (decode_attention) /
+``onebit_cpu_i8lut.cpp`` / ``onebit_cpu_fixed.cpp`` / ``onebit_cpu_fixed_avx2.cpp`` / ``onebit_cpu_gemm.cpp`` (the batched GEMM path) / ``attention_cpu.cpp`` (decode_attention) /
 ``onebit_cpu.h`` hold the OneBit/ternary kernels (a pybind11 module: ``load().binary_linear``);
 ``quant_cpu.cpp`` / ``quant_cpu_simd.cpp`` / ``quant_cpu_vnni.cpp`` / ``quant_cpu.h`` the block-scaled formats (quant_linear,
 block_sign_linear), registered with the
@@ -35,6 +35,7 @@ AVX512_SOURCE = Path(__file__).with_name("onebit_cpu_avx512.cpp")
 I8LUT_SOURCE = Path(__file__).with_name("onebit_cpu_i8lut.cpp")
 FIXED_SOURCE = Path(__file__).with_name("onebit_cpu_fixed.cpp")
 FIXED_AVX2_SOURCE = Path(__file__).with_name("onebit_cpu_fixed_avx2.cpp")
+GEMM_SOURCE = Path(__file__).with_name("onebit_cpu_gemm.cpp")
 ATTENTION_SOURCE = Path(__file__).with_name("attention_cpu.cpp")
 HEADER = Path(__file__).with_name("onebit_cpu.h")
 QUANT_SOURCE = Path(__file__).with_name("quant_cpu.cpp")
@@ -66,7 +67,7 @@ def _base_dir() -> Path:
 def sources() -> list[Path]:
     """The translation units of the extension."""
     return [SOURCE, PORTABLE_SOURCE, AVX2_SOURCE, AVX512_SOURCE, I8LUT_SOURCE, FIXED_SOURCE, FIXED_AVX2_SOURCE,
-            ATTENTION_SOURCE,
+            GEMM_SOURCE, ATTENTION_SOURCE,
             QUANT_SOURCE,
             QUANT_SIMD_SOURCE, QUANT_VNNI_SOURCE]
 

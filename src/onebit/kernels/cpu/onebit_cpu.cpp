@@ -46,10 +46,11 @@
 //     mm_threshold < 0 = per-ISA default (AVX2: AVX2_MM_THRESHOLD; AVX-512: by dtype; ternary: by
 //     dtype, TER_MM_THRESHOLD_*; scalar: never).
 //
-// Files: this one (pybind module, ISA detection and dispatch, prologue / epilogue, GEMM path),
+// Files: this one (pybind module, ISA detection and dispatch, prologue / epilogue),
 // onebit_cpu.h (shared declarations, tables), onebit_cpu_portable.cpp (scalar / LUT kernels),
 // onebit_cpu_avx2.cpp and onebit_cpu_avx512.cpp (the SIMD kernels), onebit_cpu_i8lut.cpp (the AVX2
-// int8-activation table kernel), onebit_cpu_fixed.cpp / onebit_cpu_fixed_avx2.cpp (fixed-point x).
+// int8-activation table kernel), onebit_cpu_fixed.cpp / onebit_cpu_fixed_avx2.cpp (fixed-point x),
+// onebit_cpu_gemm.cpp (the batched GEMM path).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -135,7 +136,6 @@ constexpr int64_t AVX512_MM_THRESHOLD_F32 = 32, AVX512_MM_THRESHOLD_16 = 8;
 // bf16-fp16 rows (the table unpack is a fixed cost per call, so the direct kernel wins below;
 // SmolLM2 ternary prefill 184 -> 494 tok/s, bench/smollm2_speed.py, docs/kernels.md)
 constexpr int64_t TER_MM_THRESHOLD_F32 = 64, TER_MM_THRESHOLD_16 = 32;
-constexpr int64_t AVX2_TILE_BYTES = 512 * 1024;  // expanded fp32 tile: fits L2
 
 int64_t resolve_isa(int64_t isa) {
   const int64_t best = best_isa();
@@ -179,23 +179,6 @@ void epilogue(const float* acc, int64_t M, int64_t N, const H* h, int64_t hn, T*
   at::parallel_for(0, M, 16, [&](int64_t b, int64_t e) {
     for (int64_t m = b; m < e; ++m)
       for (int64_t n = 0; n < N; ++n) y[m * N + n] = static_cast<T>(rnd<T>(acc[m * N + n]) * hv[n]);
-  });
-}
-
-// weights -> ±1 / {-1,0,1} in the activation dtype, rows [n0, n1), into buf [n1-n0, KB*per]
-template <typename T>
-void unpack_rows(const uint8_t* W, int64_t KB, int64_t n0, int64_t n1, bool ternary, T* buf) {
-  const int per = ternary ? 4 : 8;
-  at::parallel_for(n0, n1, 16, [&](int64_t b, int64_t e) {
-    T lut[256][8];
-    for (int v = 0; v < 256; ++v)
-      for (int i = 0; i < per; ++i)
-        lut[v][i] = static_cast<T>(ternary ? tables().ter[v][i] : tables().bin[v][i]);
-    for (int64_t n = b; n < e; ++n) {
-      const uint8_t* w = W + n * KB;
-      T* o = buf + (n - n0) * KB * per;
-      for (int64_t j = 0; j < KB; ++j) std::memcpy(o + j * per, lut[w[j]], sizeof(T) * per);
-    }
   });
 }
 
@@ -272,62 +255,13 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   const bool i8lut = !ternary && algo == ALGO_I8 && (use == ISA_AVX2 || (use == ISA_AVX512 && !cpu_features().vnni512));
   if (i8lut) {
     bin_i8_lut(quantize_x(xs.data_ptr<float>(), M, ldx, K, true), M, packed, acc.data_ptr<float>());
-  } else if (M >= mm_threshold && !ternary && use == ISA_AVX2) {
-    // batched, AVX2: tiles of weight rows expanded to ±1 fp32 (sized to stay in L2), one fp32
-    // GEMM per tile (MKL/oneDNN); x is already rounded as the reference, the result is rounded
-    // to the input dtype by the epilogue
-    const int64_t kp = ((K + 15) / 16) * 16, ldb = std::max(kp, 8 * KB);
-    // tile: 512 KiB (stays in L2 while a small batch uses it); from 128 rows 16 MiB (at 512 rows,
-    // MKL capped at AVX2, 1 thread: 64 MiB tiles 1.17x dense's time, 8-16 MiB 1.02-1.08x, 2-4 MiB
-    // 1.06-1.21x, swept with ONEBIT_CPU_TILE_BYTES; docs/kernels.md);
-    // ONEBIT_CPU_TILE_BYTES overrides, for measurements
-    const char* te = std::getenv("ONEBIT_CPU_TILE_BYTES");
-    const int64_t tile_bytes = te ? std::max<int64_t>(1, std::atoll(te)) : M >= 128 ? 32 * AVX2_TILE_BYTES
-                                                                                   : AVX2_TILE_BYTES;
-    const int64_t NB = std::max<int64_t>(16, std::min<int64_t>(N, (tile_bytes / (4 * ldb)) / 16 * 16));
-    at::Tensor xt = xs.narrow(1, 0, K);
-    at::Tensor wbuf = at::empty({std::min(NB, N), ldb}, x.options().dtype(at::kFloat));
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-      const int64_t n1 = std::min(N, n0 + NB);
-      float* wp = wbuf.data_ptr<float>();
-      at::parallel_for(n0, n1, 8, [&](int64_t b, int64_t e) {
-        expand_bin_f32_avx2(W, KB, b, e, wp + (b - n0) * ldb, ldb);
-      });
-      at::Tensor t = acc.narrow(1, n0, n1 - n0);  // row stride N: BLAS writes it in place (ldc)
-      at::mm_out(t, xt, wbuf.narrow(0, 0, n1 - n0).narrow(1, 0, K).t());
-    }
   } else if (M >= mm_threshold) {
-    // batched: expand blocks of weight rows in the activation dtype, one GEMM per block
-    // (AVX-512, binary: the rows are expanded with masked blends; otherwise a byte table)
-    const int64_t NB = 1024;
-    at::Tensor xt = xs.narrow(1, 0, K).to(dt);
-    at::Tensor wbuf = at::empty({std::min(NB, N), KB * per}, x.options());
-    const bool blend = !ternary && use == ISA_AVX512;
-    for (int64_t n0 = 0; n0 < N; n0 += NB) {
-      const int64_t n1 = std::min(N, n0 + NB), ldb = KB * per;
-      if (blend && dt == at::kFloat) {
-        float* wp = wbuf.data_ptr<float>();
-        at::parallel_for(n0, n1, 8, [&](int64_t b, int64_t e) {
-          expand_bin_f32_avx512(W, KB, b, e, wp + (b - n0) * ldb, ldb);
-        });
-      } else if (blend) {
-        auto* wp = reinterpret_cast<uint16_t*>(wbuf.data_ptr());
-        const uint16_t one = dt == at::kBFloat16 ? 0x3F80 : 0x3C00;
-        at::parallel_for(n0, n1, 8, [&](int64_t b, int64_t e) {
-          expand_bin16_avx512(W, KB, b, e, wp + (b - n0) * ldb, ldb, one);
-        });
-      } else {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "onebit_unpack", [&] {
-          unpack_rows<scalar_t>(W, KB, n0, n1, ternary, wbuf.data_ptr<scalar_t>());
-        });
-      }
-      at::Tensor wb = wbuf.narrow(0, 0, n1 - n0).narrow(1, 0, K);
-      at::Tensor t = acc.narrow(1, n0, n1 - n0);
-      if (dt == at::kFloat)
-        at::mm_out(t, xt, wb.t());  // row stride N: BLAS writes it in place (ldc)
-      else
-        t.copy_(at::mm(xt, wb.t()));  // the product rounded to the input dtype, as the reference
-    }
+    // batched: tiles / blocks of weight rows expanded to ±1 (or {-1,0,1}), one BLAS GEMM per tile
+    // (onebit_cpu_gemm.cpp)
+    if (!ternary && use == ISA_AVX2)
+      gemm_avx2_f32(xs, K, W, N, KB, acc);
+    else
+      gemm_expanded(xs, K, W, N, KB, ternary, use == ISA_AVX512, dt, acc);
   } else {
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();

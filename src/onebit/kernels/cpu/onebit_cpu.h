@@ -134,6 +134,14 @@ void bin_fx_lut_avx2(const FixedX& fx, int64_t M, const at::Tensor& packed, floa
 FX_TARGET void bin_fx_vnni(const FixedX& fx, int64_t m0, int64_t M, const uint8_t* W, int64_t KB,
                              int64_t n0, int64_t n1, float* y, int64_t ldy);
 
+// ---------------------------------------------------------------- onebit_cpu_gemm.cpp
+// the batched path: acc[M, N] (before the epilogue) = xs[:, :K] (fp32, rounded as the reference)
+// times the expanded weight.  AVX2, binary: ±1 fp32 tiles sized to L2 (ONEBIT_CPU_TILE_BYTES
+// overrides); otherwise blocks of 1024 rows in dt (AVX-512 binary: masked blends; else a byte table)
+void gemm_avx2_f32(const at::Tensor& xs, int64_t K, const uint8_t* W, int64_t N, int64_t KB, at::Tensor& acc);
+void gemm_expanded(const at::Tensor& xs, int64_t K, const uint8_t* W, int64_t N, int64_t KB, bool ternary,
+                   bool avx512, at::ScalarType dt, at::Tensor& acc);
+
 // ---------------------------------------------------------------- onebit_cpu_portable.cpp
 void bin_scalar(const float* x, int64_t M, int64_t ldx, const uint8_t* W, int64_t KB, int64_t n0,
                 int64_t n1, float* y, int64_t ldy);
