@@ -54,7 +54,7 @@ VARIANTS = {  # name -> environment for the dispatcher (CPU), on top of --isa / 
     "avx2-i8": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_ALGO": "i8", "ONEBIT_CPU_MM_THRESHOLD": NEVER},
     "avx2-gemm": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_MM_THRESHOLD": "1"},
     "avx2-fxlut": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_ALGO": "fxlut"},
-    "avx2-fxlut-gemm": {"ONEBIT_CPU_ISA": "avx2", "ONEBIT_CPU_ALGO": "fxlut", "ONEBIT_CPU_MM_THRESHOLD": "16"},
+    "gemm": {"ONEBIT_CPU_MM_THRESHOLD": "1"},
     "scalar": {"ONEBIT_CPU_ISA": "scalar"},
     "lut": {"ONEBIT_CPU_ALGO": "lut"},
     "kmask": {"ONEBIT_CPU_ALGO": "kmask"},

@@ -138,7 +138,8 @@ def test_rows_past_one_block_of_tail_bits(mod, algo):
 
 def test_default_per_vendor(lut_mod):
     """On AVX-512 CPUs other than Intel's, algo 0 (the default) is fxlut for every dtype: the same
-    bits as asking for it.  On Intel the fp32 default stays the masked-sum kernel (psum)."""
+    bits as asking for it, batched too with the default threshold (fp32: every batch size; bf16 /
+    fp16 below 256 rows).  On Intel the fp32 default stays the masked-sum kernel (psum)."""
     intel = lut_mod.cpu_flags()["intel"]
     p, g, h = binary_layer(40, 333)
     for dtype in DTYPES:
@@ -146,6 +147,9 @@ def test_default_per_vendor(lut_mod):
         y0 = lut_mod.binary_linear(x, p, g, h, 333, -1, NEVER, 0)
         if not intel:
             assert torch.equal(y0, lut_mod.binary_linear(x, p, g, h, 333, -1, NEVER, FXLUT))
+            xb = make_x(300 if dtype == torch.float32 else 70, 333, dtype)
+            assert torch.equal(lut_mod.binary_linear(xb, p, g, h, 333, -1, -1, 0),
+                               lut_mod.binary_linear(xb, p, g, h, 333, -1, NEVER, FXLUT))
         elif dtype == torch.float32:
             assert torch.equal(y0, lut_mod.binary_linear(x, p, g, h, 333, -1, NEVER, PSUM))
 

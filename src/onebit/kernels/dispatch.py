@@ -134,14 +134,15 @@ def _used_isa(mod, isa: int) -> int:
 
 
 def decode_attention_cpu(q, kt, v, scale):
-    """The AVX-512 kernel (attention_cpu.cpp) for float32 and head_dim a multiple of 16; else the
-    reference."""
+    """The AVX-512 or AVX2 kernel (attention_cpu.cpp) for float32 and head_dim a multiple of 16;
+    else (and on the scalar ISA) the reference."""
     mod = _cpu_module()
     ok = (mod is not None and q.dtype == kt.dtype == v.dtype == torch.float32 and q.shape[-1] % 16 == 0
           and kt.dim() == 3 and kt.shape[-1] > 0 and kt.stride(-1) == 1 and v.stride(-1) == 1)
-    if not ok or _used_isa(mod, cpu_params()[0]) != _ISA["avx512"]:
+    isa = _used_isa(mod, cpu_params()[0]) if ok else 0
+    if isa not in (_ISA["avx512"], _ISA["avx2"]):
         return decode_attention_ref(q, kt, v, scale)
-    return mod.decode_attention(q, kt, v, scale)
+    return mod.decode_attention(q, kt, v, scale, isa)
 
 
 #: batch rows from which the quant ops take their GEMM path (dequantized row blocks + BLAS)

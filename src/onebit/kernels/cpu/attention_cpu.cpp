@@ -1,4 +1,4 @@
-// onebit::decode_attention on AVX-512, fp32: the attention of ONE query position (a decode step)
+// onebit::decode_attention on AVX-512 (and AVX2: namespace avx2, 8 lanes), fp32: the attention of ONE query position (a decode step)
 // over a KV cache whose keys are stored transposed.
 //
 //   q [nh, D], kt [nkv, D, L] (keys, transposed: row d of a KV head is its d-th component at every
@@ -136,9 +136,137 @@ AVX512_TARGET void attend_head(const float* qs, int64_t G, int64_t D, const floa
   }
 }
 
+// ---------------------------------------------------------------- AVX2 (8 lanes, the same passes)
+namespace avx2 {
+
+AVX2_TARGET inline __m256 exp256(__m256 x) {  // e^x for x <= 0, as exp512 (2^n by the exponent bits)
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.33654f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+  // n in [-126, 0]: 2^n is the normal float with exponent field n + 127
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+AVX2_TARGET inline __m256i tail_mask(int64_t left) {  // lanes < left
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+template <int GN>
+AVX2_TARGET void scores(const float* qs, int64_t D, const float* kt, int64_t ksd, int64_t L, float* s, int64_t Lp) {
+  for (int64_t l0 = 0; l0 < L; l0 += 8) {
+    const __m256i mk = tail_mask(L - l0);
+    __m256 acc[GN];
+    for (int g = 0; g < GN; ++g) acc[g] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      _mm_prefetch(reinterpret_cast<const char*>(kt + d * ksd + l0 + 128), _MM_HINT_T0);
+      const __m256 kv = _mm256_maskload_ps(kt + d * ksd + l0, mk);
+      for (int g = 0; g < GN; ++g) acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(qs[g * D + d]), kv, acc[g]);
+    }
+    for (int g = 0; g < GN; ++g) _mm256_store_ps(s + g * Lp + l0, acc[g]);
+  }
+}
+
+template <int GN, int CN>
+AVX2_TARGET void weighted(const float* p, int64_t Lp, const float* inv, const float* v, int64_t vsl, int64_t L,
+                          int64_t d0, float* out, int64_t D) {
+  __m256 acc[GN][CN];
+  for (int g = 0; g < GN; ++g)
+    for (int c = 0; c < CN; ++c) acc[g][c] = _mm256_setzero_ps();
+  for (int64_t l = 0; l < L; ++l) {
+    const float* vl = v + l * vsl + d0;
+    __m256 vv[CN];
+    for (int c = 0; c < CN; ++c) vv[c] = _mm256_loadu_ps(vl + 8 * c);
+    for (int g = 0; g < GN; ++g) {
+      const __m256 pg = _mm256_set1_ps(p[g * Lp + l]);
+      for (int c = 0; c < CN; ++c) acc[g][c] = _mm256_fmadd_ps(pg, vv[c], acc[g][c]);
+    }
+  }
+  for (int g = 0; g < GN; ++g)
+    for (int c = 0; c < CN; ++c)
+      _mm256_storeu_ps(out + g * D + d0 + 8 * c, _mm256_mul_ps(acc[g][c], _mm256_set1_ps(inv[g])));
+}
+
+template <int GN>
+AVX2_TARGET void weighted_all(const float* p, int64_t Lp, const float* inv, const float* v, int64_t vsl, int64_t L,
+                              float* out, int64_t D) {
+  int64_t d0 = 0;  // D is a multiple of 16
+  for (; d0 + 32 <= D; d0 += 32) weighted<GN, 4>(p, Lp, inv, v, vsl, L, d0, out, D);
+  for (; d0 < D; d0 += 16) weighted<GN, 2>(p, Lp, inv, v, vsl, L, d0, out, D);
+}
+
+AVX2_TARGET inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+AVX2_TARGET inline float hsum(__m256 v) {
+  __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+}
+
+AVX2_TARGET void attend_head(const float* qs, int64_t G, int64_t D, const float* kt, int64_t ksd, const float* v,
+                             int64_t vsl, int64_t L, float* s, int64_t Lp, float* out) {
+  for (int64_t g0 = 0; g0 < G; g0 += 8) {
+    const float* q = qs + g0 * D;
+    float* sg = s + g0 * Lp;
+    switch (std::min<int64_t>(8, G - g0)) {
+      case 1: scores<1>(q, D, kt, ksd, L, sg, Lp); break;
+      case 2: scores<2>(q, D, kt, ksd, L, sg, Lp); break;
+      case 3: scores<3>(q, D, kt, ksd, L, sg, Lp); break;
+      case 4: scores<4>(q, D, kt, ksd, L, sg, Lp); break;
+      case 5: scores<5>(q, D, kt, ksd, L, sg, Lp); break;
+      case 6: scores<6>(q, D, kt, ksd, L, sg, Lp); break;
+      case 7: scores<7>(q, D, kt, ksd, L, sg, Lp); break;
+      default: scores<8>(q, D, kt, ksd, L, sg, Lp); break;
+    }
+  }
+  std::vector<float> inv(G);
+  for (int64_t g = 0; g < G; ++g) {
+    float* sg = s + g * Lp;
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int64_t l0 = 0; l0 < L; l0 += 8)  // lanes past L: -inf
+      mx = _mm256_max_ps(mx, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_load_ps(sg + l0),
+                                              _mm256_castsi256_ps(tail_mask(L - l0))));
+    const __m256 m = _mm256_set1_ps(hmax(mx));
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t l0 = 0; l0 < L; l0 += 8) {  // lanes past L: 0
+      const __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_load_ps(sg + l0), m)),
+                                     _mm256_castsi256_ps(tail_mask(L - l0)));
+      _mm256_store_ps(sg + l0, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    inv[g] = 1.f / hsum(sum);
+  }
+  for (int64_t g0 = 0; g0 < G; g0 += 2) {  // 2 heads x 32 columns of accumulators per pass over v
+    const float* p = s + g0 * Lp;
+    float* o = out + g0 * D;
+    if (G - g0 >= 2)
+      weighted_all<2>(p, Lp, inv.data() + g0, v, vsl, L, o, D);
+    else
+      weighted_all<1>(p, Lp, inv.data() + g0, v, vsl, L, o, D);
+  }
+}
+
+}  // namespace avx2
+
 }  // namespace
 
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, double scale) {
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, double scale, int64_t isa) {
+  TORCH_CHECK(isa == 1 || isa == 2, "decode_attention: isa must be 1 (AVX2) or 2 (AVX-512)");
+  TORCH_CHECK(isa == 2 ? __builtin_cpu_supports("avx512f") : __builtin_cpu_supports("avx2"),
+              "decode_attention: this CPU lacks the ISA");
   TORCH_CHECK(q.dim() == 2 && kt.dim() == 3 && v.dim() == 3, "decode_attention: q [nh, D], kt [nkv, D, L], v [nkv, L, D]");
   TORCH_CHECK(q.scalar_type() == at::kFloat && kt.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "decode_attention: float32 tensors expected");
@@ -157,8 +285,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at:
   at::parallel_for(0, nkv, 1, [&](int64_t b, int64_t e) {
     float* s = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * G * Lp));
     for (int64_t h = b; h < e; ++h)
-      attend_head(qp + h * G * D, G, D, kp + h * kt.stride(0), kt.stride(1), vp + h * v.stride(0), v.stride(1), L,
-                  s, Lp, op + h * G * D);
+      (isa == 2 ? attend_head : avx2::attend_head)(qp + h * G * D, G, D, kp + h * kt.stride(0), kt.stride(1),
+                                                   vp + h * v.stride(0), v.stride(1), L, s, Lp, op + h * G * D);
     std::free(s);
   });
   return out;

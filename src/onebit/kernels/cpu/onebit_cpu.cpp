@@ -132,6 +132,8 @@ constexpr int64_t AVX2_MM_THRESHOLD = 16, NEVER_MM = int64_t(1) << 40;
 // masked blends, then MKL / oneDNN: AVX-512 FMA for fp32, AMX for bf16) beats the direct kernel
 // (bench/kernel_speed.py --batch 8 16 32 64 512, docs/kernels.md)
 constexpr int64_t AVX512_MM_THRESHOLD_F32 = 32, AVX512_MM_THRESHOLD_16 = 8;
+// with fxlut (AVX-512, off Intel): bf16 / fp16 from 256 rows to the GEMM path, fp32 never (below)
+constexpr int64_t FX_MM_THRESHOLD_16 = 256;
 // ternary (AVX2 and AVX-512): rows unpacked through the byte table, then BLAS, from 64 fp32 / 32
 // bf16-fp16 rows (the table unpack is a fixed cost per call, so the direct kernel wins below;
 // SmolLM2 ternary prefill 184 -> 494 tok/s, bench/smollm2_speed.py, docs/kernels.md)
@@ -242,10 +244,14 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   // 5632x2048 GEMV 0.45 -> 0.18 ms; 1.1-1.7x dense fp32 at 512 rows where the GEMM path was
   // 0.9-1.0x; bench/kernel_speed.py --isa avx2, docs/kernels.md).  Intel keeps the ±1 table + FMA
   // kernel and the GEMM path (fxlut is not measured there).
-  if (algo == 0 && !ternary && use == ISA_AVX2 && !cpu_features().intel) algo = ALGO_FXLUT;
-  const bool avx2_fx = !ternary && use == ISA_AVX2 && algo == ALGO_FXLUT;
+  // On AVX-512 (off Intel) too: fp32 at every batch size (Zen 4, 1 thread, 512 rows: 1.4-2.5x
+  // dense where the GEMM path was 0.8-1.0x), bf16 / fp16 below FX_MM_THRESHOLD_16 rows (there the
+  // bf16 GEMM path and fxlut tie: 0.8-0.9x and 0.6-1.1x dense at 512 rows; fxlut 0.9-1.3x at 64,
+  // the GEMM 0.8-1.0x); bench/kernel_speed.py, docs/kernels.md.
+  if (algo == 0 && !ternary && (use == ISA_AVX2 || use == ISA_AVX512) && !cpu_features().intel) algo = ALGO_FXLUT;
+  const bool fx_all = !ternary && (use == ISA_AVX2 || use == ISA_AVX512) && algo == ALGO_FXLUT;
   if (mm_threshold < 0)
-    mm_threshold = avx2_fx ? NEVER_MM
+    mm_threshold = fx_all ? (use == ISA_AVX512 && dt != at::kFloat ? FX_MM_THRESHOLD_16 : NEVER_MM)
                    : ternary ? (use == ISA_SCALAR ? NEVER_MM : dt == at::kFloat ? TER_MM_THRESHOLD_F32 : TER_MM_THRESHOLD_16)
                    : use == ISA_AVX2 ? AVX2_MM_THRESHOLD
                    : use == ISA_AVX512 ? (dt == at::kFloat ? AVX512_MM_THRESHOLD_F32 : AVX512_MM_THRESHOLD_16)
@@ -265,11 +271,10 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
   } else {
     const float* xp = xs.data_ptr<float>();
     float* ap = acc.data_ptr<float>();
-    // default on AVX-512 CPUs other than Intel's, for every dtype: the fixed-point exact GEMV by
-    // integer tables (Zen 4, 5632x2048, 1 thread, cold: fp32 0.44 ms with shift, 0.28 with fx,
-    // 0.13 with fxlut; bench/kernel_speed.py, docs/kernels.md).  Intel keeps psum / bf16dp
-    // (neither fixed-point kernel is measured there).
-    if (algo == 0 && !ternary && use == ISA_AVX512 && !cpu_features().intel) algo = ALGO_FXLUT;
+    // (algo was set to fxlut above on AVX-512 CPUs other than Intel's, for every dtype: Zen 4,
+    // 5632x2048, 1 thread, cold: fp32 0.44 ms with shift, 0.28 with fx, 0.13 with fxlut;
+    // bench/kernel_speed.py, docs/kernels.md.  Intel keeps psum / bf16dp: neither fixed-point
+    // kernel is measured there.)
     // fp32 default on Intel: the masked-sum kernel (measured faster there than shift, with
     // prefetch: 1.18x llama.cpp TQ2_0 decode against 1.01x, docs/kernels.md); bf16 / fp16: the
     // bf16 dot products below (for fp32, 3 parts, only on request: algo=5)
@@ -392,5 +397,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("binary_linear", &binary_linear, "packed 1-bit linear (x, packed, g, h, in, isa, mm_threshold, algo)");
   m.def("ternary_linear", &ternary_linear, "packed ternary linear (x, packed, scale, in, isa, mm_threshold)");
   m.def("decode_attention", &onebit_packed::decode_attention,
-        "attention of one query position: (q [nh, D], kt [nkv, D, L], v [nkv, L, D], scale), fp32, AVX-512");
+        "attention of one query position: (q [nh, D], kt [nkv, D, L], v [nkv, L, D], scale, isa), fp32, "
+        "isa 2 (AVX-512) or 1 (AVX2)");
 }

@@ -203,7 +203,7 @@ AVX512_TARGET void ter_avx512(const float* x, int64_t M, int64_t ldx, const uint
                               int64_t KB, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
 // ---------------------------------------------------------------- attention_cpu.cpp
-// onebit::decode_attention (one query position, keys stored transposed), fp32, AVX-512
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, double scale);
+// onebit::decode_attention (one query position, keys stored transposed), fp32, isa 2 (AVX-512) or 1 (AVX2)
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, double scale, int64_t isa);
 
 }  // namespace onebit_packed

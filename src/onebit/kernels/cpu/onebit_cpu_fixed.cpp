@@ -248,17 +248,21 @@ void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* ac
     for (int64_t m = b; m < e; ++m) build_fx_tables(fx.X.data() + m * fx.ldq, groups, tabs.get() + m * groups * 16);
   });
   const int64_t units = (N + UNIT - 1) / UNIT;
-  // a unit's packed bytes counted at a quarter: this kernel does ~4x less work per byte than the
-  // ones par_grain was swept with, so a 256-row layer (4 units) stays on the calling thread
-  at::parallel_for(0, units, par_grain(UNIT * KBp * M / 4, 1), [&](int64_t b, int64_t e) {
+  // blocks of x rows whose tables fit ~512 KiB of L2 (a 2048-column row's are 32 KiB), as on AVX2:
+  // one parallel region over (row block, unit), row-block-major.  A unit's packed bytes are counted
+  // at a quarter: this kernel does ~4x less work per byte than the ones par_grain was swept with,
+  // so a 256-row layer (4 units) stays on the calling thread
+  const int64_t MB = std::max<int64_t>(1, (512 * 1024) / (groups * 64)), nmb = (M + MB - 1) / MB;
+  at::parallel_for(0, nmb * units, par_grain(UNIT * KBp * std::min(M, MB) / 4, 1), [&](int64_t b, int64_t e) {
     alignas(64) int64_t P[UNIT];
-    for (int64_t u = b; u < e; ++u) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t m0 = (i / units) * MB, m1 = std::min(M, m0 + MB), u = i % units;
       const uint8_t* s[4];
       for (int r = 0; r < 4; ++r) s[r] = rp + std::min(tiles - 1, 4 * u + r) * KBp * T16;
       const int64_t rows = std::min(UNIT, N - u * UNIT);
-      for (int64_t m = 0; m < M; ++m) {
+      for (int64_t m = m0; m < m1; ++m) {
         // next: this unit again for the next x row, else the next unit
-        const uint8_t* next = m + 1 < M ? s[0] : s[0] + 4 * KBp * T16;
+        const uint8_t* next = m + 1 < m1 ? s[0] : s[0] + 4 * KBp * T16;
         fx_lut_rows(s, next, tabs.get() + m * groups * 16, KBp, P);
         for (int64_t r = 0; r < rows; ++r)
           acc[m * N + u * UNIT + r] = float(fx.scale[m] * double(2 * P[r] - fx.T[m]));
