@@ -36,8 +36,8 @@ Environment (read on every call, so benchmarks and tests can switch; parsed once
   measurements.
 * ``ONEBIT_CPU_MM_THRESHOLD``: batch rows from which the C++ path expands tiles of the packed
   weight and calls a BLAS GEMM instead of the direct kernel (default ``-1``: per ISA, AVX2 from a
-  measured batch size on Intel and never with ``fxlut``, AVX-512 from 32 fp32 / 8 bf16-fp16 rows,
-  scalar never; docs/kernels.md).
+  measured batch size on Intel and never with ``fxlut``, AVX-512 from 32 fp32 / 8 bf16-fp16 rows on
+  Intel, with ``fxlut`` never for fp32 and from 256 bf16-fp16 rows, scalar never; docs/kernels.md).
 """
 from __future__ import annotations
 

@@ -40,7 +40,8 @@
 //     at::mm (MKL/oneDNN), i.e. the packed weight is expanded once per block, not per row.
 //     AVX2 (default from AVX2_MM_THRESHOLD rows on Intel; never with fxlut): tiles expanded to ±1 fp32 with SIMD (512 KiB,
 //     L2-sized, below 128 rows; up to 64 MiB above), one fp32 GEMM per tile written in place.
-//     AVX-512 (default from AVX512_MM_THRESHOLD_F32 / _16 rows): blocks of 1024 rows expanded to ±1
+//     AVX-512 (default from AVX512_MM_THRESHOLD_F32 / _16 rows on Intel; with fxlut from
+//     FX_MM_THRESHOLD_16 bf16 / fp16 rows, never for fp32): blocks of 1024 rows expanded to ±1
 //     in the input dtype by masked blends, one GEMM per block (fp32: MKL in place; bf16: oneDNN, AMX
 //     where the CPU has it).
 //     mm_threshold < 0 = per-ISA default (AVX2: AVX2_MM_THRESHOLD; AVX-512: by dtype; ternary: by
