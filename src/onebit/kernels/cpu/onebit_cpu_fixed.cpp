@@ -242,28 +242,33 @@ void bin_fx_lut(const FixedX& fx, int64_t M, const at::Tensor& packed, float* ac
   const at::Tensor R = transposed_bits(packed, KBp, BITS_DWORDS);
   const uint8_t* rp = R.data_ptr<uint8_t>();
   const int64_t groups = 2 * KBp;  // of 4 columns; X is zero past in_features (ldq = 8 KBp)
-  // every entry is written by build_fx_tables: no zero fill
-  std::unique_ptr<int32_t[]> tabs(new int32_t[size_t(M) * groups * 16]);
-  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
-    for (int64_t m = b; m < e; ++m) build_fx_tables(fx.X.data() + m * fx.ldq, groups, tabs.get() + m * groups * 16);
-  });
   const int64_t units = (N + UNIT - 1) / UNIT;
   // blocks of x rows whose tables fit ~512 KiB of L2 (a 2048-column row's are 32 KiB), as on AVX2:
-  // one parallel region over (row block, unit), row-block-major.  A unit's packed bytes are counted
-  // at a quarter: this kernel does ~4x less work per byte than the ones par_grain was swept with,
-  // so a 256-row layer (4 units) stays on the calling thread
+  // one parallel region over (row block, unit), row-block-major; a thread builds the tables of each
+  // row block it reaches (only those: a 2048-row prefill of 5632 columns would otherwise hold 180
+  // MiB of them).  A unit's packed bytes are counted at a quarter: this kernel does ~4x less work
+  // per byte than the ones par_grain was swept with, so a 256-row layer (4 units) stays on the
+  // calling thread
   const int64_t MB = std::max<int64_t>(1, (512 * 1024) / (groups * 64)), nmb = (M + MB - 1) / MB;
   at::parallel_for(0, nmb * units, par_grain(UNIT * KBp * std::min(M, MB) / 4, 1), [&](int64_t b, int64_t e) {
     alignas(64) int64_t P[UNIT];
+    // every entry is written by build_fx_tables: no zero fill
+    std::unique_ptr<int32_t[]> tabs(new int32_t[size_t(std::min(M, MB)) * groups * 16]);
+    int64_t built = -1;
     for (int64_t i = b; i < e; ++i) {
-      const int64_t m0 = (i / units) * MB, m1 = std::min(M, m0 + MB), u = i % units;
+      const int64_t blk = i / units, m0 = blk * MB, m1 = std::min(M, m0 + MB), u = i % units;
+      if (blk != built) {
+        for (int64_t m = m0; m < m1; ++m)
+          build_fx_tables(fx.X.data() + m * fx.ldq, groups, tabs.get() + (m - m0) * groups * 16);
+        built = blk;
+      }
       const uint8_t* s[4];
       for (int r = 0; r < 4; ++r) s[r] = rp + std::min(tiles - 1, 4 * u + r) * KBp * T16;
       const int64_t rows = std::min(UNIT, N - u * UNIT);
       for (int64_t m = m0; m < m1; ++m) {
         // next: this unit again for the next x row, else the next unit
         const uint8_t* next = m + 1 < m1 ? s[0] : s[0] + 4 * KBp * T16;
-        fx_lut_rows(s, next, tabs.get() + m * groups * 16, KBp, P);
+        fx_lut_rows(s, next, tabs.get() + (m - m0) * groups * 16, KBp, P);
         for (int64_t r = 0; r < rows; ++r)
           acc[m * N + u * UNIT + r] = float(fx.scale[m] * double(2 * P[r] - fx.T[m]));
       }

@@ -143,21 +143,24 @@ void bin_fx_lut_avx2(const FixedX& fx, int64_t M, const at::Tensor& packed, floa
   const at::Tensor R = transposed_bits(packed, KBp, BITS_DWORDS);
   const uint8_t* rp = R.data_ptr<uint8_t>();
   const int64_t nq = KBp / 4, per_row = nq * GROUPS * 8;  // X is zero past in_features (ldq = 32 nq)
-  std::unique_ptr<int32_t[]> tabs(new int32_t[size_t(M) * per_row]);  // every entry is written
-  at::parallel_for(0, M, 1, [&](int64_t b, int64_t e) {
-    for (int64_t m = b; m < e; ++m) build_tables(fx.X.data() + m * fx.ldq, nq, tabs.get() + m * per_row);
-  });
   const int64_t units = (N + UNIT - 1) / UNIT, tile_bytes = KBp * T16;
   // blocks of x rows whose tables fit in ~512 KiB of L2 (a 5632-column row's are 62 KiB); within a
   // block each unit of 32 weight rows (KBp x 32 bytes: L1) serves every row of the block.  One
   // parallel region over (row block, unit), row-block-major: whole row blocks per thread in
-  // prefill, a share of the units in decode.  A unit's packed bytes are counted at half: about
-  // twice the work per byte of the AVX-512 fxlut.
+  // prefill, a share of the units in decode; a thread builds the tables of each row block it
+  // reaches (only those: bounded memory for long prefills).  A unit's packed bytes are counted at
+  // half: about twice the work per byte of the AVX-512 fxlut.
   const int64_t MB = std::max<int64_t>(1, (512 * 1024) / (per_row * 4)), nmb = (M + MB - 1) / MB;
   at::parallel_for(0, nmb * units, par_grain(UNIT * KBp * std::min(M, MB) / 2, 1), [&](int64_t b, int64_t e) {
     alignas(32) int64_t P[UNIT];
+    std::unique_ptr<int32_t[]> tabs(new int32_t[size_t(std::min(M, MB)) * per_row]);  // every entry is written
+    int64_t built = -1;
     for (int64_t i = b; i < e; ++i) {
-      const int64_t m0 = (i / units) * MB, m1 = std::min(M, m0 + MB), u = i % units;
+      const int64_t blk = i / units, m0 = blk * MB, m1 = std::min(M, m0 + MB), u = i % units;
+      if (blk != built) {
+        for (int64_t m = m0; m < m1; ++m) build_tables(fx.X.data() + m * fx.ldq, nq, tabs.get() + (m - m0) * per_row);
+        built = blk;
+      }
       const uint8_t* s0 = rp + std::min(tiles - 1, 2 * u) * tile_bytes;
       const uint8_t* s1 = rp + std::min(tiles - 1, 2 * u + 1) * tile_bytes;
       const int64_t rows = std::min(UNIT, N - u * UNIT);
@@ -165,7 +168,7 @@ void bin_fx_lut_avx2(const FixedX& fx, int64_t M, const at::Tensor& packed, floa
         // next: this unit again for the next x row, else the next unit
         const bool again = m + 1 < m1;
         rows32(s0, s1, again ? s0 : s0 + 2 * tile_bytes, again ? s1 : s1 + 2 * tile_bytes,
-               tabs.get() + m * per_row, nq, P);
+               tabs.get() + (m - m0) * per_row, nq, P);
         for (int64_t r = 0; r < rows; ++r)
           acc[m * N + u * UNIT + r] = float(fx.scale[m] * double(2 * P[r] - fx.T[m]));
       }
