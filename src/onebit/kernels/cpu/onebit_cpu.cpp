@@ -282,7 +282,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed_in, const
     if (algo == 0 && !ternary && dt == at::kFloat && use == ISA_AVX512 && cpu_features().intel) algo = 3;
     // fixed-point x for fx / fxlut (rows with inf / nan: the fp32 kernels below)
     const bool want_fx = !ternary && algo == ALGO_FX && use == ISA_AVX512 && cpu_features().fx;
-    const bool want_lut = !ternary && algo == ALGO_FXLUT && (use == ISA_AVX512 || use == ISA_AVX2);
+    const bool want_lut = fx_all;
     FixedX fx;
     if (want_fx || want_lut) fx = fixed_x(xp, M, ldx, K, want_fx, want_lut, use != ISA_SCALAR);
     const bool use_fx = want_fx && fx.finite, use_fxlut = want_lut && fx.finite;
