@@ -68,8 +68,8 @@ QAVX2 inline __m256 weights8(const uint8_t* c, __m256 vz, __m256 vs, __m256 vns)
 
 // NA independent FMA chains per x row (NA * MB accumulators), and the codes read in place except
 // in a row's last, partial chunk: with chunk() (a call with a copy path) on every 8 codes and one
-// FMA chain, a decode GEMV ran at ~1.3 weights per cycle (the int8 g32 head of the 1.1B shape,
-// 32000 x 2048: ~14 ms on a Zen 4 capped at AVX2, bench/quant_kernels.py)
+// FMA chain, a decode GEMV was bound by the call, not by the arithmetic (the whole-step effect:
+// bench/gguf_speed.py at AVX2, docs/kernels.md)
 template <int BITS, int MB, int RT>
 QAVX2 void rows_avx2(const QP& p, int64_t n0, int64_t n1, const float* x, int64_t ldx, float* y) {
   constexpr int NA = MB == 1 ? 4 : MB == 4 ? 2 : 1;
