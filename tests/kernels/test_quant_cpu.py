@@ -131,7 +131,7 @@ def test_empty_batch(ops):
     assert ops.block_sign_linear(torch.randn(0, 64), p, s, 32, 64, -1, NEVER).shape == (0, 8)
 
 
-@pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_VNNI_SOURCE", "QUANT_HEADER", "PORTABLE_SOURCE",
+@pytest.mark.parametrize("attr", ["QUANT_SOURCE", "QUANT_SIMD_SOURCE", "QUANT_VNNI_SOURCE", "QUANT_GEMV8_SOURCE", "QUANT_HEADER", "PORTABLE_SOURCE",
                                   "AVX2_SOURCE", "AVX512_SOURCE", "I8LUT_SOURCE", "FIXED_SOURCE", "FIXED_AVX2_SOURCE",
                                   "GEMM_SOURCE", "ATTENTION_SOURCE",
                                   "HEADER"])
@@ -147,4 +147,4 @@ def test_build_key_hashes_every_file(tmp_path, monkeypatch, attr):
                                                   "onebit_cpu_fixed_avx2.cpp", "onebit_cpu_gemm.cpp",
                                                   "attention_cpu.cpp",
                                                   "quant_cpu.cpp",
-                                                  "quant_cpu_simd.cpp", "quant_cpu_vnni.cpp"]
+                                                  "quant_cpu_simd.cpp", "quant_cpu_vnni.cpp", "quant_cpu_gemv8.cpp"]

@@ -3,7 +3,7 @@
 ``onebit_cpu.cpp`` / ``onebit_cpu_portable.cpp`` / ``onebit_cpu_avx2.cpp`` / ``onebit_cpu_avx512.cpp`` /
 ``onebit_cpu_i8lut.cpp`` / ``onebit_cpu_fixed.cpp`` / ``onebit_cpu_fixed_avx2.cpp`` / ``onebit_cpu_gemm.cpp`` (the batched GEMM path) / ``attention_cpu.cpp`` (decode_attention) /
 ``onebit_cpu.h`` hold the OneBit/ternary kernels (a pybind11 module: ``load().binary_linear``);
-``quant_cpu.cpp`` / ``quant_cpu_simd.cpp`` / ``quant_cpu_vnni.cpp`` / ``quant_cpu.h`` the block-scaled formats (quant_linear,
+``quant_cpu.cpp`` / ``quant_cpu_simd.cpp`` / ``quant_cpu_vnni.cpp`` / ``quant_cpu_gemv8.cpp`` / ``quant_cpu.h`` the block-scaled formats (quant_linear,
 block_sign_linear), registered with the
 dispatcher when the library loads (:func:`quant_ops`: ``torch.ops.onebit_cpu_quant``).
 ``torch.utils.cpp_extension.load`` compiles the sources once (about 30-60 s with gcc, needs a C++
@@ -41,6 +41,7 @@ HEADER = Path(__file__).with_name("onebit_cpu.h")
 QUANT_SOURCE = Path(__file__).with_name("quant_cpu.cpp")
 QUANT_SIMD_SOURCE = Path(__file__).with_name("quant_cpu_simd.cpp")
 QUANT_VNNI_SOURCE = Path(__file__).with_name("quant_cpu_vnni.cpp")
+QUANT_GEMV8_SOURCE = Path(__file__).with_name("quant_cpu_gemv8.cpp")
 QUANT_HEADER = Path(__file__).with_name("quant_cpu.h")
 ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
 
@@ -69,7 +70,7 @@ def sources() -> list[Path]:
     return [SOURCE, PORTABLE_SOURCE, AVX2_SOURCE, AVX512_SOURCE, I8LUT_SOURCE, FIXED_SOURCE, FIXED_AVX2_SOURCE,
             GEMM_SOURCE, ATTENTION_SOURCE,
             QUANT_SOURCE,
-            QUANT_SIMD_SOURCE, QUANT_VNNI_SOURCE]
+            QUANT_SIMD_SOURCE, QUANT_VNNI_SOURCE, QUANT_GEMV8_SOURCE]
 
 
 def files() -> list[Path]:

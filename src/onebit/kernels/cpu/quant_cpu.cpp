@@ -246,6 +246,8 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
   prologue(xp, ldx);
   at::Tensor acc = at::empty({Mp, N}, x.options().dtype(at::kFloat));
   float* ap = acc.data_ptr<float>();
+  // one fp32 x row, 8-bit codes: the GEMV with the scale out of the sum (quant_cpu_gemv8.cpp)
+  const bool g8 = M == 1 && rt == 0 && use != QISA_SCALAR && gemv8_fits(p, use);
   const int64_t grain = std::max<int64_t>(1, std::min<int64_t>(64, N / (4 * at::get_num_threads()) + 1));
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     QP pt = p;  // this thread's copy, with its own parameter buffers
@@ -253,6 +255,7 @@ at::Tensor run(const at::Tensor& x, const at::Tensor& packed_in, const at::Tenso
     pt.zbuf = zs.data();
     pt.sbuf = zs.data() + ng + 16;
     // rows in slices of 16, so that a slice of packed rows stays in L1 while every x block uses it
+    if (g8) return gemv8_rows(pt, use, n0, n1, xp, ap);
     for (int64_t r0 = n0; r0 < n1; r0 += 16) {
       const int64_t r1 = std::min(n1, r0 + 16);
       for (int64_t m0 = 0; m0 < M; m0 += 8) {

@@ -92,6 +92,11 @@ RowsFn pick_rows(int64_t isa, int rt, int bits, int mb);
 // ... and AVX-512's dequantizing variant (rows stored in the permuted column order, as T)
 RowsFn pick_dequant512(int rt, int bits);
 
+// ---------------------------------------------------------------- quant_cpu_gemv8.cpp
+// 8-bit codes, fp32 activations, one x row: the group's scale out of the sum (design there)
+bool gemv8_fits(const QP& p, int64_t isa);
+void gemv8_rows(const QP& p, int64_t isa, int64_t n0, int64_t n1, const float* x, float* y);
+
 // ---------------------------------------------------------------- quant_cpu_vnni.cpp
 // int8 activations (ONEBIT_CPU_ALGO=i8): x quantized per block of QB8 columns (design at the top
 // of quant_cpu_vnni.cpp)
