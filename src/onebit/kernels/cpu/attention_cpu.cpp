@@ -161,18 +161,30 @@ AVX2_TARGET inline __m256i tail_mask(int64_t left) {  // lanes < left
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(left, 8))), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// 16 positions per block (a whole cache line of each key row, as the AVX-512 kernel reads), as two
+// ymm halves sharing every broadcast of q: up to 4 heads x 2 halves of accumulators
 template <int GN>
 AVX2_TARGET void scores(const float* qs, int64_t D, const float* kt, int64_t ksd, int64_t L, float* s, int64_t Lp) {
-  for (int64_t l0 = 0; l0 < L; l0 += 8) {
-    const __m256i mk = tail_mask(L - l0);
-    __m256 acc[GN];
-    for (int g = 0; g < GN; ++g) acc[g] = _mm256_setzero_ps();
+  for (int64_t l0 = 0; l0 < L; l0 += 16) {
+    const bool full = L - l0 >= 16;  // plain loads (masked ones only for the last block)
+    const __m256i m0 = tail_mask(L - l0), m1 = tail_mask(L - l0 - 8);
+    __m256 a0[GN], a1[GN];
+    for (int g = 0; g < GN; ++g) a0[g] = a1[g] = _mm256_setzero_ps();
     for (int64_t d = 0; d < D; ++d) {
-      _mm_prefetch(reinterpret_cast<const char*>(kt + d * ksd + l0 + 128), _MM_HINT_T0);
-      const __m256 kv = _mm256_maskload_ps(kt + d * ksd + l0, mk);
-      for (int g = 0; g < GN; ++g) acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(qs[g * D + d]), kv, acc[g]);
+      const float* r = kt + d * ksd + l0;
+      _mm_prefetch(reinterpret_cast<const char*>(r + 128), _MM_HINT_T0);
+      const __m256 k0 = full ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, m0);
+      const __m256 k1 = full ? _mm256_loadu_ps(r + 8) : _mm256_maskload_ps(r + 8, m1);
+      for (int g = 0; g < GN; ++g) {
+        const __m256 qg = _mm256_set1_ps(qs[g * D + d]);
+        a0[g] = _mm256_fmadd_ps(qg, k0, a0[g]);
+        a1[g] = _mm256_fmadd_ps(qg, k1, a1[g]);
+      }
     }
-    for (int g = 0; g < GN; ++g) _mm256_store_ps(s + g * Lp + l0, acc[g]);
+    for (int g = 0; g < GN; ++g) {
+      _mm256_store_ps(s + g * Lp + l0, a0[g]);
+      _mm256_store_ps(s + g * Lp + l0 + 8, a1[g]);
+    }
   }
 }
 
@@ -218,18 +230,14 @@ AVX2_TARGET inline float hsum(__m256 v) {
 
 AVX2_TARGET void attend_head(const float* qs, int64_t G, int64_t D, const float* kt, int64_t ksd, const float* v,
                              int64_t vsl, int64_t L, float* s, int64_t Lp, float* out) {
-  for (int64_t g0 = 0; g0 < G; g0 += 8) {
+  for (int64_t g0 = 0; g0 < G; g0 += 4) {  // up to 4 heads per pass over the keys
     const float* q = qs + g0 * D;
     float* sg = s + g0 * Lp;
-    switch (std::min<int64_t>(8, G - g0)) {
+    switch (std::min<int64_t>(4, G - g0)) {
       case 1: scores<1>(q, D, kt, ksd, L, sg, Lp); break;
       case 2: scores<2>(q, D, kt, ksd, L, sg, Lp); break;
       case 3: scores<3>(q, D, kt, ksd, L, sg, Lp); break;
-      case 4: scores<4>(q, D, kt, ksd, L, sg, Lp); break;
-      case 5: scores<5>(q, D, kt, ksd, L, sg, Lp); break;
-      case 6: scores<6>(q, D, kt, ksd, L, sg, Lp); break;
-      case 7: scores<7>(q, D, kt, ksd, L, sg, Lp); break;
-      default: scores<8>(q, D, kt, ksd, L, sg, Lp); break;
+      default: scores<4>(q, D, kt, ksd, L, sg, Lp); break;
     }
   }
   std::vector<float> inv(G);
@@ -261,6 +269,24 @@ AVX2_TARGET void attend_head(const float* qs, int64_t G, int64_t D, const float*
 
 }  // namespace avx2
 
+// the first L positions of one KV head (D rows of keys, L rows of values), one load per cache
+// line.  In a decode step the cache comes from memory (the weights read since the layer's last
+// step evicted it), and the passes above touch it in D separate key streams and strided value
+// rows, more than the hardware prefetcher follows; independent loads of every line first (the
+// next head's before computing this one) keep many misses in flight (prefetch hints were slower)
+inline void touch_head(const float* kt, int64_t ksd, const float* v, int64_t vsl, int64_t L, int64_t D) {
+  uint32_t sink = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const uint32_t* r = reinterpret_cast<const uint32_t*>(kt + d * ksd);
+    for (int64_t i = 0; i < L; i += 16) sink |= r[i];
+  }
+  for (int64_t l = 0; l < L; ++l) {
+    const uint32_t* r = reinterpret_cast<const uint32_t*>(v + l * vsl);
+    for (int64_t i = 0; i < D; i += 16) sink |= r[i];
+  }
+  asm volatile("" : : "r"(sink));
+}
+
 }  // namespace
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at::Tensor& v, double scale, int64_t isa) {
@@ -284,9 +310,13 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at:
   float* op = out.data_ptr<float>();
   at::parallel_for(0, nkv, 1, [&](int64_t b, int64_t e) {
     float* s = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * G * Lp));
-    for (int64_t h = b; h < e; ++h)
+    const int64_t ks = kt.stride(0), kd = kt.stride(1), vh = v.stride(0), vl = v.stride(1);
+    touch_head(kp + b * ks, kd, vp + b * vh, vl, L, D);
+    for (int64_t h = b; h < e; ++h) {
+      if (h + 1 < e) touch_head(kp + (h + 1) * ks, kd, vp + (h + 1) * vh, vl, L, D);
       (isa == 2 ? attend_head : avx2::attend_head)(qp + h * G * D, G, D, kp + h * kt.stride(0), kt.stride(1),
                                                    vp + h * v.stride(0), v.stride(1), L, s, Lp, op + h * G * D);
+    }
     std::free(s);
   });
   return out;
