@@ -71,6 +71,34 @@ def test_quant_linear_matches_reference(ops, isa, dtype, bits):
                 assert_close(y, ref)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_gemv8_batch1_fp32(ops, isa):
+    """quant_cpu_gemv8.cpp, the path of one fp32 x row over 8-bit codes (the int8 head of a decode
+    step): whole 32-column groups (unrolled), groups of 64 / 128 (looped), uint8 zeros, a last group
+    past the row's bytes, non-integer zeros and one group per row (the generic group loop).  x has a
+    large common offset: the zero is subtracted before the FMA, so the result stays as close to the
+    float64 product as the reference's (no cancellation of sum q·x against z·sum x)."""
+    gen = torch.Generator().manual_seed(3)
+    for out_f, in_f, group, zero in [(33, 2048, 32, "sym"), (17, 2048, 32, "u8"), (9, 1000, 64, "sym"),
+                                     (9, 1024, 128, "u8"), (5, 200, 32, "float"), (7, 576, 0, "sym")]:
+        q = torch.randint(0, 256, (out_f, in_f), generator=gen, dtype=torch.uint8)
+        ng = -(-in_f // group) if group else 1
+        s = (torch.rand(out_f, ng, generator=gen) * 0.1 + 0.01).half()
+        z = {"sym": None, "u8": torch.randint(0, 256, (out_f, ng), generator=gen, dtype=torch.uint8),
+             "float": torch.rand(out_f, ng, generator=gen) * 255}[zero]
+        x = torch.randn(1, in_f, generator=gen) + 20.0
+        ref = quant_linear_ref(x, pack(q, 8), s, z, 8, group, in_f)
+        y = ops.quant_linear(x, pack(q, 8), s, z, 8, group, in_f, ISAS[isa], NEVER)
+        assert_close(y, ref)
+        if zero != "float":  # float64 truth: integer codes and zeros, fp16 scales
+            zz = torch.full((out_f, ng), 128.0, dtype=torch.float64) if z is None else z.double()
+            cols = (torch.arange(in_f) // (group or in_f))
+            w = (q.double() - zz[:, cols]) * s.double()[:, cols]
+            exact = x.double() @ w.t()
+            err = lambda t: ((t.double() - exact).norm() / exact.norm()).item()  # noqa: E731
+            assert err(y) <= 2 * err(ref) + 1e-7, (out_f, in_f, group, zero, err(y), err(ref))
+
+
 @pytest.mark.parametrize("isa", list(ISAS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_block_sign_linear_matches_reference(ops, isa, dtype):
