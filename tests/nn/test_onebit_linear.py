@@ -128,3 +128,43 @@ def test_compute_copies_under_inference_mode():
         y1 = m(x)
         y2 = m(x)
     assert torch.equal(y1, y2) and torch.allclose(y1, _expected(m, x), rtol=1e-4, atol=1e-4)
+
+
+def _packed(out_f=40, in_f=72, **kw):
+    torch.manual_seed(0)
+    return OneBitLinearTrain.from_linear(torch.nn.Linear(in_f, out_f, bias=kw.pop("bias", False)), **kw) \
+        .to_packed(torch.float16)
+
+
+def test_decode_fn_calls_the_kernel_directly_with_the_same_result():
+    """OneBitLinear.decode_fn (generate.LlamaRuntime's path): the CPU kernel without the module call
+    and the dispatcher, the forward's result exactly."""
+    from onebit.kernels import dispatch
+
+    m = _packed()
+    fn = m.decode_fn()
+    if dispatch.direct_kernel("binary_linear", "cpu") is None:
+        assert fn is m  # no direct kernel registered: the module itself
+        return
+    assert fn is not m
+    x = torch.randn(3, 72)
+    with torch.inference_mode():
+        assert torch.equal(fn(x), m(x))
+
+
+def test_decode_fn_is_the_module_where_a_direct_call_would_differ(monkeypatch):
+    """A bias, an output LayerNorm, a forward hook (a LoRA adapter), a subclass, the reference
+    forced: decode_fn returns the module, so its forward (and the hooks) run."""
+    from onebit.nn.lora import add_lora
+    from onebit.nn.onebit_a8_linear import OneBitLinearA8
+
+    assert _packed(bias=True).decode_fn().__class__ is OneBitLinear
+    assert isinstance(_packed(layernorm=True).decode_fn(), OneBitLinear)
+    m = _packed()
+    add_lora(m, rank=2, alpha=4.0)
+    assert m.decode_fn() is m
+    a8 = OneBitLinearA8(72, 40)
+    assert a8.decode_fn() is a8
+    monkeypatch.setenv("ONEBIT_KERNEL", "reference")
+    m2 = _packed()
+    assert m2.decode_fn() is m2

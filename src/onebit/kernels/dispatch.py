@@ -62,11 +62,33 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default).strip().lower() or default
 
 
+def _env_reader():
+    """``raw(name)``: the environment variable's raw value (None when unset), for the per-call checks
+    below.  ``os.environ.get`` encodes the name and decodes the value on every call (~0.4 us; four
+    reads per packed call were ~3% of a decode step), so on CPython this reads os.environ's own dict
+    (which its __setitem__ / __delitem__ keep current) with the names encoded once; values are
+    compared raw and parsed only when they change.  Elsewhere: ``os.environ.get``."""
+    data, enc = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
+    if not isinstance(data, dict) or enc is None:
+        return os.environ.get
+    keys: dict[str, object] = {}
+
+    def raw(name: str):
+        k = keys.get(name)
+        if k is None:
+            k = keys[name] = enc(name)
+        return data.get(k)
+
+    return raw
+
+
+_raw = _env_reader()
+
+
 def forced_reference() -> bool:
-    v = os.environ.get("ONEBIT_KERNEL")
-    if v is None:  # the common case, on every call: no parsing
+    if _raw("ONEBIT_KERNEL") is None:  # the common case, on every call: one dict lookup
         return False
-    v = v.strip().lower() or "auto"
+    v = os.environ.get("ONEBIT_KERNEL", "").strip().lower() or "auto"
     if v not in ("auto", "reference"):
         raise ValueError(f"ONEBIT_KERNEL must be 'auto' or 'reference', got {v!r}")
     return v == "reference"
@@ -78,8 +100,7 @@ _parsed: dict[tuple, tuple[int, int, int]] = {}  # raw environment values -> cpu
 def cpu_params() -> tuple[int, int, int]:
     """(isa, mm_threshold, algo) for the C++ kernels, from the environment (read on every call,
     parsed once per distinct value: this runs ~150 times per decode step)."""
-    key = (os.environ.get("ONEBIT_CPU_ISA"), os.environ.get("ONEBIT_CPU_ALGO"),
-           os.environ.get("ONEBIT_CPU_MM_THRESHOLD"))
+    key = (_raw("ONEBIT_CPU_ISA"), _raw("ONEBIT_CPU_ALGO"), _raw("ONEBIT_CPU_MM_THRESHOLD"))
     hit = _parsed.get(key)
     if hit is None:
         hit = _parsed[key] = _parse_cpu_params()
@@ -152,7 +173,8 @@ _QUANT_BITS = (2, 4, 8)
 
 
 def quant_mm_threshold() -> int:
-    return int(os.environ.get("ONEBIT_CPU_QMM_THRESHOLD", str(QUANT_MM_THRESHOLD)))
+    v = _raw("ONEBIT_CPU_QMM_THRESHOLD")
+    return QUANT_MM_THRESHOLD if v is None else int(os.environ["ONEBIT_CPU_QMM_THRESHOLD"])
 
 
 def _quant_ops():
@@ -197,6 +219,7 @@ def backend(device: str | torch.device = "cpu") -> str:
 #: the packed ops a backend may register kernels for
 OPS = ("binary_linear", "ternary_linear", "quant_linear", "block_sign_linear", "decode_attention")
 _kernels: dict[tuple[str, str], str] = {}  # (device, op) -> backend name
+_kernel_fns: dict[tuple[str, str], object] = {}  # (device, op) -> the function registered
 
 
 def register_backend(device: str, name: str, binary_linear=None, ternary_linear=None, **kernels) -> None:
@@ -212,7 +235,19 @@ def register_backend(device: str, name: str, binary_linear=None, ternary_linear=
             continue
         torch.library.register_kernel(f"onebit::{op}", device, fn)
         _kernels[(device, op)] = name
+        _kernel_fns[(device, op)] = fn
     _registered.setdefault(device, name)
+
+
+def direct_kernel(op: str, device: str = "cpu"):
+    """The function registered as ``op``'s kernel on ``device`` (None if none), for a caller that
+    may skip the dispatcher: ``torch.ops.onebit.<op>`` reaches it through the dispatcher, the
+    Python trampoline and torch.library's dynamo guard (~7 us a call, ~1.5 ms of a 154-call decode
+    step).  Only outside autograd and torch.compile, with tensors on ``device``
+    (``generate.LlamaRuntime``'s decode loop)."""
+    if forced_reference():
+        return None
+    return _kernel_fns.get((device, op))
 
 
 def registered_kernels(device: str) -> dict[str, str]:

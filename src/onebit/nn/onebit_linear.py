@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels  # noqa: F401  (registers torch.ops.onebit)
+from ..kernels.dispatch import direct_kernel
 from ..formats.packing import pack_signs, packed_cols, unpack_signs
 from ..methods.svid import svid
 from .ste import sign_ste
@@ -37,6 +38,13 @@ def _version(t: torch.Tensor) -> int:
         return t._version
     except RuntimeError:  # an inference tensor has no version counter (it cannot change in place)
         return -1
+
+
+def _global_hooks() -> bool:
+    """Whether any global module forward hook is set (``nn.modules.module.register_module_forward_hook``)."""
+    from torch.nn.modules import module as _m
+
+    return bool(getattr(_m, "_global_forward_hooks", None) or getattr(_m, "_global_forward_pre_hooks", None))
 
 
 class ComputeCopies:
@@ -157,6 +165,20 @@ class OneBitLinear(ComputeCopies, nn.Module):
         if self.layernorm:
             y = F.layer_norm(y, (self.out_features,), eps=LN_EPS)
         return y + self.compute("bias", y.dtype) if self.bias is not None else y
+
+    def decode_fn(self):
+        """``forward`` for onebit's inference loop (``generate.LlamaRuntime``): the registered device
+        kernel called directly with g and h converted once (no module call, no ``compute``, no
+        dispatcher: ~10 us of a small layer's call).  The module itself where that would change what
+        runs: a subclass, an output LayerNorm, a bias, hooks (LoRA adapters), no direct kernel
+        (``ONEBIT_KERNEL=reference``).  Valid while the module's tensors stay as they are, outside
+        autograd and torch.compile."""
+        kern = direct_kernel("binary_linear", self.weight_packed.device.type)
+        if (kern is None or type(self) is not OneBitLinear or self.layernorm or self.bias is not None
+                or self._forward_hooks or self._forward_pre_hooks or _global_hooks()):
+            return self
+        packed, g, h, n = self.weight_packed, self.compute("g"), self.compute("h"), self.in_features
+        return lambda x: kern(x, packed, g, h, n)
 
     @torch.no_grad()
     def to_train(self, dtype: torch.dtype = torch.float32) -> OneBitLinearTrain:
