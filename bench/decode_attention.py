@@ -6,8 +6,10 @@ same rounds; ratio = other / kernel.
 
 Shape: TinyLlama-1.1B (32 heads, 4 KV heads, head_dim 64), fp32, a static cache of ``--max-len``
 positions of which the first ``--positions`` are filled.  Warm: one layer's cache, called again and
-again (it stays in cache); cold: 22 layers' caches cycled (as in a decode step, where the weights
-streaming through evict them; ``--layers``).
+again (it stays in cache); cold: 22 layers' caches cycled (``--layers``; 24 MiB at 512 positions,
+which may still sit in a large L3); dram: before every timed call a buffer of twice the last-level
+cache is read (untimed), so the cache comes from memory as in a decode step, where the weights
+streaming through evict it (``--dram-repeats`` calls per measurement).
 
     python bench/decode_attention.py                     # 1 thread, 40 and 512 positions
 Run it on an otherwise idle machine.
@@ -17,13 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, timeit  # noqa: E402
+from common import llc_bytes, machine, timeit  # noqa: E402
 
 import onebit.kernels  # noqa: E402,F401
 from onebit.kernels import dispatch  # noqa: E402
@@ -41,6 +44,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--dram-repeats", type=int, default=40)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
@@ -53,14 +57,26 @@ def main() -> int:
     ks = [kt.transpose(1, 2).contiguous() for kt in kts]   # the same keys in SDPA's order
     q = torch.randn(nh, d, generator=gen)
     scale = d ** -0.5
+    flush = torch.ones(2 * llc_bytes() // 4)
+
+    def timeit_dram(fn, repeats):
+        """Median seconds of single calls, each after reading ``flush`` (untimed)."""
+        ts = []
+        for _ in range(repeats):
+            flush.sum()
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
     print(f"{'positions':>9} {'cache':>5} {'kernel us':>10} {'ref us':>8} {'sdpa us':>8} {'ref/kernel':>10} "
           f"{'sdpa/kernel':>11}")
     with torch.inference_mode():
         for n in args.positions:
             ref = decode_attention_ref(q, kts[0][:, :, :n], vs[0][:, :n], scale)
             err = (torch.ops.onebit.decode_attention(q, kts[0][:, :, :n], vs[0][:, :n], scale) - ref).norm() / ref.norm()
-            for cold in (False, True):
-                count = args.layers if cold else 1
+            for cache in ("warm", "cold", "dram"):
+                count = args.layers if cache == "cold" else 1
                 it = [0]
 
                 def pick():
@@ -75,10 +91,11 @@ def main() -> int:
                         q.view(1, nh, 1, d), ks[i][None, :, :n], vs[i][None, :, :n], scale=scale,
                         enable_gqa=nh != nkv))(pick()),
                 }
-                runs = [{k: timeit(f, args.repeats) for k, f in fns.items()} for _ in range(args.rounds)]
+                runs = [{k: timeit_dram(f, args.dram_repeats) if cache == "dram" else timeit(f, args.repeats)
+                         for k, f in fns.items()} for _ in range(args.rounds)]
                 med = {k: statistics.median(r[k] for r in runs) for k in fns}
                 ratio = {k: statistics.median(r[k] / r["kernel"] for r in runs) for k in fns}
-                print(f"{n:>9} {'cold' if cold else 'warm':>5} {med['kernel'] * 1e6:10.1f} {med['ref'] * 1e6:8.1f} "
+                print(f"{n:>9} {cache:>5} {med['kernel'] * 1e6:10.1f} {med['ref'] * 1e6:8.1f} "
                       f"{med['sdpa'] * 1e6:8.1f} {ratio['ref']:9.2f}x {ratio['sdpa']:10.2f}x")
             print(f"{'':>9} relative error of the kernel against the reference: {err:.1e}")
     return 0

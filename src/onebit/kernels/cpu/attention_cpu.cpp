@@ -13,6 +13,8 @@
 //   softmax: max, exp (a Cephes-style polynomial, ~1 ulp) and sum per head, the 1/sum applied last;
 //   output: for every position the 64-column chunks of v[l] times the G probabilities, 4 heads x
 //           4 chunks of accumulators at a time.
+// AVX2 reads 16 positions per block too (two ymm halves sharing each broadcast of q, 4 heads per
+// pass).  Before its passes each KV head's cache lines are loaded once (touch_head, below).
 // Threads over KV heads.  Checked against the pure-torch reference (kernels/reference.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -273,7 +275,8 @@ AVX2_TARGET void attend_head(const float* qs, int64_t G, int64_t D, const float*
 // line.  In a decode step the cache comes from memory (the weights read since the layer's last
 // step evicted it), and the passes above touch it in D separate key streams and strided value
 // rows, more than the hardware prefetcher follows; independent loads of every line first (the
-// next head's before computing this one) keep many misses in flight (prefetch hints were slower)
+// next head's before computing this one) keep many misses in flight (prefetch hints gained less in
+// a development run; python bench/decode_attention.py's "dram" rows measure the result)
 inline void touch_head(const float* kt, int64_t ksd, const float* v, int64_t vsl, int64_t L, int64_t D) {
   uint32_t sink = 0;
   for (int64_t d = 0; d < D; ++d) {
