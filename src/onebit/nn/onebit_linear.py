@@ -170,12 +170,14 @@ class OneBitLinear(ComputeCopies, nn.Module):
         """``forward`` for onebit's inference loop (``generate.LlamaRuntime``): the registered device
         kernel called directly with g and h converted once (no module call, no ``compute``, no
         dispatcher: ~10 us of a small layer's call).  The module itself where that would change what
-        runs: a subclass, an output LayerNorm, a bias, hooks (LoRA adapters), no direct kernel
+        runs: a subclass, an output LayerNorm, a bias, hooks (LoRA adapters), a forward replaced on
+        the instance, no direct kernel
         (``ONEBIT_KERNEL=reference``).  Valid while the module's tensors stay as they are, outside
         autograd and torch.compile."""
         kern = direct_kernel("binary_linear", self.weight_packed.device.type)
         if (kern is None or type(self) is not OneBitLinear or self.layernorm or self.bias is not None
-                or self._forward_hooks or self._forward_pre_hooks or _global_hooks()):
+                or "forward" in self.__dict__ or self._forward_hooks or self._forward_pre_hooks
+                or _global_hooks()):
             return self
         packed, g, h, n = self.weight_packed, self.compute("g"), self.compute("h"), self.in_features
         return lambda x: kern(x, packed, g, h, n)
