@@ -7,9 +7,9 @@ same rounds; ratio = other / kernel.
 Shape: TinyLlama-1.1B (32 heads, 4 KV heads, head_dim 64), fp32, a static cache of ``--max-len``
 positions of which the first ``--positions`` are filled.  Warm: one layer's cache, called again and
 again (it stays in cache); cold: 22 layers' caches cycled (``--layers``; 24 MiB at 512 positions,
-which may still sit in a large L3); dram: before every timed call a buffer of twice the last-level
-cache is read (untimed), so the cache comes from memory as in a decode step, where the weights
-streaming through evict it (``--dram-repeats`` calls per measurement).
+which may still sit in a large L3); dram: a buffer of twice the last-level cache read (untimed),
+then the 22 layers' caches once each, ``--dram-repeats`` times: the caches come from memory as in a
+decode step, where the weights streaming through evict them, while the code and q stay warm.
 
     python bench/decode_attention.py                     # 1 thread, 40 and 512 positions
 Run it on an otherwise idle machine.
@@ -36,7 +36,9 @@ from onebit.kernels.reference import decode_attention_ref  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--positions", type=int, nargs="+", default=[40, 512])
-    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--max-len", type=int, default=545,
+                    help="cache row length (545: bench/gguf_speed.py's 512 + 32 + 1; LlamaRuntime pads rows "
+                         "that are a multiple of 1 KiB)")
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=64)
@@ -44,7 +46,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=200)
-    ap.add_argument("--dram-repeats", type=int, default=40)
+    ap.add_argument("--dram-repeats", type=int, default=10)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
@@ -60,13 +62,16 @@ def main() -> int:
     flush = torch.ones(2 * llc_bytes() // 4)
 
     def timeit_dram(fn, repeats):
-        """Median seconds of single calls, each after reading ``flush`` (untimed)."""
+        """Median seconds of single calls: ``repeats`` times, ``flush`` read (untimed), then one
+        call on each layer's cache in turn (as a decode step reaches them: their caches from
+        memory, the code and q warm)."""
         ts = []
         for _ in range(repeats):
             flush.sum()
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
+            for _ in range(args.layers):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
         return statistics.median(ts)
 
     print(f"{'positions':>9} {'cache':>5} {'kernel us':>10} {'ref us':>8} {'sdpa us':>8} {'ref/kernel':>10} "
@@ -76,7 +81,7 @@ def main() -> int:
             ref = decode_attention_ref(q, kts[0][:, :, :n], vs[0][:, :n], scale)
             err = (torch.ops.onebit.decode_attention(q, kts[0][:, :, :n], vs[0][:, :n], scale) - ref).norm() / ref.norm()
             for cache in ("warm", "cold", "dram"):
-                count = args.layers if cache == "cold" else 1
+                count = 1 if cache == "warm" else args.layers
                 it = [0]
 
                 def pick():

@@ -14,7 +14,7 @@
 //   output: for every position the 64-column chunks of v[l] times the G probabilities, 4 heads x
 //           4 chunks of accumulators at a time.
 // AVX2 reads 16 positions per block too (two ymm halves sharing each broadcast of q, 4 heads per
-// pass).  Before its passes each KV head's cache lines are loaded once (touch_head, below).
+// pass), and before its passes loads each KV head's cache lines once (touch_head, below).
 // Threads over KV heads.  Checked against the pure-torch reference (kernels/reference.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -314,9 +314,10 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& kt, const at:
   at::parallel_for(0, nkv, 1, [&](int64_t b, int64_t e) {
     float* s = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * G * Lp));
     const int64_t ks = kt.stride(0), kd = kt.stride(1), vh = v.stride(0), vl = v.stride(1);
-    touch_head(kp + b * ks, kd, vp + b * vh, vl, L, D);
+    const bool touch = isa == 1;  // AVX-512: no gain from memory, a loss when warm (the "dram" rows)
+    if (touch) touch_head(kp + b * ks, kd, vp + b * vh, vl, L, D);
     for (int64_t h = b; h < e; ++h) {
-      if (h + 1 < e) touch_head(kp + (h + 1) * ks, kd, vp + (h + 1) * vh, vl, L, D);
+      if (touch && h + 1 < e) touch_head(kp + (h + 1) * ks, kd, vp + (h + 1) * vh, vl, L, D);
       (isa == 2 ? attend_head : avx2::attend_head)(qp + h * G * D, G, D, kp + h * kt.stride(0), kt.stride(1),
                                                    vp + h * v.stride(0), v.stride(1), L, s, Lp, op + h * G * D);
     }
