@@ -171,3 +171,18 @@ def test_decode_fn_is_the_module_where_a_direct_call_would_differ(monkeypatch):
     monkeypatch.setenv("ONEBIT_KERNEL", "reference")
     m2 = _packed()
     assert m2.decode_fn() is m2
+
+
+def test_decode_fn_calls_are_visible_to_the_profiler():
+    """Under torch.profiler a direct call is recorded as onebit::binary_linear (bench/decode.py's
+    glue share counts it as compute)."""
+    from torch.profiler import profile
+
+    from onebit.kernels import dispatch
+
+    if dispatch.direct_kernel("binary_linear", "cpu") is None:
+        pytest.skip("no direct CPU kernel")
+    fn = _packed().decode_fn()
+    with torch.inference_mode(), profile() as prof:
+        fn(torch.randn(2, 72))
+    assert any(e.name == "onebit::binary_linear" for e in prof.events())

@@ -45,6 +45,7 @@ import logging
 import os
 
 import torch
+from torch.autograd import profiler as _autograd_profiler
 
 from .cpu import ISA_NAMES, loader
 from .reference import (binary_linear_ref, block_sign_linear_ref, decode_attention_ref, quant_linear_ref,
@@ -244,10 +245,22 @@ def direct_kernel(op: str, device: str = "cpu"):
     may skip the dispatcher: ``torch.ops.onebit.<op>`` reaches it through the dispatcher, the
     Python trampoline and torch.library's dynamo guard (~7 us a call, ~1.5 ms of a 154-call decode
     step).  Only outside autograd and torch.compile, with tensors on ``device``
-    (``generate.LlamaRuntime``'s decode loop)."""
+    (``generate.LlamaRuntime``'s decode loop).  Under ``torch.profiler`` each call is recorded as
+    ``onebit::<op>``, as a call through the dispatcher is (``bench/decode.py --profile``)."""
     if forced_reference():
         return None
-    return _kernel_fns.get((device, op))
+    fn = _kernel_fns.get((device, op))
+    if fn is None:
+        return None
+    name = f"onebit::{op}"
+
+    def call(*args):
+        if _autograd_profiler._is_profiler_enabled:  # under torch.profiler: recorded as the op is
+            with torch.profiler.record_function(name):
+                return fn(*args)
+        return fn(*args)
+
+    return call
 
 
 def registered_kernels(device: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ namespace {
 #define G8_512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2,fma")))
 
 // the row's scales and zeros as fp32 into sb / zb (RT 0: no rounding); fp16 scales 8 at a time
+// (AVX2 + F16C: also called from the AVX-512 kernel)
 G8_AVX2 void row_params_f32(const QP& p, int64_t n, float* zb, float* sb) {
   int64_t g = 0;
   if (p.sk == P_F16) {
@@ -51,7 +52,8 @@ G8_AVX2 inline __m256 codes8(const uint8_t* c) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))));
 }
 
-// sum_{k in [k0, k1)} q_k x_k as 8 lanes (k0 a multiple of 8; codes past the row's bytes: chunk())
+// sum_{k in [k0, k1)} (q_k - zg) x_k as 8 lanes, zg rounded as the reference rounds q - z (any
+// group: k0 a multiple of 8; codes past the row's bytes through chunk())
 G8_AVX2 inline __m256 group_dot_avx2(const QP& p, const uint8_t* w, const float* x, int64_t k0, int64_t k1, float zg) {
   const __m256 z = _mm256_set1_ps(zg);
   __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
@@ -66,8 +68,6 @@ G8_AVX2 inline __m256 group_dot_avx2(const QP& p, const uint8_t* w, const float*
   return _mm256_add_ps(a, b);
 }
 
-// sum over the whole groups [g0, g1) of s_g (sum_k q_k x_k), groups of a multiple of 32 columns
-// whose bytes all lie in the row: no calls, no tails (the compiler keeps the chains in registers)
 // codes 8 at a time minus an integer zero, in the integer domain (the vector ALUs, not the FP
 // pipes the conversion uses)
 G8_AVX2 inline __m256 codes8_minus(const uint8_t* c, __m256i z) {
