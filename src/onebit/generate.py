@@ -85,7 +85,7 @@ class LlamaRuntime:
 
     def refresh(self) -> None:
         """The callables of every layer's linears (each module's ``decode_fn()`` where it has one:
-        its kernel called directly, ~10 us less per call than a module call through ``torch.ops``)
+        its kernel called directly, without the module call and ``torch.ops``' dispatch)
         and of the decode attention; rebuilt by :meth:`StaticDecoder.reset`, so a model changed
         between generations is seen."""
         def fn(m):

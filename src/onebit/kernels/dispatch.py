@@ -65,8 +65,8 @@ def _env(name: str, default: str) -> str:
 
 def _env_reader():
     """``raw(name)``: the environment variable's raw value (None when unset), for the per-call checks
-    below.  ``os.environ.get`` encodes the name and decodes the value on every call (~0.4 us; four
-    reads per packed call were ~3% of a decode step), so on CPython this reads os.environ's own dict
+    below.  ``os.environ.get`` encodes the name and decodes the value on every call (four
+    reads per packed call, ~180 calls a decode step), so on CPython this reads os.environ's own dict
     (which its __setitem__ / __delitem__ keep current) with the names encoded once; values are
     compared raw and parsed only when they change.  Elsewhere: ``os.environ.get``."""
     data, enc = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
@@ -243,8 +243,8 @@ def register_backend(device: str, name: str, binary_linear=None, ternary_linear=
 def direct_kernel(op: str, device: str = "cpu"):
     """The function registered as ``op``'s kernel on ``device`` (None if none), for a caller that
     may skip the dispatcher: ``torch.ops.onebit.<op>`` reaches it through the dispatcher, the
-    Python trampoline and torch.library's dynamo guard (~7 us a call, ~1.5 ms of a 154-call decode
-    step).  Only outside autograd and torch.compile, with tensors on ``device``
+    Python trampoline and torch.library's dynamo guard, ~180 times a decode
+    step.  Only outside autograd and torch.compile, with tensors on ``device``
     (``generate.LlamaRuntime``'s decode loop).  Under ``torch.profiler`` each call is recorded as
     ``onebit::<op>``, as a call through the dispatcher is (``bench/decode.py --profile``)."""
     if forced_reference():

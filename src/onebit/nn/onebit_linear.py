@@ -169,7 +169,7 @@ class OneBitLinear(ComputeCopies, nn.Module):
     def decode_fn(self):
         """``forward`` for onebit's inference loop (``generate.LlamaRuntime``): the registered device
         kernel called directly with g and h converted once (no module call, no ``compute``, no
-        dispatcher: ~10 us of a small layer's call).  The module itself where that would change what
+        dispatcher).  The module itself where that would change what
         runs: a subclass, an output LayerNorm, a bias, hooks (LoRA adapters), a forward replaced on
         the instance, no direct kernel
         (``ONEBIT_KERNEL=reference``).  Valid while the module's tensors stay as they are, outside

@@ -25,9 +25,9 @@ namespace {
 #define G8_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define G8_512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2,fma")))
 
-// the row's scales and zeros as fp32 into sb / zb (RT 0: no rounding); fp16 scales 8 at a time
+// the row's scales (and, need_z, zeros) as fp32 into sb / zb (RT 0: no rounding); fp16 scales 8 at a time
 // (AVX2 + F16C: also called from the AVX-512 kernel)
-G8_AVX2 void row_params_f32(const QP& p, int64_t n, float* zb, float* sb) {
+G8_AVX2 void row_params_f32(const QP& p, int64_t n, float* zb, float* sb, bool need_z) {
   int64_t g = 0;
   if (p.sk == P_F16) {
     const uint16_t* s = static_cast<const uint16_t*>(p.s) + n * p.s_rs;
@@ -35,6 +35,7 @@ G8_AVX2 void row_params_f32(const QP& p, int64_t n, float* zb, float* sb) {
       _mm256_storeu_ps(sb + g, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + g))));
   }
   for (; g < p.ng; ++g) sb[g] = ld(p.s, n * p.s_rs + g, p.sk);
+  if (!need_z) return;  // every group whole: the zeros are read in place (whole_groups_*)
   if (p.z)
     for (g = 0; g < p.ng; ++g) zb[g] = ld(p.z, n * p.z_rs + g, p.zk);
   else
@@ -115,7 +116,7 @@ G8_AVX2 void gemv8_avx2(const QP& p, int64_t n0, int64_t n1, const float* x, flo
   const int64_t gw = whole_groups(p);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* w = p.W + n * p.KB;
-    row_params_f32(p, n, p.zbuf, p.sbuf);
+    row_params_f32(p, n, p.zbuf, p.sbuf, gw < p.ng);
     const float* sb = p.sbuf;
     __m256 acc = whole_avx2(p, n, w, x, sb, gw);
     for (int64_t g = gw; g < p.ng; ++g)
@@ -175,7 +176,7 @@ G8_512 void gemv8_512(const QP& p, int64_t n0, int64_t n1, const float* x, float
   const int64_t gw = whole_groups(p);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* w = p.W + n * p.KB;
-    row_params_f32(p, n, p.zbuf, p.sbuf);
+    row_params_f32(p, n, p.zbuf, p.sbuf, gw < p.ng);
     const float* sb = p.sbuf;
     __m512 acc = whole_512(p, n, w, x, sb, gw);
     for (int64_t g = gw; g < p.ng; ++g)
