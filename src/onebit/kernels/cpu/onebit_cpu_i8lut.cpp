@@ -31,6 +31,10 @@ namespace onebit_packed {
 namespace {
 
 constexpr int64_t TILE = BITS_TILE, JB = QB / 8;  // rows per tile, packed bytes per QB block
+// software prefetch of the transposed bits, one line per 64 bytes read, 8 KiB ahead, into L2 (T1):
+// faster than into L1 (T0) 4 KiB ahead, as before, on the Zen 4 at
+// AVX2 (python bench/kernels_ab.py --rev a74498d --isa avx2 --algo i8, docs/kernels.md)
+constexpr int64_t PF_AHEAD = 8192;
 
 struct Entry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
@@ -123,7 +127,7 @@ AVX2_TARGET void tile_rows(const uint8_t* R, const int8_t* tab, const float* s, 
   for (int64_t b = 0; b < nb; ++b) {
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, c0 = a0, c1 = a0;
     for (int64_t j = JB * b; j < JB * (b + 1); ++j) {
-      if ((j & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(R + TILE * j + 4096), _MM_HINT_T0);
+      if ((j & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(R + TILE * j + PF_AHEAD), _MM_HINT_T1);
       const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(R + TILE * j));
       const __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
       const __m128i* tg = reinterpret_cast<const __m128i*>(tab + 64 * j);
