@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +47,8 @@ from ..nn.onebit_linear import OneBitLinear
 from ..nn.quant_linear import QuantLinear
 from ..nn.rank_linear import RankScaleLinear
 from . import weights as W
+from .padding import HiddenPad
+from .summary import ExportSummary
 from .spec import EMBED_FALLBACK, EMBED_TYPES, EXPORTABLE, WEIGHT_TYPES
 from .tokenizer import add_tokenizer
 
@@ -62,46 +63,6 @@ FILE_TYPES = {"q1_0": 40, "q2_0": 41, "tq2_0": 37, "q4_0": 2, "q8_0": 7, "q6_k":
 LINEARS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
            "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
            "mlp.down_proj": "ffn_down"}
-
-
-@dataclass
-class ExportSummary:
-    path: str
-    #: name, type, stored shape, bytes, weights of the original model it holds (fewer when padded)
-    tensors: list[tuple[str, str, tuple[int, ...], int, int]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(t[3] for t in self.tensors)
-
-    def weights(self, pred=lambda name: True) -> int:
-        """Weights of the original model (bits per weight count padding as overhead)."""
-        return sum(t[4] for t in self.tensors if pred(t[0]))
-
-    def bits_per_weight(self, pred=lambda name: True) -> float:
-        n = self.weights(pred)
-        return sum(t[3] for t in self.tensors if pred(t[0])) * 8 / n if n else 0.0
-
-    def format(self, per_tensor: bool = False) -> str:
-        by_type: dict[str, list[int]] = {}
-        for _, t, shape, nbytes, _ in self.tensors:
-            e = by_type.setdefault(t, [0, 0, 0])
-            e[0] += 1
-            e[1] += int(np.prod(shape))
-            e[2] += nbytes
-        lines = [f"{self.path}: {len(self.tensors)} tensors, {self.total_bytes / 2**20:.2f} MiB of tensor data"]
-        if per_tensor:
-            lines += [f"  {n:32s} {t:6s} {'x'.join(map(str, s)):>12s} {b:>12,d} B" for n, t, s, b, _ in self.tensors]
-        for t, (n, w, b) in sorted(by_type.items()):
-            lines.append(f"  {t:6s} {n:4d} tensors {w:>13,d} weights {b * 8 / w:7.4f} bits/weight")
-        lin = self.bits_per_weight(lambda n: n.startswith("blk.") and n.endswith(".weight")
-                                   and "norm" not in n)
-        lines.append(f"  linears of the blocks: {lin:.4f} bits/weight; end to end (embeddings, head and "
-                     f"norms included): {self.bits_per_weight():.4f} bits/weight (per weight of the "
-                     "original model)")
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 RICH = (RankScaleLinear, MoSLinear)
@@ -178,46 +139,7 @@ class _Exporter:
             self.notes.append(f"hidden size {d} padded with {self.hidden - d} zero channels to {self.hidden} "
                               "(rows of 128 for Q1_0; exact: norms rescaled, rms eps scaled by "
                               f"{d}/{self.hidden}); --no-pad keeps {d} and uses Q2_0 for those rows")
-
-    # ---------------------------------------------------------------- padding
-    def _role(self, gname: str) -> str | None:
-        kind = gname.split(".")[-2] if gname.startswith("blk.") else gname.split(".")[0]
-        if kind in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up", "output", "token_embd"):
-            return "cols"
-        if kind in ("attn_output", "ffn_down"):
-            return "rows"
-        if kind in ("attn_norm", "ffn_norm", "output_norm"):
-            return "norm"
-        return None
-
-    def _pad_dense(self, gname: str, a: np.ndarray) -> np.ndarray:
-        extra, role = self.hidden - self.cfg.hidden_size, self._role(gname)
-        if not extra or role is None:
-            return a
-        if role == "norm":
-            return np.concatenate([a * np.sqrt(self.cfg.hidden_size / self.hidden), np.zeros(extra, a.dtype)])
-        if gname.endswith(".bias"):
-            return np.concatenate([a, np.zeros(extra, a.dtype)]) if role == "rows" else a
-        if role == "cols":
-            return np.concatenate([a, np.zeros((a.shape[0], extra), a.dtype)], axis=1)
-        return np.concatenate([a, np.zeros((extra, a.shape[1]), a.dtype)], axis=0)
-
-    def _pad_codes(self, gname: str, c: W.Codes) -> W.Codes:
-        extra, role = self.hidden - self.cfg.hidden_size, self._role(gname)
-        if not extra or role not in ("cols", "rows"):
-            return c
-        rows, cols = c.values.shape
-        if role == "rows":           # outputs into the padded channels: zero scale, so exactly 0
-            v = np.concatenate([c.values, np.ones((extra, cols), np.int8)])
-            sc = np.concatenate([c.scales, np.zeros((extra, c.scales.shape[1]), np.float32)])
-            return W.Codes(v, sc, c.block, c.kind)
-        # inputs from the padded channels are exactly 0: any code works there
-        v = np.concatenate([c.values, np.ones((rows, extra), np.int8)], axis=1)
-        block = self.hidden if c.block >= cols else c.block
-        nb = -(-self.hidden // block)
-        sc = c.scales if c.scales.shape[1] >= nb else np.concatenate(
-            [c.scales, np.zeros((rows, nb - c.scales.shape[1]), np.float32)], axis=1)
-        return W.Codes(v, sc, block, c.kind)
+        self.pad = HiddenPad(d, self.hidden)
 
     # ----------------------------------------------------------------- pieces
     def module(self, name: str):
@@ -226,7 +148,7 @@ class _Exporter:
     def add_dense(self, gname: str, t: torch.Tensor, typ: str) -> None:
         a = _np(t)
         n = a.size
-        a = self._pad_dense(gname, a)
+        a = self.pad.dense(gname, a)
         if a.ndim == 2 and typ in EMBED_FALLBACK and not gb.fits(typ, a.shape[1]):
             alt = next(t for t in EMBED_FALLBACK[typ] if t == "f16" or gb.fits(t, a.shape[1]))
             self.fallbacks.append(f"--embed-type {typ}: '{gname}' has rows of {a.shape[1]} weights, not a "
@@ -245,7 +167,7 @@ class _Exporter:
 
     def add_codes(self, gname: str, codes: W.Codes) -> None:
         n = codes.values.size
-        codes = self._pad_codes(gname, codes)
+        codes = self.pad.codes(gname, codes)
         raw, typ = W.encode(codes, self.weight_type)
         self.types_used[typ] = self.types_used.get(typ, 0) + 1
         self.tensors.append((gname, raw, codes.shape, typ, n))
