@@ -48,8 +48,8 @@ from ..nn.quant_linear import QuantLinear
 from ..nn.rank_linear import RankScaleLinear
 from . import weights as W
 from .padding import HiddenPad
-from .summary import ExportSummary
 from .spec import EMBED_FALLBACK, EMBED_TYPES, EXPORTABLE, WEIGHT_TYPES
+from .summary import ExportSummary
 from .tokenizer import add_tokenizer
 
 log = logging.getLogger("onebit")
