@@ -74,7 +74,8 @@ class LlamaRuntime:
         # keys stored transposed, [1, kv_heads, head_dim, max_len]: a decode step's scores are then
         # plain vertical FMAs over positions (torch.ops.onebit.decode_attention)
         # rows of a multiple of 16 positions, never a multiple of 1 KiB apart: head_dim rows 4 KiB
-        # apart share cache sets (bench/decode_attention.py took longer at --max-len 1024 than 545)
+        # apart share cache sets (--max-len 1024 was slower than 545 in a development run of
+        # bench/decode_attention.py; docs/kernels.md)
         row = -(-max_len // 16) * 16
         row += 16 if (row * torch.finfo(self.dtype).bits // 8) % 1024 == 0 else 0
         self.kt = [torch.zeros(1, self.nkv, self.hd, row, dtype=self.dtype, device=self.device)
