@@ -144,6 +144,20 @@ def test_concat_sequences_via_cli(stories260k, tmp_path, cache, capsys):
     assert not (tmp_path / "cat5").exists()
 
 
+def test_repeat_frac_via_cli(stories260k, tmp_path, cache, capsys):
+    """--repeat-frac changes the training rows (a resume of a state without it is refused); a bad value
+    is a one-line error before any training."""
+    small = ["--samples", "8", "--seqlen", "64", "-q", "--data-cache", cache, "--blockwise-steps", "1",
+             "--block-batch-size", "2", "--steps", "0", "--state-dir", str(tmp_path / "rep.state")]
+    assert main(["distill", stories260k, str(tmp_path / "rep"), *small]) == 0
+    capsys.readouterr()
+    assert main(["distill", stories260k, str(tmp_path / "rep2"), "--resume", "--repeat-frac", "0.3", *small]) == 2
+    assert "another method, data or setting" in _err(capsys)
+    assert main(["distill", stories260k, str(tmp_path / "rep3"), "--repeat-frac", "1.5", *small]) == 2
+    assert "--repeat-frac must be in [0, 1)" in _err(capsys)
+    assert not (tmp_path / "rep3").exists()
+
+
 def test_block_bf16_reaches_the_blockwise_stage(stories260k, tmp_path, cache, capsys):
     """--block-bf16 trains the blocks under autocast: it is part of the block state a resume must share,
     while --bf16 (the end-to-end stage's) is not."""

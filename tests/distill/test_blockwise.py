@@ -167,6 +167,25 @@ def test_mixed_starts_drops_the_start_token_of_a_fraction():
         mixed_starts(ids, 1.5)
 
 
+def test_repeat_spans_copies_earlier_spans_of_the_same_row():
+    from onebit.distill.data import repeat_spans
+
+    ids = torch.arange(4 * 2000).reshape(4, 2000)  # every token distinct: a copy is recognisable
+    out = repeat_spans(ids, 0.25, seed=3)
+    assert out.shape == ids.shape and torch.equal(out[:, :8], ids[:, :8])
+    changed = out.ne(ids)
+    assert 0.15 < changed.float().mean() < 0.35
+    for r in range(4):  # every overwritten token is a token of its own row, from an earlier place
+        pos = changed[r].nonzero().flatten()
+        assert out[r, pos].ge(ids[r, 0]).all() and out[r, pos].lt(ids[r, 0] + pos).all()
+    assert torch.equal(repeat_spans(ids, 0.25, seed=3), out)            # deterministic
+    assert not torch.equal(repeat_spans(ids, 0.25, seed=4), out)        # and the seed matters
+    assert repeat_spans(ids, 0.0) is ids
+    assert repeat_spans(ids, 0.5, seed=3).ne(ids).float().mean() > changed.float().mean()
+    with pytest.raises(OneBitError, match="--repeat-frac"):
+        repeat_spans(ids, 1.0)
+
+
 def test_bf16_block_training_lowers_errors_and_is_part_of_the_state(fp_260k, data, tmp_path):
     """``bf16=True`` trains each block under bf16 autocast: the errors still fall, the result differs
     from fp32 training (the flag does something), and a resume must share it."""

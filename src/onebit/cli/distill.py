@@ -166,7 +166,7 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
     """The training sequences (token ids): teacher-generated (cached; the main process generates,
     the others read the cache) or from --data FILE."""
     from ..distill import dist
-    from ..distill.data import concat_sequences, file_data, mixed_starts, teacher_data
+    from ..distill.data import concat_sequences, file_data, mixed_starts, repeat_spans, teacher_data
     from ..errors import OneBitError
     from ..models import context_length
 
@@ -190,6 +190,7 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
     else:
         data = file_data(tok, args.data, args.samples, seqlen, seed=args.data_seed)
     data = concat_sequences(data, args.concat_sequences, getattr(teacher.config, "max_position_embeddings", None))
+    data = repeat_spans(data, args.repeat_frac, seed=args.data_seed)
     if int(data.max()) >= teacher.config.vocab_size:
         raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
                           f"({teacher.config.vocab_size})")

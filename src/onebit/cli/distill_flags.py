@@ -123,6 +123,10 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on rows of K sequences back to back (K x --seqlen tokens), so the student sees "
                    "positions past --seqlen without generating longer text; --samples must be a multiple of K "
                    "(default: %(default)s)")
+    d.add_argument("--repeat-frac", type=float, default=0.0, metavar="F",
+                   help="overwrite about this fraction of each training row with copies of earlier spans of the "
+                   "row (8-64 tokens), so the student learns the teacher's copying of repeated text, which text "
+                   "generated one sequence at a time lacks; applied after --concat-sequences (default: %(default)s)")
     b.add_argument("--block-samples", type=int, default=None, metavar="N",
                    help="calibration rows for the blocks (default: all --samples; rows of K sequences with "
                    "--concat-sequences K)")

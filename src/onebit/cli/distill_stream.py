@@ -60,7 +60,7 @@ def _data(args, src, dtype):
 
     from transformers import AutoConfig
 
-    from ..distill.data import concat_sequences, file_data, mixed_starts, teacher_data
+    from ..distill.data import concat_sequences, file_data, mixed_starts, repeat_spans, teacher_data
     from ..distill.streaming import streamed_fingerprint
     from ..errors import OneBitError
     from ..models import context_length, load_tokenizer
@@ -70,7 +70,7 @@ def _data(args, src, dtype):
     context = getattr(config, "max_position_embeddings", None)
     if args.data != "teacher":
         data = file_data(load_tokenizer(str(src)), args.data, args.samples, seqlen, seed=args.data_seed)
-        return concat_sequences(data, args.concat_sequences, context)
+        return repeat_spans(concat_sequences(data, args.concat_sequences, context), args.repeat_frac, args.data_seed)
     try:
         data = teacher_data(None, args.samples, seqlen, seed=args.data_seed, greedy_tokens=args.greedy_tokens,
                             temperature=args.gen_temperature, cache_dir=args.data_cache, generate=False,
@@ -81,7 +81,8 @@ def _data(args, src, dtype):
                           f"the whole model: pass --data FILE (a training text), or run `onebit distill` once "
                           f"in memory with the same --samples/--seqlen/--data-seed to fill the cache ({e})")
     frac = args.no_start_frac if args.no_start_frac is not None else 0.5
-    return concat_sequences(mixed_starts(data, frac), args.concat_sequences, context)
+    data = concat_sequences(mixed_starts(data, frac), args.concat_sequences, context)
+    return repeat_spans(data, args.repeat_frac, args.data_seed)
 
 
 def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> tuple:

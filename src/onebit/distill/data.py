@@ -163,3 +163,42 @@ def mixed_starts(ids: torch.Tensor, frac: float) -> torch.Tensor:
     k = max(1, round(n * frac))
     cut[torch.linspace(0, n - 1, k).round().long()] = True
     return torch.where(cut[:, None], ids[:, 1:], ids[:, :-1]).contiguous()
+
+
+def repeat_spans(ids: torch.Tensor, frac: float, seed: int = 0, min_len: int = 8,
+                 max_len: int = 64) -> torch.Tensor:
+    """``ids`` with about ``frac`` of each row's tokens overwritten by copies of earlier spans of that row.
+
+    Text the teacher generates one sequence at a time never repeats itself, while real text
+    does (names, terms, phrases), and the teacher predicts a repeat almost exactly: SmolLM2's
+    perplexity on the second copy of one of its own 256-token sequences is ~1.4, on a fresh
+    one ~30.  A 1-bit student trained only on non-repeating text lost that: ~120 on the
+    copy, no better than on fresh text.  Copied spans (``min_len`` to ``max_len`` tokens, each
+    from a random earlier place of the same row, drawn with ``seed``) put the teacher's copying
+    targets into the data; the targets stay exact, as the teacher scores the modified rows.
+    Rows keep their first ``min_len`` tokens (the start token and the first span's source).
+    """
+    if not 0.0 <= frac < 1.0:
+        raise OneBitError(f"--repeat-frac must be in [0, 1), got {frac}")
+    if min_len < 2 or max_len < min_len:
+        raise OneBitError(f"repeated spans need 2 <= min_len <= max_len, got {min_len}, {max_len}")
+    n, L = ids.shape
+    if frac == 0.0 or L < 2 * min_len:
+        return ids
+    out = ids.clone()
+    gen = torch.Generator().manual_seed(seed * 7_919 + 17)
+    mean_len = (min_len + max_len) / 2
+    for r in range(n):
+        pos = min_len
+        while True:
+            # a gap of fresh text with mean mean_len·(1−frac)/frac, then one copied span
+            gap = int(torch.empty(1).exponential_(frac / (mean_len * (1 - frac)), generator=gen).item())
+            length = int(torch.randint(min_len, max_len + 1, (1,), generator=gen))
+            pos += gap
+            if pos + length > L:
+                break
+            src = int(torch.randint(0, pos - length + 1, (1,), generator=gen)) if pos >= length else -1
+            if src >= 0:
+                out[r, pos:pos + length] = out[r, src:src + length]
+            pos += length
+    return out
