@@ -145,17 +145,26 @@ def test_concat_sequences_via_cli(stories260k, tmp_path, cache, capsys):
 
 
 def test_repeat_frac_via_cli(stories260k, tmp_path, cache, capsys):
-    """--repeat-frac changes the training rows (a resume of a state without it is refused); a bad value
-    is a one-line error before any training."""
-    small = ["--samples", "8", "--seqlen", "64", "-q", "--data-cache", cache, "--blockwise-steps", "1",
-             "--block-batch-size", "2", "--steps", "0", "--state-dir", str(tmp_path / "rep.state")]
-    assert main(["distill", stories260k, str(tmp_path / "rep"), *small]) == 0
+    """--repeat-frac changes the end-to-end rows only (a block state without it still resumes);
+    --block-repeat-frac changes the block-wise rows (that resume is refused); bad values are one-line
+    errors before any training."""
+    small = ["--samples", "8", "--seqlen", "128", "--concat-sequences", "2", "-q", "--data-cache", cache,
+             "--blockwise-steps", "1", "--block-batch-size", "2", "--state-dir", str(tmp_path / "rep.state")]
+    assert main(["distill", stories260k, str(tmp_path / "rep"), "--steps", "0", *small]) == 0
     capsys.readouterr()
-    assert main(["distill", stories260k, str(tmp_path / "rep2"), "--resume", "--repeat-frac", "0.3", *small]) == 2
+    assert main(["distill", stories260k, str(tmp_path / "rep1"), "--resume", "--block-repeat-frac", "0.3",
+                 "--steps", "0", *small]) == 2
     assert "another method, data or setting" in _err(capsys)
-    assert main(["distill", stories260k, str(tmp_path / "rep3"), "--repeat-frac", "1.5", *small]) == 2
-    assert "--repeat-frac must be in [0, 1)" in _err(capsys)
-    assert not (tmp_path / "rep3").exists()
+    assert main(["distill", stories260k, str(tmp_path / "rep2"), "--resume", "--repeat-frac", "0.3",
+                 "--steps", "1", "--batch-size", "2", *small]) == 0
+    assert "after a block-wise stage of 5 blocks" in capsys.readouterr().out
+    assert main(["distill", stories260k, str(tmp_path / "rep3"), "--repeat-frac", "0.3", "--steps", "0",
+                 *small]) == 2
+    assert "needs --steps N > 0" in _err(capsys)
+    for flag in ("--repeat-frac", "--block-repeat-frac"):
+        assert main(["distill", stories260k, str(tmp_path / "rep4"), flag, "1.5", "--steps", "1", *small]) == 2
+        assert f"{flag} must be in [0, 1)" in _err(capsys)
+    assert not (tmp_path / "rep3").exists() and not (tmp_path / "rep4").exists()
 
 
 def test_block_bf16_reaches_the_blockwise_stage(stories260k, tmp_path, cache, capsys):

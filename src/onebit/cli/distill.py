@@ -119,6 +119,11 @@ def _check(args):
         raise OneBitError("--samples must be >= 1")
     if args.no_start_frac is not None and not 0.0 <= args.no_start_frac <= 1.0:
         raise OneBitError(f"--no-start-frac must be in [0, 1], got {args.no_start_frac}")
+    for flag, v in (("--repeat-frac", args.repeat_frac), ("--block-repeat-frac", args.block_repeat_frac)):
+        if not 0.0 <= v < 1.0:
+            raise OneBitError(f"{flag} must be in [0, 1), got {v}")
+    if args.repeat_frac and args.steps == 0:
+        raise OneBitError("--repeat-frac applies to the end-to-end stage only: it needs --steps N > 0")
     if args.concat_sequences < 1 or args.samples % args.concat_sequences:
         raise OneBitError(f"--concat-sequences must be at least 1 and divide --samples ({args.samples}), "
                           f"got {args.concat_sequences}")
@@ -166,7 +171,7 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
     """The training sequences (token ids): teacher-generated (cached; the main process generates,
     the others read the cache) or from --data FILE."""
     from ..distill import dist
-    from ..distill.data import concat_sequences, file_data, mixed_starts, repeat_spans, teacher_data
+    from ..distill.data import concat_sequences, file_data, mixed_starts, teacher_data
     from ..errors import OneBitError
     from ..models import context_length
 
@@ -190,7 +195,6 @@ def _data(args, teacher, tok, info, prog: bool, blockwise: bool):
     else:
         data = file_data(tok, args.data, args.samples, seqlen, seed=args.data_seed)
     data = concat_sequences(data, args.concat_sequences, getattr(teacher.config, "max_position_embeddings", None))
-    data = repeat_spans(data, args.repeat_frac, seed=args.data_seed)
     if int(data.max()) >= teacher.config.vocab_size:
         raise OneBitError(f"data has token id {int(data.max())} >= the teacher's vocabulary "
                           f"({teacher.config.vocab_size})")
@@ -208,6 +212,10 @@ def _blockwise(args, teacher, cfg_q, bcfg, data, state_dir: Path, prog: bool, e2
     t0 = time.perf_counter()
     student = copy.deepcopy(teacher) if e2e else teacher  # converted in place
     blocks = data[:args.block_samples] if args.block_samples else data
+    if args.block_repeat_frac:
+        from ..distill.data import repeat_spans
+
+        blocks = repeat_spans(blocks, args.block_repeat_frac, seed=args.data_seed)
     qc, hist = reconstruct(student, cfg_q, blocks, bcfg, state_dir / "blocks", prog, resume=args.resume)
     seconds = time.perf_counter() - t0
     return student, (to_trainable(student) if e2e else qc), hist, seconds
@@ -352,6 +360,10 @@ def run(args) -> int:
             return 0
     # killed in the block-wise stage: no end-to-end state to resume from
     resumable = bcfg is None or (state_dir / STATE_NAME).is_file()
+    if args.repeat_frac:  # the end-to-end rows only: in the block-wise stage the copies cost (docs/distillation.md)
+        from ..distill.data import repeat_spans
+
+        data = repeat_spans(data, args.repeat_frac, seed=args.data_seed)
     trainer, wall, budget_stop = _train(args, teacher, student, qc, data, tok, tcfg, state_dir, prog, info,
                                         resumable, t_begin)
     _finish(args, trainer, tcfg, qc, tok, wall, state_dir, info, blocks, budget_stop, t_begin)

@@ -124,9 +124,13 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
                    "positions past --seqlen without generating longer text; --samples must be a multiple of K "
                    "(default: %(default)s)")
     d.add_argument("--repeat-frac", type=float, default=0.0, metavar="F",
-                   help="overwrite about this fraction of each training row with copies of earlier spans of the "
-                   "row (8-64 tokens), so the student learns the teacher's copying of repeated text, which text "
-                   "generated one sequence at a time lacks; applied after --concat-sequences (default: %(default)s)")
+                   help="end-to-end stage: overwrite about this fraction of each row with copies of earlier spans "
+                   "of the row (8-64 tokens), so the student sees the teacher copy repeated text, which text "
+                   "generated one sequence at a time lacks; after --concat-sequences; the block-wise stage keeps "
+                   "the plain rows (default: %(default)s)")
+    b.add_argument("--block-repeat-frac", type=float, default=0.0, metavar="F",
+                   help="--repeat-frac for the block-wise stage's rows; on SmolLM2 it cost perplexity and did not "
+                   "make the blocks copy (docs/distillation.md), so off by default (default: %(default)s)")
     b.add_argument("--block-samples", type=int, default=None, metavar="N",
                    help="calibration rows for the blocks (default: all --samples; rows of K sequences with "
                    "--concat-sequences K)")
