@@ -71,7 +71,7 @@ def _data(args, src, dtype):
     if args.data != "teacher":
         data = file_data(load_tokenizer(str(src)), args.data, args.samples, seqlen, seed=args.data_seed)
         data = concat_sequences(data, args.concat_sequences, context)
-        return repeat_spans(data, args.block_repeat_frac, seed=args.data_seed) if args.block_repeat_frac else data
+        return repeat_spans(data, args.block_repeat_frac, seed=args.data_seed)
     try:
         data = teacher_data(None, args.samples, seqlen, seed=args.data_seed, greedy_tokens=args.greedy_tokens,
                             temperature=args.gen_temperature, cache_dir=args.data_cache, generate=False,
@@ -83,7 +83,7 @@ def _data(args, src, dtype):
                           f"in memory with the same --samples/--seqlen/--data-seed to fill the cache ({e})")
     frac = args.no_start_frac if args.no_start_frac is not None else 0.5
     data = concat_sequences(mixed_starts(data, frac), args.concat_sequences, context)
-    return repeat_spans(data, args.block_repeat_frac, seed=args.data_seed) if args.block_repeat_frac else data
+    return repeat_spans(data, args.block_repeat_frac, seed=args.data_seed)
 
 
 def run_streaming(args, cfg_q, bcfg, state_dir, prog: bool) -> tuple:
